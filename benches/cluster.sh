@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The standard benchmark suite: a fresh local 3-node cluster (release build,
+# N=3, loopback only), each scenario for a fixed time, the ceiling (same
+# client against GET /health/live) in the same run. Writes
+# $BENCH_OUT/results.{md,json}. Bounded: about 3 minutes with the defaults.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${BENCH_DURATION:-20s}
+out=${BENCH_OUT:-benches/results}
+port=${BENCH_PORT:-28443}
+concurrency=${BENCH_CONCURRENCY:-64}
+keys=${BENCH_KEYS:-100000}
+protocol=${BENCH_PROTOCOL:-http1}
+
+cargo build --release --quiet
+bin=target/release/quorumkv
+work=$(mktemp -d)
+"$bin" dev --dir "$work/dev" --port "$port" --init-only >/dev/null
+QUORUMKV_LOG=warn "$bin" dev --dir "$work/dev" --port "$port" >"$work/dev.log" 2>&1 &
+pid=$!
+cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+for i in 0 1 2; do
+  url="https://127.0.0.1:$((port + i))/health/ready"
+  for _ in $(seq 1 100); do
+    curl -fsS --cacert "$work/dev/ca.pem" "$url" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+done
+
+mkdir -p "$out"
+run() {
+  local name=$1; shift
+  echo "== $name" >&2
+  "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --name "$name" \
+    --concurrency "$concurrency" --keys "$keys" --protocol "$protocol" "$@" >"$work/$name.json"
+}
+run ceiling --ceiling --duration "$duration"
+run put-w2 --workload put --w 2 --duration "$duration"
+run put-w1 --workload put --w 1 --duration "$duration"
+run put-dw1 --workload put --w 2 --dw 1 --duration "$duration"
+run get-r2 --workload get --r 2 --preload --duration "$duration"
+run get-r1 --workload get --r 1 --duration "$duration"
+run mixed-90-10-zipf --workload mixed:90 --distribution zipf:0.99 --duration "$duration"
+run ceiling-after --ceiling --duration "$duration"
+
+python3 - "$work" "$out" <<'PY'
+import json, os, platform, subprocess, sys
+work, out = sys.argv[1], sys.argv[2]
+names = ["ceiling", "put-w2", "put-w1", "put-dw1", "get-r2", "get-r1", "mixed-90-10-zipf", "ceiling-after"]
+runs = [json.load(open(os.path.join(work, n + ".json"))) for n in names]
+ceiling = runs[0]["ops_per_sec"]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+lines = [
+    f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; "
+    f"3 nodes + load tool on the same machine, N=3, {runs[1]['concurrency']} connections ({runs[1]['protocol']}), "
+    f"value {runs[1]['value_size']} B, {runs[1]['keys']} keys, {runs[1]['elapsed_s']:.0f} s per scenario.",
+    "",
+    "| scenario | ops/s | × ceiling | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | reads with siblings (max) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+]
+for r in runs:
+    l = r["latency"]
+    lines.append(
+        f"| {r['scenario']} ({r['consistency']}) | {r['ops_per_sec']:.0f} | {r['ops_per_sec'] / ceiling:.2f} | "
+        f"{l['p50_ms']:.2f} | {l['p90_ms']:.2f} | {l['p99_ms']:.2f} | {l['p999_ms']:.2f} | {l['max_ms']:.1f} | "
+        f"{r['errors']} | {r['reads_with_siblings']} ({r['max_siblings']}) |"
+    )
+os.makedirs(out, exist_ok=True)
+open(os.path.join(out, "results.md"), "w").write("\n".join(lines) + "\n")
+json.dump(runs, open(os.path.join(out, "results.json"), "w"), indent=2)
+print("\n".join(lines))
+PY

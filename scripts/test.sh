@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite (the README's test command). One cargo profile
+# (release) for everything, so RocksDB's C++ is compiled once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+
+echo "== format"
+cargo fmt --check
+
+echo "== clippy"
+cargo clippy --release --all-targets -- -D warnings
+
+echo "== OpenAPI spec"
+./scripts/validate-openapi.sh
+
+echo "== tests"
+cargo test --release --all-targets

@@ -1,0 +1,81 @@
+//! Cluster introspection and health: `/cluster`, `/cluster/preference-list`,
+//! `/health/live`, `/health/ready`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::keys::key_from_path;
+use crate::node::NodeState;
+use crate::rpc::client::routes;
+
+#[derive(Serialize)]
+struct MemberView {
+    id: String,
+    client_url: String,
+    peer_url: String,
+    weight: u32,
+    reachable: bool,
+    partitions: usize,
+}
+
+/// Members as this node sees them. Reachability is checked with a short
+/// ping to each peer, so the answer is current rather than remembered.
+pub async fn cluster(State(state): State<Arc<NodeState>>) -> Json<serde_json::Value> {
+    let membership = state.coordinator.membership();
+    let ring = membership.ring();
+    let peers = state.coordinator.peers();
+    let pings = membership.members().iter().map(|m| async move {
+        if m.id == membership.self_id() {
+            return true;
+        }
+        peers.call::<_, ()>(&m.id, routes::PING, &(), Duration::from_millis(1000)).await.is_ok()
+    });
+    let reachable = futures::future::join_all(pings).await;
+    let members: Vec<MemberView> = membership
+        .members()
+        .iter()
+        .zip(reachable)
+        .map(|(m, reachable)| MemberView {
+            id: m.id.clone(),
+            client_url: m.client_url.clone(),
+            peer_url: m.peer_url.clone(),
+            weight: m.weight,
+            reachable,
+            partitions: ring.partitions_of(&m.id).len(),
+        })
+        .collect();
+    Json(json!({ "node": membership.self_id(), "partitions": ring.partitions(), "members": members }))
+}
+
+pub async fn preference_list(State(state): State<Arc<NodeState>>, uri: Uri) -> Result<Response, ApiError> {
+    let key = key_from_path(&uri, "/cluster/preference-list/")?;
+    let ring = state.coordinator.membership().ring();
+    let partition = ring.partition_of(&key);
+    let nodes = ring.replicas_for(&key, ring.replicas());
+    Ok(Json(json!({
+        "key": String::from_utf8_lossy(&key),
+        "partition": partition,
+        "nodes": nodes,
+    }))
+    .into_response())
+}
+
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn ready(State(state): State<Arc<NodeState>>) -> Response {
+    if state.is_ready() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "starting" }))).into_response()
+    }
+}

@@ -1,0 +1,83 @@
+//! Every way a client request can fail, and the one mapping from those
+//! failures to HTTP status and JSON body. Internals never reach the body.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::coordinator::CoordinatorError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidKey(String),
+    #[error("key is {0} bytes; the limit is 1024")]
+    KeyTooLong(usize),
+    #[error("{0}")]
+    InvalidConsistency(String),
+    #[error("Causal-Context is not a valid context token: {0}")]
+    InvalidContext(String),
+    #[error("Content-MD5 must be the base64 of a 16-byte MD5 digest")]
+    InvalidContentMd5,
+    #[error("Content-MD5 does not match the body; nothing was stored")]
+    ContentMd5Mismatch,
+    #[error("value exceeds the limit of {limit} bytes")]
+    ValueTooLarge { limit: usize },
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("no live value for this key")]
+    NotFound,
+    #[error("no such route")]
+    NoRoute,
+    #[error("node is not ready")]
+    NotReady,
+    #[error(transparent)]
+    Coordinator(#[from] CoordinatorError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::KeyTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::NotReady | ApiError::Coordinator(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidKey(_) => "invalid_key",
+            ApiError::KeyTooLong(_) => "key_too_long",
+            ApiError::InvalidConsistency(_) => "invalid_consistency",
+            ApiError::InvalidContext(_) => "invalid_causal_context",
+            ApiError::InvalidContentMd5 => "invalid_content_md5",
+            ApiError::ContentMd5Mismatch => "content_md5_mismatch",
+            ApiError::ValueTooLarge { .. } => "value_too_large",
+            ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::NotFound | ApiError::NoRoute => "not_found",
+            ApiError::NotReady => "not_ready",
+            ApiError::Coordinator(CoordinatorError::QuorumNotMet { .. }) => "quorum_not_met",
+            ApiError::Coordinator(CoordinatorError::DigestMismatch) => "value_corrupted_in_transit",
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = json!({ "error": self.code(), "message": self.to_string() });
+        if let ApiError::Coordinator(CoordinatorError::QuorumNotMet { kind, required, answered, n }) = self {
+            body["kind"] = json!(kind.as_str());
+            body["required"] = json!(required);
+            body["answered"] = json!(answered);
+            body["n"] = json!(n);
+        }
+        body
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(self.body())).into_response()
+    }
+}

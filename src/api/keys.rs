@@ -1,0 +1,196 @@
+//! `GET/PUT/DELETE /keys/{key}`: turn HTTP into a coordinator call and its
+//! outcome back into HTTP.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+
+use super::error::ApiError;
+use super::view;
+use crate::coordinator::{Consistency, Knob, KnobRequest, Outcome};
+use crate::node::NodeState;
+use crate::storage::StoredValue;
+use crate::version::VersionVector;
+
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// The key is the raw rest of the path after `prefix`, percent-decoded to
+/// bytes (any byte is allowed, `/` included).
+pub fn key_from_path(uri: &Uri, prefix: &str) -> Result<Bytes, ApiError> {
+    let raw = uri.path().strip_prefix(prefix).unwrap_or("");
+    let key: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    if key.is_empty() {
+        return Err(ApiError::InvalidKey("key must be 1 to 1024 bytes; got an empty key".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::KeyTooLong(key.len()));
+    }
+    Ok(Bytes::from(key))
+}
+
+fn knobs(headers: &HeaderMap) -> Result<KnobRequest, ApiError> {
+    let one = |name: &str| -> Result<Option<Knob>, ApiError> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(v) => v.to_str().ok().and_then(Knob::parse).map(Some).ok_or_else(|| {
+                ApiError::InvalidConsistency(format!(
+                    "header {name} must be a non-negative integer, one, quorum or all"
+                ))
+            }),
+        }
+    };
+    Ok(KnobRequest {
+        n: one("n")?,
+        r: one("r")?,
+        w: one("w")?,
+        pr: one("pr")?,
+        pw: one("pw")?,
+        dw: one("dw")?,
+    })
+}
+
+fn consistency(state: &NodeState, headers: &HeaderMap) -> Result<Consistency, ApiError> {
+    state.coordinator.consistency(&knobs(headers)?).map_err(|e| ApiError::InvalidConsistency(e.0))
+}
+
+fn context(headers: &HeaderMap) -> Result<VersionVector, ApiError> {
+    match headers.get(&view::CAUSAL_CONTEXT) {
+        None => Ok(VersionVector::new()),
+        Some(v) => {
+            let text = v.to_str().map_err(|_| ApiError::InvalidContext("not ASCII".into()))?.trim();
+            if text.is_empty() {
+                return Ok(VersionVector::new());
+            }
+            VersionVector::from_token(text).map_err(|e| ApiError::InvalidContext(e.to_string()))
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("application/json")))
+}
+
+fn ensure_ready(state: &NodeState) -> Result<(), ApiError> {
+    if state.is_ready() { Ok(()) } else { Err(ApiError::NotReady) }
+}
+
+pub async fn get(
+    State(state): State<Arc<NodeState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = key_from_path(&uri, "/keys/")?;
+    let c = consistency(&state, &headers)?;
+    ensure_ready(&state)?;
+    let Outcome { object, report } = state.coordinator.get(key.clone(), c).await?;
+    let report = report.to_string();
+    if !view::has_live(&object) {
+        let mut response = ApiError::NotFound.into_response();
+        view::key_headers(response.headers_mut(), &object, 0, &report);
+        return Ok(response);
+    }
+    Ok(if wants_json(&headers) {
+        view::json(&key, &object, &report)
+    } else if object.siblings().len() == 1 {
+        view::single(&object, &report)
+    } else {
+        view::multipart(&object, &report)
+    })
+}
+
+async fn read_body(state: &NodeState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = state.max_value_bytes;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::ValueTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return ApiError::ValueTooLarge { limit };
+            }
+            source = s.source();
+        }
+        ApiError::InvalidBody(format!("could not read the request body: {e}"))
+    })
+}
+
+fn check_md5(headers: &HeaderMap, digest: &[u8; 16]) -> Result<(), ApiError> {
+    let Some(v) = headers.get("content-md5") else { return Ok(()) };
+    let claimed = v
+        .to_str()
+        .ok()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s.trim()).ok())
+        .filter(|d| d.len() == 16)
+        .ok_or(ApiError::InvalidContentMd5)?;
+    if claimed.as_slice() != digest {
+        return Err(ApiError::ContentMd5Mismatch);
+    }
+    Ok(())
+}
+
+fn written(outcome: Outcome) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    view::key_headers(
+        response.headers_mut(),
+        &outcome.object,
+        outcome.object.siblings().len(),
+        &outcome.report.to_string(),
+    );
+    response
+}
+
+pub async fn put(
+    State(state): State<Arc<NodeState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = key_from_path(&uri, "/keys/")?;
+    let c = consistency(&state, &headers)?;
+    let ctx = context(&headers)?;
+    let content_type = match headers.get(header::CONTENT_TYPE) {
+        None => "application/octet-stream".to_string(),
+        Some(v) => {
+            v.to_str().map_err(|_| ApiError::InvalidBody("Content-Type must be ASCII".into()))?.to_string()
+        }
+    };
+    let value = read_body(&state, &headers, body).await?;
+    let stored = StoredValue::new(value, content_type, now_ms(), false);
+    check_md5(&headers, &stored.digest)?;
+    ensure_ready(&state)?;
+    Ok(written(state.coordinator.put(key, ctx, stored, c).await?))
+}
+
+pub async fn delete(
+    State(state): State<Arc<NodeState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = key_from_path(&uri, "/keys/")?;
+    let c = consistency(&state, &headers)?;
+    let ctx = context(&headers)?;
+    ensure_ready(&state)?;
+    let tombstone = StoredValue::new(Bytes::new(), "application/octet-stream".into(), now_ms(), true);
+    Ok(written(state.coordinator.put(key, ctx, tombstone, c).await?))
+}
+
+/// `/keys` or `/keys/` with no key.
+pub async fn missing_key() -> ApiError {
+    ApiError::InvalidKey("key must be 1 to 1024 bytes; got an empty key".into())
+}

@@ -1,0 +1,172 @@
+//! The benchmark's measurements and their summary (text and JSON).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// What one worker measured; merged at the end.
+pub struct Tally {
+    pub latency_us: Histogram<u64>,
+    pub statuses: BTreeMap<u16, u64>,
+    /// Requests that got no HTTP answer at all (connect, TLS, timeout).
+    pub transport_errors: u64,
+    pub reads_with_siblings: u64,
+    pub max_siblings: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+impl Tally {
+    pub fn new() -> Tally {
+        Tally {
+            // 1 µs to 60 s at 3 significant digits.
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid"),
+            statuses: BTreeMap::new(),
+            transport_errors: 0,
+            reads_with_siblings: 0,
+            max_siblings: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+
+    pub fn record(&mut self, latency: Duration) {
+        let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
+        let _ = self.latency_us.record(us);
+    }
+
+    pub fn merge(&mut self, other: &Tally) {
+        let _ = self.latency_us.add(&other.latency_us);
+        for (s, n) in &other.statuses {
+            *self.statuses.entry(*s).or_default() += n;
+        }
+        self.transport_errors += other.transport_errors;
+        self.reads_with_siblings += other.reads_with_siblings;
+        self.max_siblings = self.max_siblings.max(other.max_siblings);
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+    }
+
+    pub fn ops(&self) -> u64 {
+        self.latency_us.len()
+    }
+
+    /// Answers that are not 2xx (a 404 on a read counts: it is an answer,
+    /// but for a preloaded key space it means something was lost).
+    pub fn errors(&self) -> u64 {
+        self.transport_errors
+            + self.statuses.iter().filter(|(s, _)| !(200..300).contains(*s)).map(|(_, n)| n).sum::<u64>()
+    }
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally::new()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub workload: String,
+    pub nodes: usize,
+    pub concurrency: usize,
+    pub protocol: String,
+    pub value_size: String,
+    pub keys: u64,
+    pub distribution: String,
+    pub consistency: String,
+    pub open_loop_rate: Option<f64>,
+    pub elapsed_s: f64,
+    pub ops: u64,
+    pub ops_per_sec: f64,
+    pub latency: Latency,
+    pub statuses: BTreeMap<String, u64>,
+    pub transport_errors: u64,
+    pub errors: u64,
+    pub reads_with_siblings: u64,
+    pub max_siblings: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+impl Summary {
+    pub fn latency_of(h: &Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+            mean_ms: h.mean() / 1000.0,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let l = &self.latency;
+        let statuses: Vec<String> = self.statuses.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+        format!(
+            "{scenario}: {ops} ops in {el:.1}s = {rate:.0} ops/s ({workload}, {conc} conns, {proto}, value {vs} B, {keys} keys {dist}, {cons})\n  latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  p99.9 {p999:.2}  max {max:.2}  mean {mean:.2}\n  statuses: {st}  transport errors: {te}  errors: {err}\n  siblings: {rws} reads saw >1 (max {ms})  bytes: sent {bs}, received {br}",
+            scenario = self.scenario,
+            ops = self.ops,
+            el = self.elapsed_s,
+            rate = self.ops_per_sec,
+            workload = self.workload,
+            conc = self.concurrency,
+            proto = self.protocol,
+            vs = self.value_size,
+            keys = self.keys,
+            dist = self.distribution,
+            cons = self.consistency,
+            p50 = l.p50_ms,
+            p90 = l.p90_ms,
+            p99 = l.p99_ms,
+            p999 = l.p999_ms,
+            max = l.max_ms,
+            mean = l.mean_ms,
+            st = if statuses.is_empty() { "-".into() } else { statuses.join(" ") },
+            te = self.transport_errors,
+            err = self.errors,
+            rws = self.reads_with_siblings,
+            ms = self.max_siblings,
+            bs = self.bytes_sent,
+            br = self.bytes_received,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_adds_counts_and_keeps_percentiles() {
+        let mut a = Tally::new();
+        let mut b = Tally::new();
+        for i in 1..=100 {
+            a.record(Duration::from_micros(i * 10));
+        }
+        b.record(Duration::from_millis(50));
+        b.statuses.insert(503, 1);
+        a.statuses.insert(204, 100);
+        a.merge(&b);
+        assert_eq!(a.ops(), 101);
+        assert_eq!(a.errors(), 1);
+        let l = Summary::latency_of(&a.latency_us);
+        assert!((l.p50_ms - 0.51).abs() < 0.02, "{l:?}");
+        assert!((l.max_ms - 50.0).abs() < 0.1, "{l:?}");
+    }
+}

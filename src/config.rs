@@ -1,0 +1,263 @@
+//! Node configuration: one serde struct read from a TOML file, overlaid by
+//! command-line flags and `QUORUMKV_*` environment variables (see
+//! [`crate::cli::ServeArgs`]). Validation happens once, here, so the rest of
+//! the node can trust every value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused; each message is one line an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// One member of the cluster as every node is told about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberConfig {
+    pub id: String,
+    /// Public HTTPS API of the member (shown by `GET /cluster`).
+    pub client_url: String,
+    /// Internal mutual-TLS endpoint the other nodes call.
+    pub peer_url: String,
+    /// Relative capacity: weight 2 holds about twice the data of weight 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// TLS material. The CA both signs this node's certificates and is the only
+/// issuer the peer port accepts client certificates from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TlsConfig {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Default consistency knobs, used when a request does not send the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Defaults {
+    pub n: usize,
+    pub r: usize,
+    pub w: usize,
+    pub pr: usize,
+    pub pw: usize,
+    pub dw: usize,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults { n: 3, r: 2, w: 2, pr: 0, pw: 0, dw: 0 }
+    }
+}
+
+/// Output format of the node's logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Everything a node needs to run. Field docs double as the reference for
+/// the example config in `config/node.example.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's id; must be one of `members`.
+    pub node_id: String,
+    /// Address the public HTTPS API listens on.
+    pub client_listen: SocketAddr,
+    /// Address the internal mutual-TLS API listens on.
+    pub peer_listen: SocketAddr,
+    /// RocksDB directory (one database per node).
+    pub data_dir: PathBuf,
+    pub tls: TlsConfig,
+    /// The fixed membership (every node must be given the same list).
+    pub members: Vec<MemberConfig>,
+    /// Number of ring partitions Q: a power of two, fixed when the cluster is created.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// Largest N a request may ask for (and the replica count the ring balances for).
+    #[serde(default = "default_max_n")]
+    pub max_n: usize,
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Largest accepted value; a larger PUT answers 413.
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: usize,
+    /// Deadline of a whole client request (quorum wait included), in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// RocksDB block cache size; bounds the node's read-cache memory.
+    #[serde(default = "default_block_cache_bytes")]
+    pub block_cache_bytes: usize,
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+fn default_partitions() -> u32 {
+    1024
+}
+fn default_max_n() -> usize {
+    3
+}
+fn default_max_value_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_request_timeout_ms() -> u64 {
+    5_000
+}
+fn default_block_cache_bytes() -> usize {
+    128 * 1024 * 1024
+}
+
+impl Config {
+    /// Reads a TOML file without validating it (flags may still complete it).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn to_toml(&self) -> String {
+        // Serializing plain data with string keys cannot fail.
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks every rule the rest of the node relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id.is_empty() {
+            return bad("node_id is empty".into());
+        }
+        if self.members.is_empty() {
+            return bad("members is empty".into());
+        }
+        if !self.members.iter().any(|m| m.id == self.node_id) {
+            return bad(format!("node_id {:?} is not one of members", self.node_id));
+        }
+        let mut ids: Vec<&str> = self.members.iter().map(|m| m.id.as_str()).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return bad("members contains a duplicate id".into());
+        }
+        for m in &self.members {
+            if m.weight == 0 {
+                return bad(format!("member {} has weight 0", m.id));
+            }
+            for url in [&m.client_url, &m.peer_url] {
+                if !url.starts_with("https://") {
+                    return bad(format!("member {} url {url:?} is not https://", m.id));
+                }
+            }
+        }
+        if !self.partitions.is_power_of_two() || self.partitions > 65_536 {
+            return bad(format!("partitions {} is not a power of two <= 65536", self.partitions));
+        }
+        if self.max_n == 0 {
+            return bad("max_n must be at least 1".into());
+        }
+        let d = self.defaults;
+        let n_limit = self.max_n.min(self.members.len());
+        if d.n == 0 || d.n > n_limit {
+            return bad(format!("defaults.n {} is not in 1..={n_limit} (max_n, cluster size)", d.n));
+        }
+        if d.r == 0 || d.r > d.n || d.w == 0 || d.w > d.n {
+            return bad("defaults.r and defaults.w must be in 1..=defaults.n".into());
+        }
+        if d.pr > d.r || d.pw > d.w || d.dw > d.w {
+            return bad("defaults: pr <= r, pw <= w and dw <= w are required".into());
+        }
+        if self.max_value_bytes == 0 {
+            return bad("max_value_bytes must be positive".into());
+        }
+        if self.request_timeout_ms == 0 {
+            return bad("request_timeout_ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn member(&self, id: &str) -> Option<&MemberConfig> {
+        self.members.iter().find(|m| m.id == id)
+    }
+}
+
+/// Parses the flag/env form of a member: `ID,CLIENT_URL,PEER_URL[,WEIGHT]`.
+pub fn parse_member(text: &str) -> Result<MemberConfig, String> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    let (id, client_url, peer_url, weight) = match parts.as_slice() {
+        [id, c, p] => (id, c, p, 1),
+        [id, c, p, w] => (id, c, p, w.parse().map_err(|_| format!("bad weight {w:?}"))?),
+        _ => return Err(format!("member {text:?} is not ID,CLIENT_URL,PEER_URL[,WEIGHT]")),
+    };
+    Ok(MemberConfig {
+        id: id.to_string(),
+        client_url: client_url.to_string(),
+        peer_url: peer_url.to_string(),
+        weight,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The commented example in the repository must stay a valid config.
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../config/node.example.toml");
+        let config = Config::from_toml(text).expect("example parses");
+        config.validate().expect("example validates");
+        assert_eq!(config.node_id, "node1");
+        assert_eq!(config.members.len(), 3);
+        assert_eq!(config.defaults, Defaults::default());
+    }
+
+    #[test]
+    fn rejects_node_outside_members() {
+        let mut config = Config::from_toml(include_str!("../config/node.example.toml")).unwrap();
+        config.node_id = "ghost".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("not one of members"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_defaults() {
+        let mut config = Config::from_toml(include_str!("../config/node.example.toml")).unwrap();
+        config.defaults.dw = 3;
+        assert!(config.validate().is_err());
+        config.defaults = Defaults { n: 4, ..Defaults::default() };
+        assert!(config.validate().is_err(), "n above cluster size");
+    }
+
+    #[test]
+    fn member_flag_form() {
+        let m = parse_member("a,https://h:1,https://h:2,3").unwrap();
+        assert_eq!((m.id.as_str(), m.weight), ("a", 3));
+        assert!(parse_member("a,https://h:1").is_err());
+        assert!(parse_member("a,b,c,x").is_err());
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        let config = Config::from_toml(include_str!("../config/node.example.toml")).unwrap();
+        assert_eq!(Config::from_toml(&config.to_toml()).unwrap(), config);
+    }
+}

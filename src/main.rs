@@ -1,0 +1,86 @@
+//! The `quorumkv` binary: parses the command line, sets up logging, and
+//! hands over to the library. `anyhow` lives only here.
+
+use anyhow::Context;
+use clap::Parser;
+use quorumkv::cli::{Cli, Command};
+use quorumkv::config::LogFormat;
+use quorumkv::{certs, dev, node::Node};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QUORUMKV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes and Docker send).
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.to_config()?;
+            init_logging(config.log_format);
+            let node = Node::start(config).await?;
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining in-flight requests");
+            node.shutdown().await;
+        }
+        Command::Dev(args) => {
+            init_logging(args.log_format);
+            let cluster = dev::init(&args.dir, args.nodes, args.port, args.log_format)?;
+            if args.init_only {
+                println!("wrote {}", args.dir.join("cluster.json").display());
+                return Ok(());
+            }
+            let nodes = dev::start(&cluster).await?;
+            println!("{}", dev::banner(&cluster));
+            shutdown_signal().await;
+            futures::future::join_all(nodes.into_iter().map(Node::shutdown)).await;
+        }
+        Command::Certs(args) => {
+            let ca = certs::Ca::load_or_create(&args.out).context("creating the CA")?;
+            for node in &args.nodes {
+                let extra: Vec<String> = args.san.iter().map(|s| s.replace("{node}", node)).collect();
+                let paths = ca.issue(&args.out, node, &certs::default_sans(node, &extra))?;
+                println!("{node}: {} {}", paths.cert.display(), paths.key.display());
+            }
+            let admin = ca.issue(&args.out, "admin", &["localhost".to_string()])?;
+            println!("admin client: {} {}", admin.cert.display(), admin.key.display());
+            println!("CA: {}", args.out.join("ca.pem").display());
+        }
+        Command::Bench(args) => {
+            let summary = quorumkv::bench::run(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!("{}", summary.text());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! Wiring and start order of one node: storage, membership, peer client,
+//! coordinator, then the peer and public listeners. Shutdown runs the other
+//! way and waits until RocksDB is closed, so the directory can be reopened.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::config::Config;
+use crate::coordinator::Coordinator;
+use crate::membership::Membership;
+use crate::replica::Replica;
+use crate::rpc::client::PeerClient;
+use crate::storage::{Storage, StorageError};
+use crate::{api, rpc, tls};
+
+/// How long in-flight requests get to finish on shutdown (well inside a
+/// Kubernetes grace period).
+pub const DRAIN: Duration = Duration::from_secs(8);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("ring: {0}")]
+    Ring(#[from] crate::ring::RingError),
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot open data directory {path}: {source}")]
+    Storage { path: String, source: StorageError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("peer client: {0}")]
+    Rpc(#[from] rpc::client::RpcError),
+}
+
+/// What request handlers share.
+pub struct NodeState {
+    pub coordinator: Coordinator,
+    pub max_value_bytes: usize,
+    ready: AtomicBool,
+}
+
+impl NodeState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Pre-bound listeners, so tests can bind port 0 and learn the addresses
+/// before writing the member list.
+pub struct Listeners {
+    pub client: std::net::TcpListener,
+    pub peer: std::net::TcpListener,
+}
+
+impl Listeners {
+    pub fn bind(client: SocketAddr, peer: SocketAddr) -> Result<Listeners, NodeError> {
+        let bind = |addr| {
+            let l = std::net::TcpListener::bind(addr).map_err(|source| NodeError::Bind { addr, source })?;
+            l.set_nonblocking(true).map_err(|source| NodeError::Bind { addr, source })?;
+            Ok::<_, NodeError>(l)
+        };
+        Ok(Listeners { client: bind(client)?, peer: bind(peer)? })
+    }
+}
+
+pub struct Node {
+    state: Arc<NodeState>,
+    storage: Weak<Storage>,
+    handles: [Handle; 2],
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+}
+
+impl Node {
+    pub async fn start(config: Config) -> Result<Node, NodeError> {
+        let listeners = Listeners::bind(config.client_listen, config.peer_listen)?;
+        Self::start_with(config, listeners).await
+    }
+
+    pub async fn start_with(config: Config, listeners: Listeners) -> Result<Node, NodeError> {
+        config.validate()?;
+        tls::install_default_provider();
+        let public_tls = tls::public_server_config(&config.tls)?;
+        let peer_tls = tls::peer_server_config(&config.tls)?;
+        let peer_client_tls = tls::peer_client_config(&config.tls.ca, &config.tls.cert, &config.tls.key)?;
+
+        let data_dir = config.data_dir.clone();
+        let cache = config.block_cache_bytes;
+        let storage = tokio::task::spawn_blocking(move || Storage::open(&data_dir, cache))
+            .await
+            .map_err(|e| NodeError::Storage {
+                path: config.data_dir.display().to_string(),
+                source: StorageError::CorruptMeta(e.to_string()),
+            })?
+            .map_err(|source| NodeError::Storage { path: config.data_dir.display().to_string(), source })?;
+        let storage = Arc::new(storage);
+        let membership = Arc::new(Membership::from_config(&config)?);
+        let replica = Replica::new(storage.clone(), &config.node_id);
+        let peers = PeerClient::new(peer_client_tls, membership.clone())?;
+        let coordinator = Coordinator::new(
+            membership,
+            replica,
+            peers,
+            config.defaults,
+            config.max_n,
+            Duration::from_millis(config.request_timeout_ms),
+        );
+        let state = Arc::new(NodeState {
+            coordinator,
+            max_value_bytes: config.max_value_bytes,
+            ready: AtomicBool::new(false),
+        });
+
+        let client_addr = listener_addr(&listeners.client)?;
+        let peer_addr = listener_addr(&listeners.peer)?;
+        let handles = [Handle::new(), Handle::new()];
+        // Room for a few siblings of the largest value plus encoding overhead.
+        let peer_body_limit = config.max_value_bytes.saturating_mul(4).saturating_add(1 << 20);
+        let peer_app = rpc::server::router(state.clone(), peer_body_limit);
+        let client_app = api::router(state.clone());
+        let servers = vec![
+            tokio::spawn(
+                axum_server::from_tcp_rustls(listeners.peer, RustlsConfig::from_config(peer_tls))
+                    .handle(handles[1].clone())
+                    .serve(peer_app.into_make_service()),
+            ),
+            tokio::spawn(
+                axum_server::from_tcp_rustls(listeners.client, RustlsConfig::from_config(public_tls))
+                    .handle(handles[0].clone())
+                    .serve(client_app.into_make_service()),
+            ),
+        ];
+        state.ready.store(true, Ordering::Release);
+        tracing::info!(node = %config.node_id, %client_addr, %peer_addr, actor = state.coordinator.replica().actor(), "node serving");
+        Ok(Node { storage: Arc::downgrade(&storage), state, handles, servers, client_addr, peer_addr })
+    }
+
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    pub fn state(&self) -> &Arc<NodeState> {
+        &self.state
+    }
+
+    /// Stops accepting, drains in-flight requests for up to [`DRAIN`], and
+    /// waits (bounded) for the last reference to the database to go.
+    pub async fn shutdown(self) {
+        self.state.ready.store(false, Ordering::Release);
+        for handle in &self.handles {
+            handle.graceful_shutdown(Some(DRAIN));
+        }
+        for server in self.servers {
+            let _ = server.await;
+        }
+        drop(self.state);
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        while self.storage.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.storage.strong_count() > 0 {
+            tracing::warn!(
+                "storage still referenced after shutdown; the database closes when the last task ends"
+            );
+        }
+    }
+}
+
+fn listener_addr(l: &std::net::TcpListener) -> Result<SocketAddr, NodeError> {
+    l.local_addr().map_err(|source| NodeError::Bind { addr: SocketAddr::from(([0, 0, 0, 0], 0)), source })
+}

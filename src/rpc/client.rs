@@ -1,0 +1,126 @@
+//! Calls to other nodes' peer ports: HTTPS with mutual TLS over one pooled
+//! HTTP/2 connection per peer, a deadline on every call.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::codec::{self, CONTENT_TYPE};
+use crate::membership::Membership;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("unknown peer {0}")]
+    UnknownPeer(String),
+    #[error("peer {peer} unreachable: {reason}")]
+    Transport { peer: String, reason: String },
+    #[error("peer {peer} did not answer within {ms} ms")]
+    Timeout { peer: String, ms: u128 },
+    #[error("peer {peer} answered status {status}")]
+    Status { peer: String, status: u16 },
+    #[error("peer {peer} sent a bad body: {reason}")]
+    Body { peer: String, reason: String },
+    #[error("building the peer client: {0}")]
+    Build(String),
+}
+
+/// The RPC routes of the peer port (the server side is [`super::server`]).
+pub mod routes {
+    pub const READ: &str = "/rpc/read";
+    pub const REPLICATE: &str = "/rpc/replicate";
+    pub const PUT: &str = "/rpc/put";
+    pub const PING: &str = "/rpc/ping";
+}
+
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    urls: Arc<HashMap<String, String>>,
+    membership: Arc<Membership>,
+}
+
+impl PeerClient {
+    pub fn new(tls: rustls::ClientConfig, membership: Arc<Membership>) -> Result<Self, RpcError> {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            // Peers always speak HTTP/2: every call to one peer multiplexes
+            // over one TLS connection instead of growing a pool.
+            .http2_prior_knowledge()
+            .http2_adaptive_window(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .http2_keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+            .map_err(|e| RpcError::Build(e.to_string()))?;
+        let urls = membership
+            .members()
+            .iter()
+            .map(|m| (m.id.clone(), m.peer_url.trim_end_matches('/').to_string()))
+            .collect();
+        Ok(PeerClient { http, urls: Arc::new(urls), membership })
+    }
+
+    /// Sends `request` to `peer`'s `route` and decodes its answer; the
+    /// outcome also feeds this node's view of the peer's reachability.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        peer: &str,
+        route: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError> {
+        let result = self.call_inner(peer, route, request, timeout).await;
+        let reached = !matches!(result, Err(RpcError::Transport { .. } | RpcError::Timeout { .. }));
+        self.membership.observe(peer, reached);
+        result
+    }
+
+    async fn call_inner<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        peer: &str,
+        route: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError> {
+        let base = self.urls.get(peer).ok_or_else(|| RpcError::UnknownPeer(peer.to_string()))?;
+        let send = self
+            .http
+            .post(format!("{base}{route}"))
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(codec::encode(request))
+            .send();
+        let work = async {
+            let response = send
+                .await
+                .map_err(|e| RpcError::Transport { peer: peer.to_string(), reason: error_chain(&e) })?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(RpcError::Status { peer: peer.to_string(), status: status.as_u16() });
+            }
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| RpcError::Transport { peer: peer.to_string(), reason: error_chain(&e) })?;
+            codec::decode(&body).map_err(|e| RpcError::Body { peer: peer.to_string(), reason: e.to_string() })
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(RpcError::Timeout { peer: peer.to_string(), ms: timeout.as_millis() }))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

@@ -1,0 +1,102 @@
+//! The peer port's routes: binary RPCs from other nodes, and
+//! `GET /local/keys/{key}` for operators and tests. Mutual TLS is enforced
+//! by the listener (see `tls::peer_server_config`), before any route runs.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::client::routes;
+use super::codec::{self, CONTENT_TYPE};
+use crate::api::error::ApiError;
+use crate::api::keys::key_from_path;
+use crate::api::view;
+use crate::coordinator::{ForwardPut, ForwardPutResponse};
+use crate::node::NodeState;
+use crate::replica::{ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse};
+
+pub fn router(state: Arc<NodeState>, max_body: usize) -> Router {
+    Router::new()
+        .route(routes::READ, post(read))
+        .route(routes::REPLICATE, post(replicate))
+        .route(routes::PUT, post(forward_put))
+        .route(routes::PING, post(ping))
+        .route("/local/keys/{*key}", get(local_key))
+        .fallback(|| async { ApiError::NoRoute })
+        // A replicated object can hold several siblings of max_value_bytes.
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+fn reply<T: Serialize>(message: &T) -> Response {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], codec::encode(message)).into_response()
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, (StatusCode, String)> {
+    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+fn unavailable(error: impl std::fmt::Display) -> Response {
+    tracing::error!(%error, "peer request failed locally");
+    (StatusCode::SERVICE_UNAVAILABLE, "replica unavailable").into_response()
+}
+
+async fn read(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
+    let req: ReadRequest = match decode(&body) {
+        Ok(r) => r,
+        Err(rejection) => return rejection.into_response(),
+    };
+    match state.coordinator.replica().read(req.partition, req.key).await {
+        Ok(object) => reply(&ReadResponse { object }),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn replicate(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
+    let req: ReplicateRequest = match decode(&body) {
+        Ok(r) => r,
+        Err(rejection) => return rejection.into_response(),
+    };
+    match state.coordinator.replica().apply(req.partition, req.key, req.object, req.sync).await {
+        Ok(_) => reply(&ReplicateResponse { durable: req.sync }),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn forward_put(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
+    let req: ForwardPut = match decode(&body) {
+        Ok(r) => r,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let answer: ForwardPutResponse =
+        state.coordinator.coordinate_put(req.key, req.context, req.value, req.consistency).await;
+    reply(&answer)
+}
+
+async fn ping() -> Response {
+    reply(&())
+}
+
+async fn local_key(State(state): State<Arc<NodeState>>, uri: Uri) -> Result<Response, ApiError> {
+    let key = key_from_path(&uri, "/local/keys/")?;
+    let ring = state.coordinator.membership().ring();
+    let object = state
+        .coordinator
+        .replica()
+        .read(ring.partition_of(&key), key.clone())
+        .await
+        .map_err(|_| ApiError::NotReady)?;
+    match object {
+        Some(object) if !object.siblings().is_empty() => {
+            Ok(axum::Json(view::siblings_view(&key, &object)).into_response())
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}

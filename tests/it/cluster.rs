@@ -1,0 +1,201 @@
+//! `TestCluster`: real nodes on 127.0.0.1 with real TLS and temporary
+//! RocksDB directories, started in this process.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quorumkv::certs::{Ca, default_sans};
+use quorumkv::config::{Config, Defaults, LogFormat, MemberConfig, TlsConfig};
+use quorumkv::node::{Listeners, Node};
+use reqwest::{Client, Method, RequestBuilder, Response};
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub configs: Vec<Config>,
+    nodes: Vec<Option<Node>>,
+    pub client: Client,
+    /// Holds the admin client certificate, for the peer port.
+    pub admin: Client,
+}
+
+pub struct Options {
+    pub nodes: usize,
+    pub max_value_bytes: usize,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { nodes: 3, max_value_bytes: 1 << 20, request_timeout_ms: 2_000 }
+    }
+}
+
+pub fn tls_client(ca: &Path, identity: Option<(&Path, &Path)>) -> Client {
+    quorumkv::tls::install_default_provider();
+    let tls = quorumkv::tls::public_client_config(ca, identity).expect("client tls");
+    Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+impl TestCluster {
+    pub async fn start(nodes: usize) -> TestCluster {
+        Self::start_with(Options { nodes, ..Options::default() }).await
+    }
+
+    pub async fn start_with(opts: Options) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::load_or_create(dir.path()).expect("ca");
+        let certs = dir.path().join("certs");
+        let admin = ca.issue(&certs, "admin", &["localhost".into()]).expect("admin cert");
+        let mut listeners = Vec::new();
+        for _ in 0..opts.nodes {
+            listeners.push(
+                Listeners::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap(),
+            );
+        }
+        let members: Vec<MemberConfig> = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| MemberConfig {
+                id: format!("node{}", i + 1),
+                client_url: format!("https://{}", l.client.local_addr().unwrap()),
+                peer_url: format!("https://{}", l.peer.local_addr().unwrap()),
+                weight: 1,
+            })
+            .collect();
+        let n = 3.min(opts.nodes);
+        let mut configs = Vec::new();
+        for (i, l) in listeners.iter().enumerate() {
+            let id = format!("node{}", i + 1);
+            let node_certs = ca.issue(&certs, &id, &default_sans(&id, &[])).expect("node cert");
+            configs.push(Config {
+                node_id: id.clone(),
+                client_listen: l.client.local_addr().unwrap(),
+                peer_listen: l.peer.local_addr().unwrap(),
+                data_dir: dir.path().join(&id),
+                tls: TlsConfig { ca: dir.path().join("ca.pem"), cert: node_certs.cert, key: node_certs.key },
+                members: members.clone(),
+                partitions: 64,
+                max_n: n,
+                defaults: Defaults { n, r: (n / 2 + 1).min(2), w: (n / 2 + 1).min(2), ..Defaults::default() },
+                max_value_bytes: opts.max_value_bytes,
+                request_timeout_ms: opts.request_timeout_ms,
+                block_cache_bytes: 8 << 20,
+                log_format: LogFormat::Text,
+            });
+        }
+        let mut nodes = Vec::new();
+        for (config, l) in configs.iter().zip(listeners) {
+            nodes.push(Some(Node::start_with(config.clone(), l).await.expect("node starts")));
+        }
+        let ca_path = dir.path().join("ca.pem");
+        let client = tls_client(&ca_path, None);
+        let admin = tls_client(&ca_path, Some((&admin.cert, &admin.key)));
+        TestCluster { dir, configs, nodes, client, admin }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    pub fn url(&self, node: usize, path: &str) -> String {
+        format!("https://{}{}", self.configs[node].client_listen, path)
+    }
+
+    pub fn key_url(&self, node: usize, key: &str) -> String {
+        self.url(node, &format!("/keys/{key}"))
+    }
+
+    pub fn peer_url(&self, node: usize, path: &str) -> String {
+        format!("https://{}{}", self.configs[node].peer_listen, path)
+    }
+
+    pub fn request(&self, method: Method, node: usize, key: &str) -> RequestBuilder {
+        self.client.request(method, self.key_url(node, key))
+    }
+
+    pub async fn put(
+        &self,
+        node: usize,
+        key: &str,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut req = self.request(Method::PUT, node, key).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("put sent")
+    }
+
+    pub async fn get(&self, node: usize, key: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = self.request(Method::GET, node, key);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("get sent")
+    }
+
+    pub async fn delete(&self, node: usize, key: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = self.request(Method::DELETE, node, key);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("delete sent")
+    }
+
+    /// A node's own copy of `key` via the peer API (no quorum, no repair).
+    pub async fn local(&self, node: usize, key: &str) -> Option<serde_json::Value> {
+        let r = self
+            .admin
+            .get(self.peer_url(node, &format!("/local/keys/{key}")))
+            .send()
+            .await
+            .expect("local get");
+        match r.status().as_u16() {
+            200 => Some(r.json().await.expect("json")),
+            404 => None,
+            s => panic!("unexpected status {s} from /local/keys"),
+        }
+    }
+
+    pub async fn stop(&mut self, node: usize) {
+        if let Some(n) = self.nodes[node].take() {
+            n.shutdown().await;
+        }
+    }
+
+    pub async fn restart(&mut self, node: usize) {
+        assert!(self.nodes[node].is_none(), "node {node} is running");
+        let config = self.configs[node].clone();
+        let mut last = None;
+        // The old sockets may take a moment to be released.
+        for _ in 0..50 {
+            match Node::start(config.clone()).await {
+                Ok(n) => {
+                    self.nodes[node] = Some(n);
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node {node} did not restart: {last:?}");
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+pub fn header(r: &Response, name: &str) -> String {
+    r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}

@@ -1,0 +1,77 @@
+//! Behaviour with a node down, across restarts, and at the peer port's door.
+
+use crate::cluster::{TestCluster, header, tls_client};
+use reqwest::StatusCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_down_quorum_of_two_still_works_all_fails_with_counts() {
+    let mut c = TestCluster::start(3).await;
+    assert_eq!(c.put(0, "k", "before", &[("w", "3")]).await.status(), 204);
+    c.stop(2).await;
+
+    let r = c.put(0, "k2", "v", &[("w", "3")]).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "quorum_not_met");
+    assert_eq!(body["required"], 3);
+    assert_eq!(body["answered"], 2);
+    assert_eq!(body["n"], 3);
+
+    let r = c.get(1, "k", &[("r", "3")]).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((body["required"].as_u64(), body["answered"].as_u64()), (Some(3), Some(2)));
+
+    let r = c.put(1, "k3", "v3", &[("w", "2")]).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = c.get(0, "k3", &[("r", "2")]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "v3");
+    let r = c.get(0, "k", &[("r", "2")]).await;
+    assert_eq!(r.text().await.unwrap(), "before");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_data() {
+    let mut c = TestCluster::start(3).await;
+    for i in 0..50 {
+        assert_eq!(
+            c.put(i % 3, &format!("persist-{i}"), format!("value-{i}"), &[("w", "3")]).await.status(),
+            204
+        );
+    }
+    c.stop(1).await;
+    c.restart(1).await;
+    for i in 0..50 {
+        let local = c.local(1, &format!("persist-{i}")).await.expect("kept across restart");
+        assert_eq!(local["siblings"].as_array().unwrap().len(), 1);
+    }
+    // And it serves quorum reads again, siblings intact.
+    let r = c.get(1, "persist-7", &[("r", "3")]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "sibling-count"), "1");
+    assert_eq!(r.text().await.unwrap(), "value-7");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_port_refuses_clients_without_a_ca_signed_certificate() {
+    let c = TestCluster::start(1).await;
+    c.put(0, "secret", "v", &[("n", "1"), ("w", "1")]).await;
+    // The admin certificate (signed by the cluster CA) gets in.
+    assert!(c.local(0, "secret").await.is_some());
+
+    // No client certificate: refused at the handshake.
+    let anonymous = tls_client(&c.ca(), None);
+    let url = c.peer_url(0, "/local/keys/secret");
+    assert!(anonymous.get(&url).send().await.is_err(), "no client cert must be refused");
+
+    // A certificate from another CA: refused too.
+    let other = tempfile::tempdir().unwrap();
+    let rogue_ca = quorumkv::certs::Ca::load_or_create(other.path()).unwrap();
+    let rogue = rogue_ca.issue(other.path(), "rogue", &["localhost".into()]).unwrap();
+    let rogue_client = tls_client(&c.ca(), Some((&rogue.cert, &rogue.key)));
+    assert!(rogue_client.get(&url).send().await.is_err(), "foreign CA must be refused");
+    c.shutdown().await;
+}

@@ -1,0 +1,216 @@
+//! The data path as a client sees it: values, replication, siblings,
+//! contexts, deletes.
+
+use crate::cluster::{TestCluster, header};
+use reqwest::StatusCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_values_and_content_types_round_trip() {
+    let c = TestCluster::start(3).await;
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let r = c.put(0, "users/42/avatar", bytes.clone(), &[("content-type", "image/jpeg")]).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(!header(&r, "causal-context").is_empty());
+    assert_eq!(header(&r, "quorum-report"), "n=3; w=2; acked=2");
+
+    let r = c.get(1, "users/42/avatar", &[("r", "2")]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-type"), "image/jpeg");
+    assert_eq!(header(&r, "sibling-count"), "1");
+    assert_eq!(header(&r, "quorum-report"), "n=3; r=2; answered=2");
+    let etag = header(&r, "etag");
+    assert_eq!(etag, format!("\"{:x}\"", md5_hex(&bytes)));
+    assert!(!header(&r, "last-modified").is_empty());
+    assert_eq!(r.bytes().await.unwrap().as_ref(), bytes.as_slice());
+
+    // Empty value, default content type, and a key made of arbitrary bytes.
+    let r = c.put(2, "%00%FF%2Fodd%20key", Vec::new(), &[]).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = c.get(0, "%00%FF%2Fodd%20key", &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-type"), "application/octet-stream");
+    assert!(r.bytes().await.unwrap().is_empty());
+    // Keys are compared after percent-decoding: another spelling of the same bytes is the same key.
+    assert_eq!(c.get(0, "%00%ff/odd%20key", &[]).await.status(), StatusCode::OK);
+    assert_eq!(c.get(0, "%00%FF/odd%20kez", &[]).await.status(), StatusCode::NOT_FOUND);
+    c.shutdown().await;
+}
+
+struct Hex([u8; 16]);
+impl std::fmt::LowerHex for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+fn md5_hex(bytes: &[u8]) -> Hex {
+    Hex(quorumkv::storage::record::md5_of(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_all_reaches_every_replica() {
+    let c = TestCluster::start(3).await;
+    let r = c.put(0, "everywhere", "v1", &[("w", "all")]).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&r, "quorum-report"), "n=3; w=3; acked=3");
+    for node in 0..3 {
+        let local = c.local(node, "everywhere").await.expect("replica holds the key");
+        let siblings = local["siblings"].as_array().unwrap();
+        assert_eq!(siblings.len(), 1);
+        assert_eq!(siblings[0]["value_base64"], "djE=");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blind_writes_become_siblings_and_a_context_resolves_them() {
+    let c = TestCluster::start(3).await;
+    assert_eq!(c.put(0, "cart", "apple", &[("w", "3"), ("content-type", "text/plain")]).await.status(), 204);
+    assert_eq!(c.put(1, "cart", "pear", &[("w", "3"), ("content-type", "text/x-pear")]).await.status(), 204);
+
+    let r = c.get(2, "cart", &[]).await;
+    assert_eq!(r.status(), StatusCode::MULTIPLE_CHOICES);
+    assert_eq!(header(&r, "sibling-count"), "2");
+    let context = header(&r, "causal-context");
+    let ct = header(&r, "content-type");
+    assert!(ct.starts_with("multipart/mixed; boundary="), "{ct}");
+    let boundary = ct.split_once("boundary=").unwrap().1.to_string();
+    let mut parts = multer::Multipart::new(r.bytes_stream(), boundary);
+    let mut seen = Vec::new();
+    while let Some(field) = parts.next_field().await.unwrap() {
+        let ct = field.headers().get("content-type").unwrap().to_str().unwrap().to_string();
+        assert!(field.headers().contains_key("etag"));
+        assert!(field.headers().contains_key("last-modified"));
+        seen.push((ct, field.bytes().await.unwrap()));
+    }
+    seen.sort();
+    assert_eq!(seen, vec![("text/plain".into(), "apple".into()), ("text/x-pear".into(), "pear".into())]);
+
+    let r = c.get(0, "cart", &[("accept", "application/json")]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let view: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(view["key"], "cart");
+    assert_eq!(view["siblings"].as_array().unwrap().len(), 2);
+    assert_eq!(view["context"], context.as_str());
+
+    // Writing with the context supersedes both siblings.
+    let r = c.put(1, "cart", "apple+pear", &[("causal-context", &context), ("w", "3")]).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "sibling-count"), "1");
+    let r = c.get(2, "cart", &[("r", "3")]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "apple+pear");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_with_an_old_context_keeps_the_concurrent_one() {
+    let c = TestCluster::start(3).await;
+    c.put(0, "doc", "v1", &[("w", "3")]).await;
+    let ctx = header(&c.get(0, "doc", &[]).await, "causal-context");
+    // Two clients update from the same read: both updates survive.
+    assert_eq!(c.put(0, "doc", "v2a", &[("causal-context", &ctx), ("w", "3")]).await.status(), 204);
+    assert_eq!(c.put(1, "doc", "v2b", &[("causal-context", &ctx), ("w", "3")]).await.status(), 204);
+    let view: serde_json::Value =
+        c.get(2, "doc", &[("accept", "application/json"), ("r", "3")]).await.json().await.unwrap();
+    let mut values: Vec<String> = view["siblings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["value_base64"].as_str().unwrap().to_string())
+        .collect();
+    values.sort();
+    assert_eq!(values, vec!["djJh", "djJi"], "v1 is gone, v2a and v2b remain");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_leaves_a_context_and_concurrent_update_shows_both() {
+    let c = TestCluster::start(3).await;
+    c.put(0, "gone", "v1", &[("w", "3")]).await;
+    let ctx = header(&c.get(0, "gone", &[]).await, "causal-context");
+    let r = c.delete(1, "gone", &[("causal-context", &ctx), ("w", "3")]).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = c.get(2, "gone", &[("r", "3")]).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(!header(&r, "causal-context").is_empty(), "404 carries the tombstone's context");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "not_found");
+
+    // A delete concurrent with an update: both show, the delete marked.
+    c.put(0, "contested", "v1", &[("w", "3")]).await;
+    let ctx = header(&c.get(0, "contested", &[]).await, "causal-context");
+    assert_eq!(c.put(0, "contested", "v2", &[("causal-context", &ctx), ("w", "3")]).await.status(), 204);
+    assert_eq!(c.delete(1, "contested", &[("causal-context", &ctx), ("w", "3")]).await.status(), 204);
+    let view: serde_json::Value =
+        c.get(2, "contested", &[("accept", "application/json"), ("r", "3")]).await.json().await.unwrap();
+    let siblings = view["siblings"].as_array().unwrap();
+    assert_eq!(siblings.len(), 2);
+    assert_eq!(siblings.iter().filter(|s| s["deleted"] == true).count(), 1);
+    let r = c.get(2, "contested", &[]).await;
+    assert_eq!(r.status(), StatusCode::MULTIPLE_CHOICES);
+    let text = String::from_utf8_lossy(&r.bytes().await.unwrap()).to_string();
+    assert!(text.contains("Deleted: true"), "{text}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_outside_the_preference_list_forwards_the_write() {
+    let c = TestCluster::start(3).await;
+    // With N=1 each key has a single home; write through a node that is not it.
+    for i in 0..20 {
+        let key = format!("fwd-{i}");
+        let prefs: serde_json::Value = c
+            .client
+            .get(c.url(0, &format!("/cluster/preference-list/{key}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let home = prefs["nodes"][0].as_str().unwrap().to_string();
+        let home_idx: usize = home.trim_start_matches("node").parse::<usize>().unwrap() - 1;
+        let via = (home_idx + 1) % 3;
+        let r = c.put(via, &key, "x", &[("n", "1"), ("w", "1")]).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT, "{key}");
+        assert!(c.local(home_idx, &key).await.is_some(), "{key} stored on its home {home}");
+        assert!(c.local(via, &key).await.is_none(), "{key} not stored on the forwarder");
+        let r = c.get(via, &key, &[("n", "1"), ("r", "1")]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_endpoints_describe_members_and_placement() {
+    let c = TestCluster::start(3).await;
+    let v: serde_json::Value = c.client.get(c.url(1, "/cluster")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["node"], "node2");
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|m| m["reachable"] == true));
+    let total: u64 = members.iter().map(|m| m["partitions"].as_u64().unwrap()).sum();
+    assert_eq!(total, 64 * 3, "every partition has three replicas");
+
+    let v: serde_json::Value =
+        c.client.get(c.url(0, "/cluster/preference-list/a/b")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["key"], "a/b");
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+    for path in ["/health/live", "/health/ready"] {
+        assert_eq!(c.client.get(c.url(0, path)).send().await.unwrap().status(), 200);
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_port_speaks_http2() {
+    let c = TestCluster::start(1).await;
+    c.put(0, "h2", "v", &[]).await;
+    let r = c.get(0, "h2", &[]).await;
+    assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN negotiates h2");
+    assert_eq!(r.text().await.unwrap(), "v");
+    c.shutdown().await;
+}

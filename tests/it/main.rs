@@ -1,0 +1,10 @@
+//! The integration test binary: real nodes, real TLS, real RocksDB, real
+//! sockets on 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+mod cluster;
+mod faults;
+mod input;
+mod kv;
+mod process;
