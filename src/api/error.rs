@@ -30,6 +30,8 @@ pub enum ApiError {
     NotFound,
     #[error("no such route")]
     NoRoute,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     #[error("node is not ready")]
     NotReady,
     #[error(transparent)]
@@ -42,6 +44,7 @@ impl ApiError {
             ApiError::KeyTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotReady | ApiError::Coordinator(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -58,6 +61,7 @@ impl ApiError {
             ApiError::ValueTooLarge { .. } => "value_too_large",
             ApiError::InvalidBody(_) => "invalid_body",
             ApiError::NotFound | ApiError::NoRoute => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::NotReady => "not_ready",
             ApiError::Coordinator(CoordinatorError::QuorumNotMet { .. }) => "quorum_not_met",
             ApiError::Coordinator(CoordinatorError::DigestMismatch) => "value_corrupted_in_transit",

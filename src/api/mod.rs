@@ -26,6 +26,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/health/live", get(cluster::live))
         .route("/health/ready", get(cluster::ready))
         .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // The PUT handler enforces `max_value_bytes` itself, with a JSON 413.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
