@@ -8,6 +8,7 @@
 pub mod consistency;
 pub mod quorum;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use quorum::{Call, Reply, gather};
 use crate::config::Defaults;
 use crate::membership::Membership;
 use crate::replica::{ReadRequest, ReadResponse, Replica, ReplicateRequest, ReplicateResponse};
+use crate::rpc::batch::{BatchLimits, Batcher};
 use crate::rpc::client::{PeerClient, routes};
 use crate::storage::{Object, StoredValue};
 use crate::version::VersionVector;
@@ -90,11 +92,19 @@ pub struct ForwardPut {
 
 pub type ForwardPutResponse = Result<Outcome, CoordinatorError>;
 
+/// The batching queues to one peer.
+#[derive(Clone)]
+struct PeerQueues {
+    read: Batcher<ReadRequest, ReadResponse>,
+    replicate: Batcher<ReplicateRequest, ReplicateResponse>,
+}
+
 #[derive(Clone)]
 pub struct Coordinator {
     membership: Arc<Membership>,
     replica: Replica,
     peers: PeerClient,
+    queues: Arc<HashMap<String, PeerQueues>>,
     defaults: Defaults,
     max_n: usize,
     timeout: Duration,
@@ -109,7 +119,20 @@ impl Coordinator {
         max_n: usize,
         timeout: Duration,
     ) -> Coordinator {
-        Coordinator { membership, replica, peers, defaults, max_n, timeout }
+        let limits = BatchLimits { max_batch: 256, max_in_flight: 2, timeout };
+        let queues = membership
+            .members()
+            .iter()
+            .filter(|m| m.id != membership.self_id())
+            .map(|m| {
+                let q = PeerQueues {
+                    read: Batcher::spawn(peers.clone(), m.id.clone(), routes::READ, limits),
+                    replicate: Batcher::spawn(peers.clone(), m.id.clone(), routes::REPLICATE, limits),
+                };
+                (m.id.clone(), q)
+            })
+            .collect();
+        Coordinator { membership, replica, peers, queues: Arc::new(queues), defaults, max_n, timeout }
     }
 
     pub fn membership(&self) -> &Arc<Membership> {
@@ -138,12 +161,10 @@ impl Coordinator {
             let result = if node == this.membership.self_id() {
                 this.replica.read(partition, key).await.map_err(|e| e.to_string())
             } else {
-                let req = ReadRequest { partition, key };
-                this.peers
-                    .call::<_, ReadResponse>(&node, routes::READ, &req, this.timeout)
-                    .await
-                    .map(|r| r.object)
-                    .map_err(|e| e.to_string())
+                match this.queues.get(&node) {
+                    Some(q) => q.read.call(ReadRequest { partition, key }).await.map(|r| r.object),
+                    None => Err(format!("unknown peer {node}")),
+                }
             };
             Reply { node, primary: true, result }
         }
@@ -248,16 +269,14 @@ impl Coordinator {
         ];
         for node in ring.replicas_for(&key, c.n).iter().filter(|n| **n != self_id) {
             let req = ReplicateRequest { partition, key: key.clone(), object: object.clone(), sync };
-            let peers = self.peers.clone();
+            let queue = self.queues.get(node).map(|q| q.replicate.clone());
             let node = node.clone();
-            let timeout = self.timeout;
             calls.push(
                 async move {
-                    let result = peers
-                        .call::<_, ReplicateResponse>(&node, routes::REPLICATE, &req, timeout)
-                        .await
-                        .map(|r| r.durable)
-                        .map_err(|e| e.to_string());
+                    let result = match queue {
+                        Some(q) => q.call(req).await.map(|r| r.durable),
+                        None => Err(format!("unknown peer {node}")),
+                    };
                     Reply { node, primary: true, result }
                 }
                 .boxed(),

@@ -29,7 +29,9 @@ pub enum RpcError {
 
 /// The RPC routes of the peer port (the server side is [`super::server`]).
 pub mod routes {
+    /// A batch of [`crate::replica::ReadRequest`]s.
     pub const READ: &str = "/rpc/read";
+    /// A batch of [`crate::replica::ReplicateRequest`]s.
     pub const REPLICATE: &str = "/rpc/replicate";
     pub const PUT: &str = "/rpc/put";
     pub const PING: &str = "/rpc/ping";

@@ -20,7 +20,7 @@ use crate::api::keys::key_from_path;
 use crate::api::view;
 use crate::coordinator::{ForwardPut, ForwardPutResponse};
 use crate::node::NodeState;
-use crate::replica::{ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse};
+use crate::replica::{ReadRequest, ReplicateRequest};
 
 pub fn router(state: Arc<NodeState>, max_body: usize) -> Router {
     Router::new()
@@ -49,23 +49,20 @@ fn unavailable(error: impl std::fmt::Display) -> Response {
 }
 
 async fn read(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
-    let req: ReadRequest = match decode(&body) {
+    let requests: Vec<ReadRequest> = match decode(&body) {
         Ok(r) => r,
         Err(rejection) => return rejection.into_response(),
     };
-    match state.coordinator.replica().read(req.partition, req.key).await {
-        Ok(object) => reply(&ReadResponse { object }),
-        Err(e) => unavailable(e),
-    }
+    reply(&state.coordinator.replica().read_batch(&requests))
 }
 
 async fn replicate(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
-    let req: ReplicateRequest = match decode(&body) {
+    let requests: Vec<ReplicateRequest> = match decode(&body) {
         Ok(r) => r,
         Err(rejection) => return rejection.into_response(),
     };
-    match state.coordinator.replica().apply(req.partition, req.key, req.object, req.sync).await {
-        Ok(_) => reply(&ReplicateResponse { durable: req.sync }),
+    match state.coordinator.replica().apply_batch(requests).await {
+        Ok(results) => reply(&results),
         Err(e) => unavailable(e),
     }
 }
