@@ -377,7 +377,7 @@ fn count(plan: &Plan, tally: &mut Tally, status: Option<StatusCode>) -> bool {
     match status {
         Some(s) => {
             *tally.statuses.entry(s.as_u16()).or_default() += 1;
-            if !s.is_success() {
+            if s.as_u16() >= 400 {
                 plan.failed.fetch_add(1, Ordering::Relaxed);
             }
             s.is_success()

@@ -53,11 +53,11 @@ impl Tally {
         self.latency_us.len()
     }
 
-    /// Answers that are not 2xx (a 404 on a read counts: it is an answer,
-    /// but for a preloaded key space it means something was lost).
+    /// Requests without an answer plus 4xx/5xx answers. A `300` (siblings)
+    /// is a full answer; a 404 counts, since on a preloaded key space it
+    /// means a value was lost.
     pub fn errors(&self) -> u64 {
-        self.transport_errors
-            + self.statuses.iter().filter(|(s, _)| !(200..300).contains(*s)).map(|(_, n)| n).sum::<u64>()
+        self.transport_errors + self.statuses.iter().filter(|(s, _)| **s >= 400).map(|(_, n)| n).sum::<u64>()
     }
 }
 

@@ -1,0 +1,86 @@
+//! `quorumkv bench` against a real cluster: it counts what it sends.
+
+use clap::Parser;
+use quorumkv::cli::{Cli, Command};
+
+use crate::cluster::TestCluster;
+
+fn args(c: &TestCluster, extra: &[&str]) -> quorumkv::bench::BenchArgs {
+    let ca = c.ca().display().to_string();
+    let mut argv = vec!["quorumkv", "bench", "--cacert", &ca, "--quiet", "--concurrency", "8"];
+    let urls: Vec<String> = (0..3).map(|i| c.url(i, "")).collect();
+    for u in &urls {
+        argv.extend(["--url", u.as_str()]);
+    }
+    argv.extend(extra);
+    match Cli::try_parse_from(argv).unwrap().command {
+        Command::Bench(a) => a,
+        other => panic!("parsed {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_counts_requests_statuses_and_bytes() {
+    let c = TestCluster::start(3).await;
+    let s =
+        quorumkv::bench::run(&args(&c, &["--workload", "put", "--requests", "200", "--value-size", "100"]))
+            .await
+            .unwrap();
+    assert_eq!(s.ops, 200);
+    assert_eq!(s.errors, 0);
+    assert_eq!(s.statuses.get("204"), Some(&200));
+    assert_eq!(s.bytes_sent, 200 * 100);
+    assert!(s.latency.p50_ms > 0.0 && s.latency.p50_ms <= s.latency.p99_ms);
+
+    // After a preload every read finds its key.
+    let s = quorumkv::bench::run(&args(
+        &c,
+        &[
+            "--workload",
+            "get",
+            "--requests",
+            "100",
+            "--keys",
+            "40",
+            "--preload",
+            "--key-prefix",
+            "g",
+            "--r",
+            "2",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s.ops, 100);
+    assert_eq!(s.errors, 0, "{:?}", s.statuses);
+
+    // Read-modify-write with the context: every op answered, nothing lost.
+    let s = quorumkv::bench::run(&args(
+        &c,
+        &[
+            "--workload",
+            "mixed:50",
+            "--requests",
+            "100",
+            "--keys",
+            "40",
+            "--key-prefix",
+            "g",
+            "--distribution",
+            "zipf:1.1",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert!(s.ops >= 100);
+    assert_eq!(s.errors, 0, "{:?}", s.statuses);
+    // Concurrent read-modify-writes of a hot key may leave siblings, but
+    // never more than there are concurrent writers (no sibling explosion).
+    assert!(s.max_siblings <= 8, "{} siblings", s.max_siblings);
+
+    let s = quorumkv::bench::run(&args(&c, &["--ceiling", "--requests", "50", "--protocol", "http2"]))
+        .await
+        .unwrap();
+    assert_eq!(s.statuses.get("200"), Some(&50));
+    c.shutdown().await;
+}
