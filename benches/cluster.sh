@@ -37,12 +37,14 @@ run() {
     --concurrency "$concurrency" --keys "$keys" --protocol "$protocol" "$@" >"$work/$name.json"
 }
 run ceiling --ceiling --duration "$duration"
-run put-w2 --workload put --w 2 --duration "$duration"
-run put-w1 --workload put --w 1 --duration "$duration"
-run put-dw1 --workload put --w 2 --dw 1 --duration "$duration"
-run get-r2 --workload get --r 2 --preload --duration "$duration"
-run get-r1 --workload get --r 1 --duration "$duration"
-run mixed-90-10-zipf --workload mixed:90 --distribution zipf:0.99 --duration "$duration"
+# Blind PUTs of an existing key add siblings, so each write scenario has its
+# own key space; reads run on a freshly preloaded one (one version per key).
+run put-w2 --workload put --w 2 --key-prefix put-w2 --duration "$duration"
+run put-w1 --workload put --w 1 --key-prefix put-w1 --duration "$duration"
+run put-dw1 --workload put --w 2 --dw 1 --key-prefix put-dw1 --duration "$duration"
+run get-r2 --workload get --r 2 --key-prefix kv --preload --duration "$duration"
+run get-r1 --workload get --r 1 --key-prefix kv --duration "$duration"
+run mixed-90-10-zipf --workload mixed:90 --distribution zipf:0.99 --key-prefix kv --duration "$duration"
 run ceiling-after --ceiling --duration "$duration"
 
 python3 - "$work" "$out" <<'PY'

@@ -185,7 +185,13 @@ fn tls_server(
     tls: Arc<rustls::ServerConfig>,
 ) -> axum_server::Server<RustlsAcceptor<NoDelayAcceptor>> {
     let acceptor = RustlsAcceptor::new(RustlsConfig::from_config(tls)).acceptor(NoDelayAcceptor::new());
-    axum_server::from_tcp(listener).acceptor(acceptor)
+    let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
+    server
+        .http_builder()
+        .http2()
+        .initial_stream_window_size(rpc::H2_STREAM_WINDOW)
+        .initial_connection_window_size(rpc::H2_CONNECTION_WINDOW);
+    server
 }
 
 fn listener_addr(l: &std::net::TcpListener) -> Result<SocketAddr, NodeError> {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 pub use consistency::{Consistency, ConsistencyError, Knob, KnobRequest};
@@ -27,6 +28,10 @@ use crate::rpc::batch::{BatchLimits, Batcher};
 use crate::rpc::client::{PeerClient, routes};
 use crate::storage::{Object, StoredValue};
 use crate::version::VersionVector;
+
+/// Most replica calls of this coordinator in flight at once (see
+/// `Coordinator::pending_replica_calls`).
+const MAX_PENDING_REPLICA_CALLS: usize = 2048;
 
 /// Which quorum a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +110,10 @@ pub struct Coordinator {
     replica: Replica,
     peers: PeerClient,
     queues: Arc<HashMap<String, PeerQueues>>,
+    /// Replica calls not yet answered, including those a request stopped
+    /// waiting for (W < N). Bounding them is the backpressure that keeps a
+    /// W=1 load from queueing replication work without limit.
+    pending_replica_calls: Arc<Semaphore>,
     defaults: Defaults,
     max_n: usize,
     timeout: Duration,
@@ -132,7 +141,16 @@ impl Coordinator {
                 (m.id.clone(), q)
             })
             .collect();
-        Coordinator { membership, replica, peers, queues: Arc::new(queues), defaults, max_n, timeout }
+        Coordinator {
+            membership,
+            replica,
+            peers,
+            queues: Arc::new(queues),
+            pending_replica_calls: Arc::new(Semaphore::new(MAX_PENDING_REPLICA_CALLS)),
+            defaults,
+            max_n,
+            timeout,
+        }
     }
 
     pub fn membership(&self) -> &Arc<Membership> {
@@ -267,12 +285,20 @@ impl Coordinator {
         let mut calls: Vec<Call<bool>> = vec![
             futures::future::ready(Reply { node: self_id.clone(), primary: true, result: Ok(sync) }).boxed(),
         ];
-        for node in ring.replicas_for(&key, c.n).iter().filter(|n| **n != self_id) {
+        let others: Vec<&String> = ring.replicas_for(&key, c.n).iter().filter(|n| **n != self_id).collect();
+        let Ok(mut permits) =
+            self.pending_replica_calls.clone().acquire_many_owned(others.len() as u32).await
+        else {
+            return Err(w_fail(1));
+        };
+        for node in others {
             let req = ReplicateRequest { partition, key: key.clone(), object: object.clone(), sync };
             let queue = self.queues.get(node).map(|q| q.replicate.clone());
             let node = node.clone();
+            let permit = permits.split(1);
             calls.push(
                 async move {
+                    let _permit = permit;
                     let result = match queue {
                         Some(q) => q.call(req).await.map(|r| r.durable),
                         None => Err(format!("unknown peer {node}")),

@@ -6,3 +6,7 @@ pub mod batch;
 pub mod client;
 pub mod codec;
 pub mod server;
+
+/// HTTP/2 flow-control windows of peer connections, both directions.
+pub const H2_STREAM_WINDOW: u32 = 8 << 20;
+pub const H2_CONNECTION_WINDOW: u32 = 32 << 20;
