@@ -111,7 +111,7 @@ pub fn init(
             defaults: dev_defaults(nodes),
             max_value_bytes: 16 * 1024 * 1024,
             request_timeout_ms: 5_000,
-            block_cache_bytes: 64 * 1024 * 1024,
+            block_cache_bytes: 128 * 1024 * 1024,
             log_format,
         };
         config.validate()?;

@@ -112,6 +112,9 @@ pub struct BenchArgs {
     pub quiet: bool,
 }
 
+/// Extra random bytes values are cut from.
+const VALUE_POOL: usize = 1 << 20;
+
 /// Where to send requests and with which TLS material.
 struct Endpoints {
     urls: Vec<String>,
@@ -229,7 +232,10 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
     }
     let clients = build_clients(args, &ca, &identity)?;
     let chooser = KeyChooser::new(args.keys, args.distribution).map_err(BenchError::Usage)?;
-    let mut value = vec![0u8; args.value_size.max];
+    // Values are slices at random offsets of a random pool, so no two are
+    // alike: a single repeated value compresses unrealistically well in
+    // RocksDB and skews every read benchmark.
+    let mut value = vec![0u8; args.value_size.max + VALUE_POOL];
     rand::rng().fill(&mut value[..]);
     let duration = match (args.duration, args.requests) {
         (Some(d), _) => Some(d),
@@ -425,7 +431,8 @@ async fn put(
 ) -> bool {
     let client = &plan.clients[node % plan.clients.len()];
     let size = plan.sizes.sample(rng);
-    let body = plan.value.slice(..size);
+    let offset = rng.random_range(0..=VALUE_POOL);
+    let body = plan.value.slice(offset..offset + size);
     let mut req =
         request(plan, client, reqwest::Method::PUT, format!("{}/keys/{key}", plan.urls[node])).body(body);
     if let Some(ctx) = context {
