@@ -122,8 +122,9 @@ impl Node {
         let client_addr = listener_addr(&listeners.client)?;
         let peer_addr = listener_addr(&listeners.peer)?;
         let handles = [Handle::new(), Handle::new()];
-        // Room for a few siblings of the largest value plus encoding overhead.
-        let peer_body_limit = config.max_value_bytes.saturating_mul(4).saturating_add(1 << 20);
+        // A replicated object may carry several siblings of the largest
+        // value; batches are capped at a few MiB by the sender.
+        let peer_body_limit = config.max_value_bytes.saturating_mul(16).saturating_add(8 << 20);
         let peer_app = rpc::server::router(state.clone(), peer_body_limit);
         let client_app = api::router(state.clone());
         let servers = vec![

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{Object, Storage, StorageError, StoredValue};
+use crate::storage::{Found, Object, Storage, StorageError, StoredValue};
 use crate::version::VersionVector;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,6 +50,10 @@ pub enum ReplicaError {
     Storage(#[from] StorageError),
     #[error("storage task failed: {0}")]
     Task(String),
+    /// This replica's copy failed its integrity check, so it cannot mint
+    /// the next dot safely (it might reuse one its peers already hold).
+    #[error("local copy of the key is corrupt")]
+    CorruptLocal,
 }
 
 #[derive(Debug, Clone)]
@@ -133,14 +137,20 @@ impl Replica {
         sync: bool,
     ) -> Result<Object, ReplicaError> {
         let actor = self.actor.clone();
-        self.storage_call(sync, move |s| {
-            s.modify(partition, &key, sync, |current| {
-                let mut object = current.unwrap_or_default();
-                object.update(&context, &actor, value);
-                object
+        let written = self
+            .storage_call(sync, move |s| {
+                s.modify(partition, &key, sync, |found| {
+                    let mut object = match found {
+                        Found::Nothing => Object::new(),
+                        Found::Object(o) => o,
+                        Found::Corrupt => return None,
+                    };
+                    object.update(&context, &actor, value);
+                    Some(object)
+                })
             })
-        })
-        .await
+            .await?;
+        written.ok_or(ReplicaError::CorruptLocal)
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 pub use consistency::{Consistency, ConsistencyError, Knob, KnobRequest};
@@ -23,15 +23,20 @@ use quorum::{Call, Reply, gather};
 
 use crate::config::Defaults;
 use crate::membership::Membership;
-use crate::replica::{ReadRequest, ReadResponse, Replica, ReplicateRequest, ReplicateResponse};
+use crate::replica::{ReadRequest, ReadResponse, Replica, ReplicaError, ReplicateRequest, ReplicateResponse};
 use crate::rpc::batch::{BatchLimits, Batcher};
 use crate::rpc::client::{PeerClient, routes};
 use crate::storage::{Object, StoredValue};
 use crate::version::VersionVector;
 
-/// Most replica calls of this coordinator in flight at once (see
-/// `Coordinator::pending_replica_calls`).
-const MAX_PENDING_REPLICA_CALLS: usize = 2048;
+/// Most unanswered calls from this coordinator to one peer, including those
+/// a request stopped waiting for (W < N). Waiting for a slot is the
+/// backpressure that keeps a W=1 load from queueing replication work
+/// without limit; a peer that looks down gets no wait, only a failure.
+const MAX_PENDING_PER_PEER: usize = 1024;
+
+/// Extra time a forwarding node gives the coordinator beyond its own deadline.
+const FORWARD_MARGIN: Duration = Duration::from_secs(1);
 
 /// Which quorum a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +66,8 @@ pub enum CoordinatorError {
     QuorumNotMet { kind: QuorumKind, required: usize, answered: usize, n: usize },
     #[error("the value's digest does not match its bytes")]
     DigestMismatch,
+    #[error("this replica's copy of the key is corrupt")]
+    CorruptLocal,
 }
 
 /// What an answer rests on, sent to clients as `Quorum-Report`.
@@ -97,11 +104,12 @@ pub struct ForwardPut {
 
 pub type ForwardPutResponse = Result<Outcome, CoordinatorError>;
 
-/// The batching queues to one peer.
+/// The batching queues to one peer, and the slots bounding its calls.
 #[derive(Clone)]
 struct PeerQueues {
     read: Batcher<ReadRequest, ReadResponse>,
     replicate: Batcher<ReplicateRequest, ReplicateResponse>,
+    slots: Arc<Semaphore>,
 }
 
 #[derive(Clone)]
@@ -110,10 +118,6 @@ pub struct Coordinator {
     replica: Replica,
     peers: PeerClient,
     queues: Arc<HashMap<String, PeerQueues>>,
-    /// Replica calls not yet answered, including those a request stopped
-    /// waiting for (W < N). Bounding them is the backpressure that keeps a
-    /// W=1 load from queueing replication work without limit.
-    pending_replica_calls: Arc<Semaphore>,
     defaults: Defaults,
     max_n: usize,
     timeout: Duration,
@@ -128,7 +132,7 @@ impl Coordinator {
         max_n: usize,
         timeout: Duration,
     ) -> Coordinator {
-        let limits = BatchLimits { max_batch: 256, max_in_flight: 2, timeout };
+        let limits = BatchLimits { max_batch: 256, max_bytes: 4 << 20, max_in_flight: 2, timeout };
         let queues = membership
             .members()
             .iter()
@@ -137,20 +141,12 @@ impl Coordinator {
                 let q = PeerQueues {
                     read: Batcher::spawn(peers.clone(), m.id.clone(), routes::READ, limits),
                     replicate: Batcher::spawn(peers.clone(), m.id.clone(), routes::REPLICATE, limits),
+                    slots: Arc::new(Semaphore::new(MAX_PENDING_PER_PEER)),
                 };
                 (m.id.clone(), q)
             })
             .collect();
-        Coordinator {
-            membership,
-            replica,
-            peers,
-            queues: Arc::new(queues),
-            pending_replica_calls: Arc::new(Semaphore::new(MAX_PENDING_REPLICA_CALLS)),
-            defaults,
-            max_n,
-            timeout,
-        }
+        Coordinator { membership, replica, peers, queues: Arc::new(queues), defaults, max_n, timeout }
     }
 
     pub fn membership(&self) -> &Arc<Membership> {
@@ -171,7 +167,25 @@ impl Coordinator {
         knobs.resolve(&self.defaults, limit)
     }
 
-    fn read_call(&self, node: &str, partition: u32, key: &Bytes) -> Call<Option<Object>> {
+    /// A slot for one call to `node`: waited for (until `deadline`) while
+    /// the peer looks reachable, refused at once when it looks down.
+    async fn peer_slot(
+        &self,
+        node: &str,
+        deadline: Instant,
+    ) -> Result<(PeerQueues, OwnedSemaphorePermit), String> {
+        let queues = self.queues.get(node).ok_or_else(|| format!("unknown peer {node}"))?;
+        let slots = queues.slots.clone();
+        let permit = if self.membership.is_reachable(node) {
+            tokio::time::timeout_at(deadline, slots.acquire_owned()).await.ok().and_then(Result::ok)
+        } else {
+            slots.try_acquire_owned().ok()
+        };
+        let permit = permit.ok_or_else(|| format!("too many calls pending to peer {node}"))?;
+        Ok((queues.clone(), permit))
+    }
+
+    fn read_call(&self, node: &str, partition: u32, key: &Bytes, deadline: Instant) -> Call<Option<Object>> {
         let node = node.to_string();
         let key = key.clone();
         let this = self.clone();
@@ -179,9 +193,12 @@ impl Coordinator {
             let result = if node == this.membership.self_id() {
                 this.replica.read(partition, key).await.map_err(|e| e.to_string())
             } else {
-                match this.queues.get(&node) {
-                    Some(q) => q.read.call(ReadRequest { partition, key }).await.map(|r| r.object),
-                    None => Err(format!("unknown peer {node}")),
+                match this.peer_slot(&node, deadline).await {
+                    Ok((q, _permit)) => {
+                        let bytes = key.len() + 16;
+                        q.read.call(ReadRequest { partition, key }, bytes).await.map(|r| r.object)
+                    }
+                    Err(e) => Err(e),
                 }
             };
             Reply { node, primary: true, result }
@@ -193,9 +210,12 @@ impl Coordinator {
     pub async fn get(&self, key: Bytes, c: Consistency) -> Result<Outcome, CoordinatorError> {
         let ring = self.membership.ring();
         let partition = ring.partition_of(&key);
-        let calls =
-            ring.replicas_for(&key, c.n).iter().map(|node| self.read_call(node, partition, &key)).collect();
         let deadline = Instant::now() + self.timeout;
+        let calls = ring
+            .replicas_for(&key, c.n)
+            .iter()
+            .map(|node| self.read_call(node, partition, &key, deadline))
+            .collect();
         let gathered =
             gather(calls, deadline, |ok| ok.len() >= c.r && ok.iter().filter(|r| r.primary).count() >= c.pr)
                 .await;
@@ -238,15 +258,30 @@ impl Coordinator {
         c: Consistency,
     ) -> Result<Outcome, CoordinatorError> {
         let replicas = self.membership.ring().replicas_for(&key, c.n);
-        if replicas.iter().any(|n| n == self.membership.self_id()) {
-            return self.coordinate_put(key, context, value, c).await;
+        let self_id = self.membership.self_id();
+        if replicas.iter().any(|n| n == self_id) {
+            match self.coordinate_put(key.clone(), context.clone(), value.clone(), c).await {
+                Err(CoordinatorError::CorruptLocal) => {
+                    tracing::warn!("local copy corrupt; another replica coordinates the write")
+                }
+                other => return other,
+            }
         }
         let forward = ForwardPut { key, context, value, consistency: c };
-        for node in replicas {
-            match self.peers.call::<_, ForwardPutResponse>(node, routes::PUT, &forward, self.timeout).await {
+        // The coordinator spends up to `timeout` on its quorum; give it room.
+        let timeout = self.timeout + FORWARD_MARGIN;
+        for node in replicas.iter().filter(|n| *n != self_id) {
+            match self.peers.call::<_, ForwardPutResponse>(node, routes::PUT, &forward, timeout).await {
                 Ok(answer) => return answer,
-                Err(error) => {
+                // Only a write that provably never arrived is retried
+                // elsewhere: a second coordinator would store it again as
+                // a sibling of itself.
+                Err(error) if error.not_delivered() => {
                     tracing::warn!(peer = %node, %error, "forwarding a write failed; trying the next replica")
+                }
+                Err(error) => {
+                    tracing::warn!(peer = %node, %error, "forwarded write has an unknown outcome");
+                    break;
                 }
             }
         }
@@ -276,6 +311,7 @@ impl Coordinator {
         };
         let object = match self.replica.coordinate(partition, key.clone(), context, value, sync).await {
             Ok(object) => object,
+            Err(ReplicaError::CorruptLocal) => return Err(CoordinatorError::CorruptLocal),
             Err(error) => {
                 tracing::error!(%error, "local write failed");
                 return Err(w_fail(0));
@@ -285,30 +321,25 @@ impl Coordinator {
         let mut calls: Vec<Call<bool>> = vec![
             futures::future::ready(Reply { node: self_id.clone(), primary: true, result: Ok(sync) }).boxed(),
         ];
-        let others: Vec<&String> = ring.replicas_for(&key, c.n).iter().filter(|n| **n != self_id).collect();
-        let Ok(mut permits) =
-            self.pending_replica_calls.clone().acquire_many_owned(others.len() as u32).await
-        else {
-            return Err(w_fail(1));
-        };
-        for node in others {
+        let deadline = Instant::now() + self.timeout;
+        let object_bytes: usize = object.siblings().iter().map(|s| s.value.value.len() + 64).sum();
+        for node in ring.replicas_for(&key, c.n).iter().filter(|n| **n != self_id) {
             let req = ReplicateRequest { partition, key: key.clone(), object: object.clone(), sync };
-            let queue = self.queues.get(node).map(|q| q.replicate.clone());
+            let bytes = key.len() + object_bytes;
+            // Taken before answering the client, even when W is already met.
+            let slot = self.peer_slot(node, deadline).await;
             let node = node.clone();
-            let permit = permits.split(1);
             calls.push(
                 async move {
-                    let _permit = permit;
-                    let result = match queue {
-                        Some(q) => q.call(req).await.map(|r| r.durable),
-                        None => Err(format!("unknown peer {node}")),
+                    let result = match slot {
+                        Ok((q, _permit)) => q.replicate.call(req, bytes).await.map(|r| r.durable),
+                        Err(e) => Err(e),
                     };
                     Reply { node, primary: true, result }
                 }
                 .boxed(),
             );
         }
-        let deadline = Instant::now() + self.timeout;
         let gathered = gather(calls, deadline, |ok| {
             ok.len() >= c.w
                 && ok.iter().filter(|r| r.primary).count() >= c.pw

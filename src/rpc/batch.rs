@@ -20,6 +20,8 @@ pub type ItemResult<Resp> = Result<Resp, String>;
 
 struct Pending<Req, Resp> {
     request: Req,
+    /// Approximate encoded size, for the batch's byte budget.
+    bytes: usize,
     reply: oneshot::Sender<ItemResult<Resp>>,
 }
 
@@ -39,6 +41,8 @@ impl<Req, Resp> Clone for Batcher<Req, Resp> {
 pub struct BatchLimits {
     /// Most requests in one RPC.
     pub max_batch: usize,
+    /// Most bytes in one RPC; a larger single request travels alone.
+    pub max_bytes: usize,
     /// Batches in flight to one peer at once; further requests wait and
     /// join the next batch.
     pub max_in_flight: usize,
@@ -58,10 +62,10 @@ where
         Batcher { tx }
     }
 
-    /// Queues `request` and waits for its answer.
-    pub async fn call(&self, request: Req) -> ItemResult<Resp> {
+    /// Queues `request` (about `bytes` long once encoded) and waits for its answer.
+    pub async fn call(&self, request: Req, bytes: usize) -> ItemResult<Resp> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Pending { request, reply }).map_err(|_| "peer queue closed".to_string())?;
+        self.tx.send(Pending { request, bytes, reply }).map_err(|_| "peer queue closed".to_string())?;
         answer.await.unwrap_or_else(|_| Err("batch dropped".to_string()))
     }
 }
@@ -77,16 +81,31 @@ async fn run<Req, Resp>(
     Resp: DeserializeOwned + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
-    while let Some(first) = rx.recv().await {
+    // A request that did not fit the last batch opens the next one.
+    let mut carried: Option<Pending<Req, Resp>> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         // Waiting for a free slot is what lets the next batch grow.
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let mut requests = Vec::with_capacity(limits.max_batch.min(64));
         let mut replies = Vec::with_capacity(requests.capacity());
+        let mut bytes = first.bytes;
         requests.push(first.request);
         replies.push(first.reply);
         while requests.len() < limits.max_batch {
             match rx.try_recv() {
+                Ok(p) if bytes + p.bytes > limits.max_bytes => {
+                    carried = Some(p);
+                    break;
+                }
                 Ok(p) => {
+                    bytes += p.bytes;
                     requests.push(p.request);
                     replies.push(p.reply);
                 }

@@ -15,6 +15,9 @@ use crate::membership::Membership;
 pub enum RpcError {
     #[error("unknown peer {0}")]
     UnknownPeer(String),
+    /// No connection could be made: the request was certainly not delivered.
+    #[error("cannot connect to peer {peer}: {reason}")]
+    Connect { peer: String, reason: String },
     #[error("peer {peer} unreachable: {reason}")]
     Transport { peer: String, reason: String },
     #[error("peer {peer} did not answer within {ms} ms")]
@@ -80,7 +83,10 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, RpcError> {
         let result = self.call_inner(peer, route, request, timeout).await;
-        let reached = !matches!(result, Err(RpcError::Transport { .. } | RpcError::Timeout { .. }));
+        let reached = !matches!(
+            result,
+            Err(RpcError::Connect { .. } | RpcError::Transport { .. } | RpcError::Timeout { .. })
+        );
         self.membership.observe(peer, reached);
         result
     }
@@ -100,9 +106,14 @@ impl PeerClient {
             .body(codec::encode(request))
             .send();
         let work = async {
-            let response = send
-                .await
-                .map_err(|e| RpcError::Transport { peer: peer.to_string(), reason: error_chain(&e) })?;
+            let response = send.await.map_err(|e| {
+                let (peer, reason) = (peer.to_string(), error_chain(&e));
+                if e.is_connect() {
+                    RpcError::Connect { peer, reason }
+                } else {
+                    RpcError::Transport { peer, reason }
+                }
+            })?;
             let status = response.status();
             if !status.is_success() {
                 return Err(RpcError::Status { peer: peer.to_string(), status: status.as_u16() });
@@ -116,6 +127,14 @@ impl PeerClient {
         tokio::time::timeout(timeout, work)
             .await
             .unwrap_or_else(|_| Err(RpcError::Timeout { peer: peer.to_string(), ms: timeout.as_millis() }))
+    }
+}
+
+impl RpcError {
+    /// True when the peer cannot have received the request, so sending it
+    /// elsewhere cannot apply it twice.
+    pub fn not_delivered(&self) -> bool {
+        matches!(self, RpcError::UnknownPeer(_) | RpcError::Connect { .. } | RpcError::Build(_))
     }
 }
 

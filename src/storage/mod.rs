@@ -18,9 +18,20 @@ use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, Wri
 
 pub use record::{Object, StoredValue};
 
+/// What a read-modify-write found for its key.
+#[derive(Debug)]
+pub enum Found {
+    Nothing,
+    Object(Object),
+    /// A record is stored but failed its integrity check.
+    Corrupt,
+}
+
 const CF_OBJECTS: &str = "objects";
 const CF_META: &str = "meta";
 const META_EPOCH: &[u8] = b"actor_epoch";
+/// Format byte of the `actor_epoch` value: `[1][epoch u32 BE]`.
+const META_FORMAT_V1: u8 = 1;
 /// Enough stripes that unrelated keys rarely wait on each other.
 const LOCK_STRIPES: usize = 1024;
 
@@ -116,16 +127,17 @@ impl Storage {
     fn load_or_create_epoch(db: &DB) -> Result<u32, StorageError> {
         let cf = db.cf_handle(CF_META).ok_or(StorageError::MissingColumnFamily(CF_META))?;
         if let Some(v) = db.get_cf(&cf, META_EPOCH)? {
-            let bytes: [u8; 4] = v
-                .as_slice()
-                .try_into()
-                .map_err(|_| StorageError::CorruptMeta("actor_epoch length".into()))?;
-            return Ok(u32::from_be_bytes(bytes));
+            return match v.as_slice() {
+                [META_FORMAT_V1, a, b, c, d] => Ok(u32::from_be_bytes([*a, *b, *c, *d])),
+                _ => Err(StorageError::CorruptMeta("actor_epoch is not [1, u32 BE]".into())),
+            };
         }
         let epoch: u32 = rand::random();
+        let mut value = vec![META_FORMAT_V1];
+        value.extend_from_slice(&epoch.to_be_bytes());
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        db.put_cf_opt(&cf, META_EPOCH, epoch.to_be_bytes(), &opts)?;
+        db.put_cf_opt(&cf, META_EPOCH, value, &opts)?;
         db.flush_cf(&cf)?;
         Ok(epoch)
     }
@@ -144,8 +156,8 @@ impl Storage {
     }
 
     /// A record that fails its checks is logged, counted and treated as
-    /// missing: a corrupt replica must never be served, and its peers' copies
-    /// (merged back by the next write or repair) restore it.
+    /// missing by reads: a corrupt copy is never served, and the other
+    /// replicas answer instead. Writes see [`Found::Corrupt`] and decide.
     fn decode_checked(&self, partition: u32, bytes: &[u8]) -> Option<Object> {
         match record::decode(bytes) {
             Ok(object) => Some(object),
@@ -164,28 +176,37 @@ impl Storage {
         Ok(bytes.and_then(|b| self.decode_checked(partition, &b)))
     }
 
-    /// Atomically replaces the key's object by `f(current)`; `sync` waits
-    /// for the WAL to reach the disk (the `DW` guarantee). Returns the
-    /// object written.
+    /// Atomically replaces the key's object by `f(found)`, or writes
+    /// nothing when `f` returns `None`; `sync` waits for the WAL to reach
+    /// the disk (the `DW` guarantee). Returns the object written.
     pub fn modify(
         &self,
         partition: u32,
         key: &[u8],
         sync: bool,
-        f: impl FnOnce(Option<Object>) -> Object,
-    ) -> Result<Object, StorageError> {
+        f: impl FnOnce(Found) -> Option<Object>,
+    ) -> Result<Option<Object>, StorageError> {
         let cf = self.objects()?;
         let k = db_key(partition, key);
-        let _guard = self.lock_for(&k);
-        let current = match self.db.get_pinned_cf(&cf, &k)? {
-            Some(bytes) => self.decode_checked(partition, &bytes),
-            None => None,
+        let guard = self.lock_for(&k);
+        let found = match self.db.get_pinned_cf(cf, &k)? {
+            Some(bytes) => self.decode_checked(partition, &bytes).map_or(Found::Corrupt, Found::Object),
+            None => Found::Nothing,
         };
-        let next = f(current);
-        let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
-        self.db.put_cf_opt(&cf, &k, record::encode(&next), &opts)?;
-        Ok(next)
+        let Some(next) = f(found) else { return Ok(None) };
+        self.db.put_cf(cf, &k, record::encode(&next))?;
+        drop(guard);
+        self.sync_wal(sync)?;
+        Ok(Some(next))
+    }
+
+    /// Makes every write so far durable. Done after the stripe lock is
+    /// released, so an fsync never holds up writers of unrelated keys.
+    fn sync_wal(&self, sync: bool) -> Result<(), StorageError> {
+        if sync {
+            self.db.flush_wal(true)?;
+        }
+        Ok(())
     }
 
     fn stripe_of(&self, k: &[u8]) -> usize {
@@ -234,9 +255,9 @@ impl Storage {
             written.insert(k.as_slice(), next.clone());
             out.push(next);
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
-        self.db.write_opt(batch, &opts)?;
+        self.db.write(batch)?;
+        drop(_guards);
+        self.sync_wal(sync)?;
         Ok(out)
     }
 
@@ -295,10 +316,10 @@ mod tests {
             let s = Storage::open(dir.path(), 1 << 20).unwrap();
             epoch = s.epoch();
             s.modify(7, b"k", false, |cur| {
-                assert!(cur.is_none());
+                assert!(matches!(cur, Found::Nothing));
                 let mut o = Object::new();
                 o.update(&VersionVector::new(), "a", value("v1"));
-                o
+                Some(o)
             })
             .unwrap();
         }
@@ -334,7 +355,7 @@ mod tests {
             s.modify(p, k.as_bytes(), false, |_| {
                 let mut o = Object::new();
                 o.update(&VersionVector::new(), "a", value("x"));
-                o
+                Some(o)
             })
             .unwrap();
         }
@@ -346,15 +367,21 @@ mod tests {
     fn corrupt_record_is_treated_as_missing() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), 1 << 20).unwrap();
-        s.modify(1, b"k", false, |_| {
+        s.modify(1, b"k", true, |_| {
             let mut o = Object::new();
             o.update(&VersionVector::new(), "a", value("precious"));
-            o
+            Some(o)
         })
         .unwrap();
         assert!(s.corrupt_for_test(1, b"k").unwrap());
         assert!(s.get(1, b"k").unwrap().is_none());
         assert_eq!(s.corrupt_reads(), 1);
+        // A writer is told, and may decline to write.
+        let written = s.modify(1, b"k", false, |found| {
+            assert!(matches!(found, Found::Corrupt));
+            None
+        });
+        assert!(written.unwrap().is_none());
     }
 
     #[test]

@@ -165,6 +165,15 @@ impl TestCluster {
         }
     }
 
+    /// Flips a byte of `node`'s stored record of `key` on disk.
+    pub fn corrupt(&self, node: usize, key: &str) {
+        let state = self.nodes[node].as_ref().expect("node running").state();
+        let coordinator = &state.coordinator;
+        let partition = coordinator.membership().ring().partition_of(key.as_bytes());
+        let storage = coordinator.replica().storage();
+        assert!(storage.corrupt_for_test(partition, key.as_bytes()).unwrap(), "{key} stored on node {node}");
+    }
+
     pub async fn stop(&mut self, node: usize) {
         if let Some(n) = self.nodes[node].take() {
             n.shutdown().await;

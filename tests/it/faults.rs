@@ -11,6 +11,8 @@ async fn one_node_down_quorum_of_two_still_works_all_fails_with_counts() {
 
     let r = c.put(0, "k2", "v", &[("w", "3")]).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(&r, "quorum-report"), "n=3; w=3; acked=2");
+    assert_eq!(header(&r, "sibling-count"), "0");
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "quorum_not_met");
     assert_eq!(body["required"], 3);
@@ -73,5 +75,43 @@ async fn peer_port_refuses_clients_without_a_ca_signed_certificate() {
     let rogue = rogue_ca.issue(other.path(), "rogue", &["localhost".into()]).unwrap();
     let rogue_client = tls_client(&c.ca(), Some((&rogue.cert, &rogue.key)));
     assert!(rogue_client.get(&url).send().await.is_err(), "foreign CA must be refused");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_record_is_never_served_and_does_not_swallow_later_writes() {
+    let c = TestCluster::start(3).await;
+    assert_eq!(c.put(0, "fragile", "v1", &[("w", "3")]).await.status(), 204);
+    c.corrupt(0, "fragile");
+    // The corrupt copy is not served: the other replicas answer.
+    let r = c.get(0, "fragile", &[("r", "3")]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "v1");
+    // A write through the node with the corrupt copy is coordinated by
+    // another replica (it cannot know its own last dot) and is not lost.
+    assert_eq!(c.put(0, "fragile", "v2", &[("w", "3")]).await.status(), 204);
+    let view: serde_json::Value =
+        c.get(2, "fragile", &[("accept", "application/json"), ("r", "3")]).await.json().await.unwrap();
+    let mut values: Vec<&str> =
+        view["siblings"].as_array().unwrap().iter().map(|s| s["value_base64"].as_str().unwrap()).collect();
+    values.sort();
+    assert_eq!(values, vec!["djE=", "djI="], "both the old value and the blind write survive");
+    let local = c.local(0, "fragile").await.expect("node 0 holds a good copy again");
+    assert_eq!(local["siblings"].as_array().unwrap().len(), 2);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_and_primary_quorums() {
+    let mut c = TestCluster::start(3).await;
+    let r = c.put(0, "durable", "v", &[("w", "3"), ("dw", "2"), ("pw", "3")]).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "quorum-report"), "n=3; w=3; acked=3");
+    c.stop(1).await;
+    let r = c.put(0, "durable", "v2", &[("w", "2"), ("dw", "2")]).await;
+    assert_eq!(r.status(), 204, "two synced replicas are still there");
+    let r = c.get(2, "durable", &[("r", "2"), ("pr", "2")]).await;
+    assert_eq!(r.status(), 300, "the blind second write is a sibling of the first");
+    assert_eq!(header(&r, "sibling-count"), "2");
     c.shutdown().await;
 }
