@@ -6,7 +6,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::coordinator::CoordinatorError;
+use axum::http::HeaderValue;
+
+use crate::coordinator::{CoordinatorError, QuorumKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -65,6 +67,7 @@ impl ApiError {
             ApiError::NotReady => "not_ready",
             ApiError::Coordinator(CoordinatorError::QuorumNotMet { .. }) => "quorum_not_met",
             ApiError::Coordinator(CoordinatorError::DigestMismatch) => "value_corrupted_in_transit",
+            ApiError::Coordinator(CoordinatorError::CorruptLocal) => "replica_corrupt",
         }
     }
 
@@ -82,6 +85,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), Json(self.body())).into_response()
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if let ApiError::Coordinator(CoordinatorError::QuorumNotMet { kind, required, answered, n }) = self {
+            let got = if matches!(kind, QuorumKind::R | QuorumKind::Pr) { "answered" } else { "acked" };
+            let report = format!("n={n}; {}={required}; {got}={answered}", kind.as_str());
+            if let Ok(v) = HeaderValue::from_str(&report) {
+                response.headers_mut().insert(super::view::QUORUM_REPORT, v);
+            }
+        }
+        response
     }
 }

@@ -144,8 +144,20 @@ fn check_md5(headers: &HeaderMap, digest: &[u8; 16]) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `204`. The context is returned only when the write left a single
+/// version: the object's clock then covers exactly that version. With
+/// siblings left it would also cover versions this client never saw, and a
+/// next write with it would silently drop them; the client reads instead.
 fn written(outcome: Outcome) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
+    if outcome.object.siblings().len() > 1 {
+        view::write_headers(
+            response.headers_mut(),
+            outcome.object.siblings().len(),
+            &outcome.report.to_string(),
+        );
+        return response;
+    }
     view::key_headers(
         response.headers_mut(),
         &outcome.object,

@@ -17,10 +17,13 @@ use error::ApiError;
 
 /// The client-facing router; testable without a socket.
 pub fn router(state: Arc<NodeState>) -> Router {
-    Router::new()
+    let keys = Router::new()
         .route("/keys/{*key}", get(keys::get).put(keys::put).delete(keys::delete))
         .route("/keys", get(keys::missing_key).put(keys::missing_key).delete(keys::missing_key))
         .route("/keys/", get(keys::missing_key).put(keys::missing_key).delete(keys::missing_key))
+        .layer(axum::middleware::map_response(view::ensure_key_headers));
+    Router::new()
+        .merge(keys)
         .route("/cluster", get(cluster::cluster))
         .route("/cluster/preference-list/{*key}", get(cluster::preference_list))
         .route("/health/live", get(cluster::live))

@@ -75,8 +75,27 @@ pub fn key_headers(headers: &mut HeaderMap, object: &Object, siblings: usize, re
     if !token.is_empty() {
         headers.insert(CAUSAL_CONTEXT, header_value(&token));
     }
+    write_headers(headers, siblings, report);
+}
+
+/// Sibling count and quorum report without a context.
+pub fn write_headers(headers: &mut HeaderMap, siblings: usize, report: &str) {
     headers.insert(SIBLING_COUNT, HeaderValue::from(siblings));
     headers.insert(QUORUM_REPORT, header_value(report));
+}
+
+/// `/keys` error responses carry the two headers too: no version was
+/// returned, and a failed quorum says what it got (set by `ApiError`);
+/// anything refused before replicas were asked reports `none`.
+pub async fn ensure_key_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    if !headers.contains_key(SIBLING_COUNT) {
+        headers.insert(SIBLING_COUNT, HeaderValue::from(0));
+    }
+    if !headers.contains_key(QUORUM_REPORT) {
+        headers.insert(QUORUM_REPORT, HeaderValue::from_static("none"));
+    }
+    response
 }
 
 fn value_headers(headers: &mut HeaderMap, v: &StoredValue) {

@@ -31,10 +31,16 @@ async fn bad_consistency_knobs_are_400_naming_the_rule() {
             for (k, v) in *headers {
                 req = req.header(*k, *v);
             }
-            let body = expect_error(req.send().await.unwrap(), 400, "invalid_consistency").await;
+            let response = req.send().await.unwrap();
+            let r_headers = (
+                crate::cluster::header(&response, "sibling-count"),
+                crate::cluster::header(&response, "quorum-report"),
+            );
+            let body = expect_error(response, 400, "invalid_consistency").await;
             let message = body["message"].as_str().unwrap();
-            // A GET ignores W/PW/DW rules only if the header is absent; here they are checked everywhere.
-            assert!(message.contains(rule) || message.contains("must"), "{method} {headers:?}: {message}");
+            assert!(message.contains(rule), "{method} {headers:?}: {message}");
+            assert_eq!(r_headers.0, "0");
+            assert_eq!(r_headers.1, "none", "refused before any replica was asked");
         }
     }
     assert!(c.local(0, "knobs").await.is_none(), "nothing was stored");

@@ -68,7 +68,14 @@ async fn write_all_reaches_every_replica() {
 async fn blind_writes_become_siblings_and_a_context_resolves_them() {
     let c = TestCluster::start(3).await;
     assert_eq!(c.put(0, "cart", "apple", &[("w", "3"), ("content-type", "text/plain")]).await.status(), 204);
-    assert_eq!(c.put(1, "cart", "pear", &[("w", "3"), ("content-type", "text/x-pear")]).await.status(), 204);
+    let r = c.put(1, "cart", "pear", &[("w", "3"), ("content-type", "text/x-pear")]).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "sibling-count"), "2");
+    assert_eq!(
+        header(&r, "causal-context"),
+        "",
+        "no context that would cover a version this client never saw"
+    );
 
     let r = c.get(2, "cart", &[]).await;
     assert_eq!(r.status(), StatusCode::MULTIPLE_CHOICES);
