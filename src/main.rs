@@ -1,6 +1,8 @@
 //! The `quorumkv` binary: parses the command line, sets up logging, and
 //! hands over to the library. `anyhow` lives only here.
 
+use std::io::Write;
+
 use anyhow::Context;
 use clap::Parser;
 use quorumkv::cli::{Cli, Command};
@@ -80,11 +82,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             let summary = quorumkv::bench::run(&args).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                println!("{}", summary.text());
-            }
+            let text = if args.json { serde_json::to_string_pretty(&summary)? } else { summary.text() };
+            // A closed pipe (`| head`) is not worth a panic.
+            let _ = writeln!(std::io::stdout(), "{text}");
         }
     }
     Ok(())
