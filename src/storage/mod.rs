@@ -59,6 +59,17 @@ impl std::fmt::Debug for Storage {
     }
 }
 
+/// `sync` makes RocksDB fsync the WAL before returning (the `DW`
+/// guarantee). The fsync happens under the key's stripe lock; syncing after
+/// the lock with `flush_wal` was measured slower (3.6k vs 5.0k PUT/s at
+/// DW=1): concurrent synced writes then each pay their own fsync instead of
+/// sharing RocksDB's group commit.
+fn write_options(sync: bool) -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(sync);
+    opts
+}
+
 fn db_key(partition: u32, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(4 + key.len());
     k.extend_from_slice(&partition.to_be_bytes());
@@ -194,19 +205,9 @@ impl Storage {
             None => Found::Nothing,
         };
         let Some(next) = f(found) else { return Ok(None) };
-        self.db.put_cf(cf, &k, record::encode(&next))?;
+        self.db.put_cf_opt(cf, &k, record::encode(&next), &write_options(sync))?;
         drop(guard);
-        self.sync_wal(sync)?;
         Ok(Some(next))
-    }
-
-    /// Makes every write so far durable. Done after the stripe lock is
-    /// released, so an fsync never holds up writers of unrelated keys.
-    fn sync_wal(&self, sync: bool) -> Result<(), StorageError> {
-        if sync {
-            self.db.flush_wal(true)?;
-        }
-        Ok(())
     }
 
     fn stripe_of(&self, k: &[u8]) -> usize {
@@ -255,9 +256,7 @@ impl Storage {
             written.insert(k.as_slice(), next.clone());
             out.push(next);
         }
-        self.db.write(batch)?;
-        drop(_guards);
-        self.sync_wal(sync)?;
+        self.db.write_opt(batch, &write_options(sync))?;
         Ok(out)
     }
 
