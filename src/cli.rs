@@ -75,6 +75,8 @@ pub struct ServeArgs {
     pub block_cache_bytes: Option<usize>,
     #[arg(long, env = "QUORUMKV_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    #[arg(long, env = "QUORUMKV_READ_REPAIR")]
+    pub read_repair: Option<bool>,
 }
 
 impl ServeArgs {
@@ -110,6 +112,7 @@ impl ServeArgs {
             "log_format",
             self.log_format.map(|f| if f == LogFormat::Json { "json" } else { "text" }),
         );
+        set(&mut table, "read_repair", self.read_repair);
         let tls = sub_table(&mut table, "tls");
         set(tls, "ca", path(&self.tls_ca));
         set(tls, "cert", path(&self.tls_cert));

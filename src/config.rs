@@ -103,8 +103,15 @@ pub struct Config {
     pub block_cache_bytes: usize,
     #[serde(default)]
     pub log_format: LogFormat,
+    /// After answering a GET, bring replicas that missed part of the merged
+    /// answer up to date (asynchronously).
+    #[serde(default = "default_true")]
+    pub read_repair: bool,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_weight() -> u32 {
     1
 }

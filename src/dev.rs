@@ -113,6 +113,7 @@ pub fn init(
             request_timeout_ms: 5_000,
             block_cache_bytes: 128 * 1024 * 1024,
             log_format,
+            read_repair: true,
         };
         config.validate()?;
         let config_path = dir.join(format!("{id}.toml"));

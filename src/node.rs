@@ -112,6 +112,7 @@ impl Node {
             config.defaults,
             config.max_n,
             Duration::from_millis(config.request_timeout_ms),
+            config.read_repair,
         );
         let state = Arc::new(NodeState {
             coordinator,

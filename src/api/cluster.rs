@@ -52,7 +52,16 @@ pub async fn cluster(State(state): State<Arc<NodeState>>) -> Json<serde_json::Va
             partitions: ring.partitions_of(&m.id).len(),
         })
         .collect();
-    Json(json!({ "node": membership.self_id(), "partitions": ring.partitions(), "members": members }))
+    let stats = json!({
+        "read_repairs": state.coordinator.read_repairs(),
+        "corrupt_reads": state.coordinator.replica().storage().corrupt_reads(),
+    });
+    Json(json!({
+        "node": membership.self_id(),
+        "partitions": ring.partitions(),
+        "members": members,
+        "stats": stats,
+    }))
 }
 
 pub async fn preference_list(State(state): State<Arc<NodeState>>, uri: Uri) -> Result<Response, ApiError> {

@@ -7,9 +7,11 @@
 
 pub mod consistency;
 pub mod quorum;
+mod read_repair;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -121,6 +123,9 @@ pub struct Coordinator {
     defaults: Defaults,
     max_n: usize,
     timeout: Duration,
+    read_repair: bool,
+    /// Replicas brought up to date by read repair since start.
+    read_repairs: Arc<AtomicU64>,
 }
 
 impl Coordinator {
@@ -131,6 +136,7 @@ impl Coordinator {
         defaults: Defaults,
         max_n: usize,
         timeout: Duration,
+        read_repair: bool,
     ) -> Coordinator {
         let limits = BatchLimits { max_batch: 256, max_bytes: 4 << 20, max_in_flight: 2, timeout };
         let queues = membership
@@ -146,7 +152,35 @@ impl Coordinator {
                 (m.id.clone(), q)
             })
             .collect();
-        Coordinator { membership, replica, peers, queues: Arc::new(queues), defaults, max_n, timeout }
+        Coordinator {
+            membership,
+            replica,
+            peers,
+            queues: Arc::new(queues),
+            defaults,
+            max_n,
+            timeout,
+            read_repair,
+            read_repairs: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Replicas repaired by reads since this node started.
+    pub fn read_repairs(&self) -> u64 {
+        self.read_repairs.load(Ordering::Relaxed)
+    }
+
+    /// Merges `req.object` into `node`'s copy (this node's own, or a peer's
+    /// through its queue).
+    async fn send_replica(&self, node: &str, req: ReplicateRequest, deadline: Instant) -> Result<(), String> {
+        if node == self.membership.self_id() {
+            let answers = self.replica.apply_batch(vec![req]).await.map_err(|e| e.to_string())?;
+            return answers.into_iter().next().unwrap_or(Err("no answer".into())).map(|_| ());
+        }
+        let bytes =
+            req.key.len() + req.object.siblings().iter().map(|s| s.value.value.len() + 64).sum::<usize>();
+        let (queues, _permit) = self.peer_slot(node, deadline).await?;
+        queues.replicate.call(req, bytes).await.map(|_| ())
     }
 
     pub fn membership(&self) -> &Arc<Membership> {
@@ -243,7 +277,11 @@ impl Coordinator {
         for found in gathered.values().flatten() {
             object.merge(found);
         }
-        gathered.finish_in_background();
+        if self.read_repair {
+            read_repair::spawn(self.clone(), partition, key, gathered, deadline);
+        } else {
+            gathered.finish_in_background();
+        }
         Ok(Outcome { object, report: QuorumReport::Read { n: c.n, r: c.r, answered } })
     }
 

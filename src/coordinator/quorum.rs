@@ -47,6 +47,24 @@ impl<T: Send + 'static> Gathered<T> {
     }
 }
 
+impl<T: Send + 'static> Gathered<T> {
+    /// Waits (until `deadline`) for the calls still in flight and returns
+    /// every successful reply, early and late.
+    pub async fn all_replies(mut self, deadline: Instant) -> Vec<Reply<T>> {
+        let mut ok = std::mem::take(&mut self.ok);
+        let rest = &mut self.rest;
+        let _ = tokio::time::timeout_at(deadline, async {
+            while let Some(reply) = rest.next().await {
+                if reply.result.is_ok() {
+                    ok.push(reply);
+                }
+            }
+        })
+        .await;
+        ok
+    }
+}
+
 /// Drives `calls` until `enough(&ok_replies)` holds, all calls are done, or
 /// `deadline` passes.
 pub async fn gather<T: Send + 'static>(

@@ -24,11 +24,12 @@ pub struct Options {
     pub nodes: usize,
     pub max_value_bytes: usize,
     pub request_timeout_ms: u64,
+    pub read_repair: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { nodes: 3, max_value_bytes: 1 << 20, request_timeout_ms: 2_000 }
+        Options { nodes: 3, max_value_bytes: 1 << 20, request_timeout_ms: 2_000, read_repair: true }
     }
 }
 
@@ -88,6 +89,7 @@ impl TestCluster {
                 request_timeout_ms: opts.request_timeout_ms,
                 block_cache_bytes: 8 << 20,
                 log_format: LogFormat::Text,
+                read_repair: opts.read_repair,
             });
         }
         let mut nodes = Vec::new();
@@ -172,6 +174,24 @@ impl TestCluster {
         let partition = coordinator.membership().ring().partition_of(key.as_bytes());
         let storage = coordinator.replica().storage();
         assert!(storage.corrupt_for_test(partition, key.as_bytes()).unwrap(), "{key} stored on node {node}");
+    }
+
+    /// Polls `node`'s own copy of `key` until `check` holds (at most ~5 s).
+    pub async fn wait_local(
+        &self,
+        node: usize,
+        key: &str,
+        check: impl Fn(Option<&serde_json::Value>) -> bool,
+    ) -> Option<serde_json::Value> {
+        let mut last = None;
+        for _ in 0..50 {
+            last = self.local(node, key).await;
+            if check(last.as_ref()) {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node {node}'s copy of {key} never got there: {last:?}");
     }
 
     pub async fn stop(&mut self, node: usize) {

@@ -1,6 +1,6 @@
 //! Behaviour with a node down, across restarts, and at the peer port's door.
 
-use crate::cluster::{TestCluster, header, tls_client};
+use crate::cluster::{Options, TestCluster, header, tls_client};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,5 +113,70 @@ async fn durable_and_primary_quorums() {
     let r = c.get(2, "durable", &[("r", "2"), ("pr", "2")]).await;
     assert_eq!(r.status(), 300, "the blind second write is a sibling of the first");
     assert_eq!(header(&r, "sibling-count"), "2");
+    c.shutdown().await;
+}
+
+fn values(copy: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> = copy["siblings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["value_base64"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_repair_brings_a_missing_and_a_stale_replica_up_to_date() {
+    let mut c = TestCluster::start(3).await;
+    c.stop(2).await;
+    assert_eq!(c.put(0, "missed", "v1", &[("w", "2")]).await.status(), 204);
+    assert_eq!(c.put(0, "stale", "old", &[("w", "2")]).await.status(), 204);
+    c.restart(2).await;
+    assert!(c.local(2, "missed").await.is_none());
+    // node 2 gets the old version, then misses the update.
+    let ctx = header(&c.get(0, "stale", &[("r", "3")]).await, "causal-context");
+    c.wait_local(2, "stale", |copy| copy.is_some()).await;
+    c.stop(2).await;
+    assert_eq!(c.put(0, "stale", "new", &[("w", "2"), ("causal-context", &ctx)]).await.status(), 204);
+    c.restart(2).await;
+
+    // One read each, answered by any two replicas; the repair follows.
+    assert_eq!(c.get(1, "missed", &[("r", "2")]).await.status(), 200);
+    assert_eq!(c.get(1, "stale", &[("r", "2")]).await.status(), 200);
+    let missed = c.wait_local(2, "missed", |copy| copy.is_some()).await.unwrap();
+    assert_eq!(values(&missed), vec!["djE="]);
+    let stale =
+        c.wait_local(2, "stale", |copy| copy.is_some_and(|v| values(v) == vec!["bmV3"])).await.unwrap();
+    assert_eq!(stale["siblings"].as_array().unwrap().len(), 1, "the old version is gone, not a sibling");
+    let stats: serde_json::Value =
+        c.client.get(c.url(1, "/cluster")).send().await.unwrap().json().await.unwrap();
+    assert!(stats["stats"]["read_repairs"].as_u64().unwrap() >= 2, "{stats}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_repair_restores_a_corrupted_copy() {
+    let c = TestCluster::start(3).await;
+    assert_eq!(c.put(0, "bitrot", "good", &[("w", "3")]).await.status(), 204);
+    c.corrupt(1, "bitrot");
+    assert!(c.local(1, "bitrot").await.is_none(), "a corrupt copy is never served");
+    let r = c.get(0, "bitrot", &[("r", "3")]).await;
+    assert_eq!(r.text().await.unwrap(), "good");
+    let repaired = c.wait_local(1, "bitrot", |copy| copy.is_some()).await.unwrap();
+    assert_eq!(values(&repaired), vec!["Z29vZA=="]);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_repair_can_be_switched_off() {
+    let mut c = TestCluster::start_with(Options { read_repair: false, ..Options::default() }).await;
+    c.stop(2).await;
+    assert_eq!(c.put(0, "left", "v", &[("w", "2")]).await.status(), 204);
+    c.restart(2).await;
+    assert_eq!(c.get(0, "left", &[("r", "3")]).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(c.local(2, "left").await.is_none(), "no repair when read_repair = false");
     c.shutdown().await;
 }
