@@ -10,10 +10,11 @@ use std::time::Duration;
 use axum_server::Handle;
 use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::coordinator::Coordinator;
-use crate::membership::Membership;
+use crate::membership::{Membership, detector};
 use crate::replica::Replica;
 use crate::rpc::client::PeerClient;
 use crate::storage::{Storage, StorageError};
@@ -75,6 +76,8 @@ pub struct Node {
     storage: Weak<Storage>,
     handles: [Handle; 2],
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Cancels the background workers (failure detector, ...).
+    workers: CancellationToken,
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
 }
@@ -105,6 +108,9 @@ impl Node {
         let membership = Arc::new(Membership::from_config(&config)?);
         let replica = Replica::new(storage.clone(), &config.node_id);
         let peers = PeerClient::new(peer_client_tls, membership.clone())?;
+        // Every background worker takes a child of this one token.
+        let workers = CancellationToken::new();
+        tokio::spawn(detector::run(membership.clone(), peers.clone(), workers.child_token()));
         let coordinator = Coordinator::new(
             membership,
             replica,
@@ -142,7 +148,15 @@ impl Node {
         ];
         state.ready.store(true, Ordering::Release);
         tracing::info!(node = %config.node_id, %client_addr, %peer_addr, actor = state.coordinator.replica().actor(), "node serving");
-        Ok(Node { storage: Arc::downgrade(&storage), state, handles, servers, client_addr, peer_addr })
+        Ok(Node {
+            storage: Arc::downgrade(&storage),
+            state,
+            handles,
+            servers,
+            workers,
+            client_addr,
+            peer_addr,
+        })
     }
 
     pub fn client_addr(&self) -> SocketAddr {
@@ -161,6 +175,7 @@ impl Node {
     /// waits (bounded) for the last reference to the database to go.
     pub async fn shutdown(self) {
         self.state.ready.store(false, Ordering::Release);
+        self.workers.cancel();
         for handle in &self.handles {
             handle.graceful_shutdown(Some(DRAIN));
         }

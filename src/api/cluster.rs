@@ -2,7 +2,6 @@
 //! `/health/live`, `/health/ready`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -14,7 +13,6 @@ use serde_json::json;
 use super::error::ApiError;
 use super::keys::key_from_path;
 use crate::node::NodeState;
-use crate::rpc::client::routes;
 
 #[derive(Serialize)]
 struct MemberView {
@@ -26,23 +24,15 @@ struct MemberView {
     partitions: usize,
 }
 
-/// Members as this node sees them. Reachability is checked with a short
-/// ping to each peer, so the answer is current rather than remembered.
+/// Members as this node sees them: reachability is this node's own view
+/// (real RPC outcomes plus the failure detector's probes).
 pub async fn cluster(State(state): State<Arc<NodeState>>) -> Json<serde_json::Value> {
     let membership = state.coordinator.membership();
     let ring = membership.ring();
-    let peers = state.coordinator.peers();
-    let pings = membership.members().iter().map(|m| async move {
-        if m.id == membership.self_id() {
-            return true;
-        }
-        peers.call::<_, ()>(&m.id, routes::PING, &(), Duration::from_millis(1000)).await.is_ok()
-    });
-    let reachable = futures::future::join_all(pings).await;
     let members: Vec<MemberView> = membership
         .members()
         .iter()
-        .zip(reachable)
+        .map(|m| (m, membership.is_reachable(&m.id)))
         .map(|(m, reachable)| MemberView {
             id: m.id.clone(),
             client_url: m.client_url.clone(),

@@ -180,3 +180,39 @@ async fn read_repair_can_be_switched_off() {
     assert!(c.local(2, "left").await.is_none(), "no repair when read_repair = false");
     c.shutdown().await;
 }
+
+async fn reachable(c: &TestCluster, viewer: usize, peer: &str) -> bool {
+    let v: serde_json::Value =
+        c.client.get(c.url(viewer, "/cluster")).send().await.unwrap().json().await.unwrap();
+    let members = v["members"].as_array().unwrap();
+    members.iter().find(|m| m["id"] == peer).unwrap()["reachable"].as_bool().unwrap()
+}
+
+async fn wait_reachable(c: &TestCluster, viewer: usize, peer: &str, want: bool) {
+    for _ in 0..100 {
+        if reachable(c, viewer, peer).await == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("node {viewer} never saw {peer} reachable={want}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_detects_a_stopped_peer_without_traffic_and_sees_it_return() {
+    let mut c = TestCluster::start(3).await;
+    for viewer in [0, 1] {
+        assert!(reachable(&c, viewer, "node3").await);
+    }
+    c.stop(2).await;
+    // No requests at all: the idle-peer probes notice.
+    for viewer in [0, 1] {
+        wait_reachable(&c, viewer, "node3", false).await;
+    }
+    assert!(reachable(&c, 0, "node2").await, "the others stay up");
+    c.restart(2).await;
+    for viewer in [0, 1] {
+        wait_reachable(&c, viewer, "node3", true).await;
+    }
+    c.shutdown().await;
+}

@@ -1,0 +1,136 @@
+//! Who is in the cluster and how reachable each member looks from here.
+//!
+//! Membership is fixed by configuration for now; the ring is recomputed from
+//! it (a pure function), so dynamic membership can later swap the member
+//! list without touching callers. Reachability is this node's own view,
+//! learned from the outcome of real RPCs and from the light probes of
+//! [`detector`]: no node is special, nothing is global.
+
+pub mod detector;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, MemberConfig};
+use crate::ring::{Member, Ring, RingError};
+
+#[derive(Debug)]
+pub struct Membership {
+    self_id: String,
+    members: Vec<MemberConfig>,
+    ring: Ring,
+    peers: HashMap<String, PeerHealth>,
+    /// Origin of the millisecond clocks in [`PeerHealth`].
+    started: Instant,
+}
+
+/// What this node knows of one peer's health.
+#[derive(Debug)]
+struct PeerHealth {
+    reachable: AtomicBool,
+    /// When a call to the peer last succeeded (ms since `started`).
+    last_ok_ms: AtomicU64,
+    /// Failed calls in a row; drives the probe back-off.
+    failures: AtomicU32,
+    /// When the failure detector last sent a probe (ms since `started`).
+    last_probe_ms: AtomicU64,
+}
+
+impl Membership {
+    pub fn from_config(config: &Config) -> Result<Membership, RingError> {
+        let ring_members =
+            config.members.iter().map(|m| Member { id: m.id.clone(), weight: m.weight }).collect();
+        let ring = Ring::new(ring_members, config.partitions, config.max_n)?;
+        let peers = config
+            .members
+            .iter()
+            .filter(|m| m.id != config.node_id)
+            .map(|m| {
+                let health = PeerHealth {
+                    reachable: AtomicBool::new(true),
+                    last_ok_ms: AtomicU64::new(0),
+                    failures: AtomicU32::new(0),
+                    last_probe_ms: AtomicU64::new(0),
+                };
+                (m.id.clone(), health)
+            })
+            .collect();
+        Ok(Membership {
+            self_id: config.node_id.clone(),
+            members: config.members.clone(),
+            ring,
+            peers,
+            started: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// How long since a call to `id` last succeeded (`None` if never).
+    pub fn since_ok(&self, id: &str) -> Option<Duration> {
+        let p = self.peers.get(id)?;
+        let last = p.last_ok_ms.load(Ordering::Relaxed);
+        (last > 0).then(|| Duration::from_millis(self.now_ms().saturating_sub(last)))
+    }
+
+    /// How long since the failure detector last probed `id`.
+    pub fn since_probe(&self, id: &str) -> Duration {
+        let last = self.peers.get(id).map_or(0, |p| p.last_probe_ms.load(Ordering::Relaxed));
+        Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
+
+    /// Notes that a probe of `id` starts now.
+    pub fn probe_started(&self, id: &str) {
+        if let Some(p) = self.peers.get(id) {
+            p.last_probe_ms.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Failed calls to `id` in a row.
+    pub fn failures(&self, id: &str) -> u32 {
+        self.peers.get(id).map_or(0, |p| p.failures.load(Ordering::Relaxed))
+    }
+
+    pub fn self_id(&self) -> &str {
+        &self.self_id
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    pub fn members(&self) -> &[MemberConfig] {
+        &self.members
+    }
+
+    pub fn member(&self, id: &str) -> Option<&MemberConfig> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// Records the outcome of a call to `id`: one failure marks it down,
+    /// one success marks it up.
+    pub fn observe(&self, id: &str, ok: bool) {
+        let Some(p) = self.peers.get(id) else { return };
+        if ok {
+            p.last_ok_ms.store(self.now_ms().max(1), Ordering::Relaxed);
+            p.failures.store(0, Ordering::Relaxed);
+        } else {
+            p.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if p.reachable.swap(ok, Ordering::Relaxed) != ok {
+            tracing::info!(peer = id, reachable = ok, "peer reachability changed");
+        }
+    }
+
+    pub fn is_reachable(&self, id: &str) -> bool {
+        id == self.self_id || self.peers.get(id).is_some_and(|p| p.reachable.load(Ordering::Relaxed))
+    }
+
+    /// The other members' ids.
+    pub fn peer_ids(&self) -> impl Iterator<Item = &str> {
+        self.peers.keys().map(String::as_str)
+    }
+}
