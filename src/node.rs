@@ -76,8 +76,10 @@ pub struct Node {
     storage: Weak<Storage>,
     handles: [Handle; 2],
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
-    /// Cancels the background workers (failure detector, ...).
+    /// Cancels the background workers (failure detector, read repairs).
     workers: CancellationToken,
+    /// Cancels them too if the node is dropped without `shutdown`.
+    _workers_guard: tokio_util::sync::DropGuard,
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
 }
@@ -110,7 +112,7 @@ impl Node {
         let peers = PeerClient::new(peer_client_tls, membership.clone())?;
         // Every background worker takes a child of this one token.
         let workers = CancellationToken::new();
-        tokio::spawn(detector::run(membership.clone(), peers.clone(), workers.child_token()));
+        let detector_peers = peers.clone();
         let coordinator = Coordinator::new(
             membership,
             replica,
@@ -118,7 +120,7 @@ impl Node {
             config.defaults,
             config.max_n,
             Duration::from_millis(config.request_timeout_ms),
-            config.read_repair,
+            config.read_repair.then(|| workers.child_token()),
         );
         let state = Arc::new(NodeState {
             coordinator,
@@ -146,6 +148,13 @@ impl Node {
                     .serve(client_app.into_make_service()),
             ),
         ];
+        // Spawned last: nothing fallible remains, so it cannot outlive a
+        // node that failed to start.
+        tokio::spawn(detector::run(
+            state.coordinator.membership().clone(),
+            detector_peers,
+            workers.child_token(),
+        ));
         state.ready.store(true, Ordering::Release);
         tracing::info!(node = %config.node_id, %client_addr, %peer_addr, actor = state.coordinator.replica().actor(), "node serving");
         Ok(Node {
@@ -153,6 +162,7 @@ impl Node {
             state,
             handles,
             servers,
+            _workers_guard: workers.clone().drop_guard(),
             workers,
             client_addr,
             peer_addr,

@@ -59,19 +59,19 @@ pub enum ReplicaError {
 #[derive(Debug, Clone)]
 pub struct Replica {
     storage: Arc<Storage>,
-    /// The actor id this node stamps on the versions it coordinates:
-    /// `node_id.epoch`, unique per incarnation of the data directory.
-    actor: Arc<str>,
+    node_id: Arc<str>,
 }
 
 impl Replica {
     pub fn new(storage: Arc<Storage>, node_id: &str) -> Replica {
-        let actor = format!("{node_id}.{:08x}", storage.epoch());
-        Replica { storage, actor: actor.into() }
+        Replica { storage, node_id: node_id.into() }
     }
 
-    pub fn actor(&self) -> &str {
-        &self.actor
+    /// The actor id this node stamps on the versions it coordinates:
+    /// `node_id.epoch`, unique per incarnation of the data directory (and
+    /// renewed when a corrupt record had to be replaced).
+    pub fn actor(&self) -> String {
+        format!("{}.{:08x}", self.node_id, self.storage.epoch())
     }
 
     pub fn storage(&self) -> &Arc<Storage> {
@@ -136,7 +136,7 @@ impl Replica {
         value: StoredValue,
         sync: bool,
     ) -> Result<Object, ReplicaError> {
-        let actor = self.actor.clone();
+        let actor = self.actor();
         let written = self
             .storage_call(sync, move |s| {
                 s.modify(partition, &key, sync, |found| {

@@ -19,6 +19,7 @@ use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub use consistency::{Consistency, ConsistencyError, Knob, KnobRequest};
 use quorum::{Call, Reply, gather};
@@ -36,6 +37,9 @@ use crate::version::VersionVector;
 /// backpressure that keeps a W=1 load from queueing replication work
 /// without limit; a peer that looks down gets no wait, only a failure.
 const MAX_PENDING_PER_PEER: usize = 1024;
+
+/// Most read repairs in flight at once on one node.
+const MAX_CONCURRENT_REPAIRS: usize = 512;
 
 /// Extra time a forwarding node gives the coordinator beyond its own deadline.
 const FORWARD_MARGIN: Duration = Duration::from_secs(1);
@@ -123,7 +127,10 @@ pub struct Coordinator {
     defaults: Defaults,
     max_n: usize,
     timeout: Duration,
-    read_repair: bool,
+    /// Set when read repair is on; cancelled at shutdown.
+    read_repair: Option<CancellationToken>,
+    /// Bounds the read repairs in flight (a repair is skipped when full).
+    repair_slots: Arc<Semaphore>,
     /// Replicas brought up to date by read repair since start.
     read_repairs: Arc<AtomicU64>,
 }
@@ -136,7 +143,7 @@ impl Coordinator {
         defaults: Defaults,
         max_n: usize,
         timeout: Duration,
-        read_repair: bool,
+        read_repair: Option<CancellationToken>,
     ) -> Coordinator {
         let limits = BatchLimits { max_batch: 256, max_bytes: 4 << 20, max_in_flight: 2, timeout };
         let queues = membership
@@ -161,6 +168,7 @@ impl Coordinator {
             max_n,
             timeout,
             read_repair,
+            repair_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_REPAIRS)),
             read_repairs: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -277,10 +285,11 @@ impl Coordinator {
         for found in gathered.values().flatten() {
             object.merge(found);
         }
-        if self.read_repair {
-            read_repair::spawn(self.clone(), partition, key, gathered, deadline);
-        } else {
-            gathered.finish_in_background();
+        match &self.read_repair {
+            Some(cancel) => {
+                read_repair::spawn(self.clone(), cancel.clone(), partition, key, gathered, deadline)
+            }
+            None => gathered.finish_in_background(),
         }
         Ok(Outcome { object, report: QuorumReport::Read { n: c.n, r: c.r, answered } })
     }

@@ -1,49 +1,79 @@
-//! Read repair: once a GET has been answered, wait for the slower replicas,
-//! merge every reply, and send the merged object to each replica whose copy
-//! lacks part of it (missing, stale, or unreadable after a failed integrity
-//! check). Runs in a spawned task: a repair never fails or slows the read,
-//! and a failed repair is logged, not returned.
+//! Read repair: once a GET has been answered, wait briefly for the slower
+//! replicas, merge every reply, and send the merged object to each replica
+//! whose copy lacks part of it (missing, stale, or unreadable after a failed
+//! integrity check). Runs in a spawned task: a repair never fails or slows
+//! the read, and a failed repair is logged, not returned. Repairs in flight
+//! are bounded (one is skipped when the bound is reached) and cancelled at
+//! shutdown, so they never keep the database open.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Coordinator;
 use super::quorum::Gathered;
 use crate::replica::ReplicateRequest;
 use crate::storage::Object;
 
+/// How long after the answer late replies are still awaited.
+const LATE_REPLY_WAIT: Duration = Duration::from_secs(1);
+
 pub(super) fn spawn(
     coordinator: Coordinator,
+    cancel: CancellationToken,
     partition: u32,
     key: Bytes,
     gathered: Gathered<Option<Object>>,
     deadline: Instant,
 ) {
+    let Ok(slot) = coordinator.repair_slots.clone().try_acquire_owned() else {
+        gathered.finish_in_background();
+        return;
+    };
     tokio::spawn(async move {
-        let replies = gathered.all_replies(deadline).await;
-        let mut merged = Object::new();
-        for found in replies.iter().filter_map(|r| r.result.as_ref().ok()).flatten() {
-            merged.merge(found);
+        let _slot = slot;
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = repair(&coordinator, partition, key, gathered, deadline) => {}
         }
-        if merged.clock().is_empty() {
-            return;
-        }
-        let stale = replies.iter().filter(|r| match &r.result {
+    });
+}
+
+async fn repair(
+    coordinator: &Coordinator,
+    partition: u32,
+    key: Bytes,
+    gathered: Gathered<Option<Object>>,
+    deadline: Instant,
+) {
+    let replies = gathered.all_replies(deadline.min(Instant::now() + LATE_REPLY_WAIT)).await;
+    let mut merged = Object::new();
+    for found in replies.iter().filter_map(|r| r.result.as_ref().ok()).flatten() {
+        merged.merge(found);
+    }
+    if merged.clock().is_empty() {
+        return;
+    }
+    let send_deadline = Instant::now() + coordinator.timeout;
+    let sends = replies
+        .iter()
+        .filter(|r| match &r.result {
             Ok(Some(copy)) => !copy.descends(&merged),
             Ok(None) => true,
             Err(_) => false,
-        });
-        for reply in stale {
+        })
+        .map(|reply| async {
             let req = ReplicateRequest { partition, key: key.clone(), object: merged.clone(), sync: false };
-            match coordinator.send_replica(&reply.node, req, deadline).await {
+            match coordinator.send_replica(&reply.node, req, send_deadline).await {
                 Ok(()) => {
                     coordinator.read_repairs.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(peer = %reply.node, "read repair");
                 }
                 Err(error) => tracing::warn!(peer = %reply.node, %error, "read repair failed"),
             }
-        }
-    });
+        });
+    futures::future::join_all(sends).await;
 }

@@ -28,6 +28,10 @@ pub fn backoff(failures: u32) -> Duration {
     TICK.saturating_mul(1 << exp).min(MAX_BACKOFF)
 }
 
+/// Worst case from a peer's death to "down" for an idle peer: it goes quiet
+/// for `IDLE`, the next tick comes within `TICK`, the probe times out.
+pub const WORST_DETECTION: Duration = Duration::from_millis(1000 + 250 + 700);
+
 /// Runs until `shutdown` is cancelled.
 pub async fn run(membership: Arc<Membership>, peers: PeerClient, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
@@ -47,9 +51,12 @@ pub async fn run(membership: Arc<Membership>, peers: PeerClient, shutdown: Cance
             if due {
                 membership.probe_started(id);
                 let (peers, id) = (peers.clone(), id.to_string());
+                let membership = membership.clone();
                 // The call's outcome updates the membership view itself.
                 tokio::spawn(async move {
-                    let _ = peers.call::<_, ()>(&id, routes::PING, &(), PROBE_TIMEOUT).await;
+                    if peers.call::<_, ()>(&id, routes::PING, &(), PROBE_TIMEOUT).await.is_err() {
+                        membership.probe_failed(&id);
+                    }
                 });
             }
         }
@@ -66,6 +73,7 @@ mod tests {
         assert_eq!(backoff(2), TICK * 2);
         assert_eq!(backoff(4), TICK * 8);
         assert_eq!(backoff(40), MAX_BACKOFF);
-        assert!(IDLE + PROBE_TIMEOUT < Duration::from_secs(2), "a dead idle peer is marked down within 2 s");
+        assert_eq!(WORST_DETECTION, IDLE + TICK + PROBE_TIMEOUT);
+        assert!(WORST_DETECTION < Duration::from_secs(2), "a dead idle peer is marked down within 2 s");
     }
 }

@@ -31,7 +31,7 @@ struct PeerHealth {
     reachable: AtomicBool,
     /// When a call to the peer last succeeded (ms since `started`).
     last_ok_ms: AtomicU64,
-    /// Failed calls in a row; drives the probe back-off.
+    /// Failed probes since the last success; drives the probe back-off.
     failures: AtomicU32,
     /// When the failure detector last sent a probe (ms since `started`).
     last_probe_ms: AtomicU64,
@@ -65,7 +65,8 @@ impl Membership {
         })
     }
 
-    fn now_ms(&self) -> u64 {
+    /// This node's clock for [`Membership::observe`]: ms since start.
+    pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
@@ -89,7 +90,15 @@ impl Membership {
         }
     }
 
-    /// Failed calls to `id` in a row.
+    /// Counts a failed probe of `id` (foreground failures do not lengthen
+    /// the back-off: a burst of them is one event).
+    pub fn probe_failed(&self, id: &str) {
+        if let Some(p) = self.peers.get(id) {
+            p.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Failed probes of `id` since it last answered.
     pub fn failures(&self, id: &str) -> u32 {
         self.peers.get(id).map_or(0, |p| p.failures.load(Ordering::Relaxed))
     }
@@ -110,15 +119,17 @@ impl Membership {
         self.members.iter().find(|m| m.id == id)
     }
 
-    /// Records the outcome of a call to `id`: one failure marks it down,
-    /// one success marks it up.
-    pub fn observe(&self, id: &str, ok: bool) {
+    /// Records the outcome of a call to `id` that started at `started_ms`
+    /// ([`Membership::now_ms`]): one success marks the peer up, one failure
+    /// down — unless a call started later has already succeeded (a slow
+    /// timeout must not overrule newer evidence).
+    pub fn observe(&self, id: &str, ok: bool, started_ms: u64) {
         let Some(p) = self.peers.get(id) else { return };
         if ok {
             p.last_ok_ms.store(self.now_ms().max(1), Ordering::Relaxed);
             p.failures.store(0, Ordering::Relaxed);
-        } else {
-            p.failures.fetch_add(1, Ordering::Relaxed);
+        } else if started_ms < p.last_ok_ms.load(Ordering::Relaxed) {
+            return;
         }
         if p.reachable.swap(ok, Ordering::Relaxed) != ok {
             tracing::info!(peer = id, reachable = ok, "peer reachability changed");

@@ -82,12 +82,13 @@ impl PeerClient {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, RpcError> {
+        let started = self.membership.now_ms();
         let result = self.call_inner(peer, route, request, timeout).await;
         let reached = !matches!(
             result,
             Err(RpcError::Connect { .. } | RpcError::Transport { .. } | RpcError::Timeout { .. })
         );
-        self.membership.observe(peer, reached);
+        self.membership.observe(peer, reached, started);
         result
     }
 

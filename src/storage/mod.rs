@@ -49,7 +49,7 @@ pub struct Storage {
     db: DB,
     locks: Box<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
-    epoch: u32,
+    epoch: std::sync::atomic::AtomicU32,
     corrupt_reads: AtomicU64,
 }
 
@@ -129,7 +129,13 @@ impl Storage {
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         let epoch = Self::load_or_create_epoch(&db)?;
         let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
-        Ok(Storage { db, locks, hasher: Default::default(), epoch, corrupt_reads: AtomicU64::new(0) })
+        Ok(Storage {
+            db,
+            locks,
+            hasher: Default::default(),
+            epoch: std::sync::atomic::AtomicU32::new(epoch),
+            corrupt_reads: AtomicU64::new(0),
+        })
     }
 
     /// A random number fixed when the database is created. Versions are
@@ -143,6 +149,11 @@ impl Storage {
                 _ => Err(StorageError::CorruptMeta("actor_epoch is not [1, u32 BE]".into())),
             };
         }
+        Self::store_new_epoch(db)
+    }
+
+    fn store_new_epoch(db: &DB) -> Result<u32, StorageError> {
+        let cf = db.cf_handle(CF_META).ok_or(StorageError::MissingColumnFamily(CF_META))?;
         let epoch: u32 = rand::random();
         let mut value = vec![META_FORMAT_V1];
         value.extend_from_slice(&epoch.to_be_bytes());
@@ -154,7 +165,17 @@ impl Storage {
     }
 
     pub fn epoch(&self) -> u32 {
-        self.epoch
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// A corrupt record was replaced by what other replicas sent: it may
+    /// have held this node's newest dots, which it would then mint again.
+    /// A new epoch (so a new actor id) makes every later dot fresh.
+    fn renew_epoch(&self) -> Result<(), StorageError> {
+        let epoch = Self::store_new_epoch(&self.db)?;
+        self.epoch.store(epoch, Ordering::Release);
+        tracing::warn!(epoch, "new actor epoch after replacing a corrupt record");
+        Ok(())
     }
 
     /// How many stored records failed their integrity check since start.
@@ -241,13 +262,18 @@ impl Storage {
         stripes.dedup();
         let _guards: Vec<_> = stripes.into_iter().map(|s| self.lock_stripe(s)).collect();
         let mut written: std::collections::HashMap<&[u8], Object> = std::collections::HashMap::new();
+        let mut replaced_corrupt = false;
         let mut batch = rocksdb::WriteBatch::default();
         let mut out = Vec::with_capacity(items.len());
         for (i, k) in keys.iter().enumerate() {
             let current = match written.remove(k.as_slice()) {
                 Some(o) => Some(o),
                 None => match self.db.get_pinned_cf(cf, k)? {
-                    Some(bytes) => self.decode_checked(items[i].0, &bytes),
+                    Some(bytes) => {
+                        let decoded = self.decode_checked(items[i].0, &bytes);
+                        replaced_corrupt |= decoded.is_none();
+                        decoded
+                    }
                     None => None,
                 },
             };
@@ -257,6 +283,9 @@ impl Storage {
             out.push(next);
         }
         self.db.write_opt(batch, &write_options(sync))?;
+        if replaced_corrupt {
+            self.renew_epoch()?;
+        }
         Ok(out)
     }
 
@@ -381,6 +410,19 @@ mod tests {
             None
         });
         assert!(written.unwrap().is_none());
+        // Replacing it with what a peer sent renews the epoch (new actor id).
+        let before = s.epoch();
+        s.modify_batch(&[(1, b"k")], false, |_, cur| {
+            assert!(cur.is_none());
+            let mut o = Object::new();
+            o.update(&VersionVector::new(), "peer", value("from a peer"));
+            o
+        })
+        .unwrap();
+        assert_ne!(s.epoch(), before);
+        let reopened_epoch = s.epoch();
+        drop(s);
+        assert_eq!(Storage::open(dir.path(), 1 << 20).unwrap().epoch(), reopened_epoch, "persisted");
     }
 
     #[test]
