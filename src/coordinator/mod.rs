@@ -44,6 +44,11 @@ const MAX_CONCURRENT_REPAIRS: usize = 512;
 /// Extra time a forwarding node gives the coordinator beyond its own deadline.
 const FORWARD_MARGIN: Duration = Duration::from_secs(1);
 
+/// Roughly how many bytes `object` takes on the wire (for batch budgets).
+fn size_hint(object: &Object) -> usize {
+    object.siblings().iter().map(|s| s.value.value.len() + 64).sum()
+}
+
 /// Which quorum a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QuorumKind {
@@ -185,8 +190,7 @@ impl Coordinator {
             let answers = self.replica.apply_batch(vec![req]).await.map_err(|e| e.to_string())?;
             return answers.into_iter().next().unwrap_or(Err("no answer".into())).map(|_| ());
         }
-        let bytes =
-            req.key.len() + req.object.siblings().iter().map(|s| s.value.value.len() + 64).sum::<usize>();
+        let bytes = req.key.len() + size_hint(&req.object);
         let (queues, _permit) = self.peer_slot(node, deadline).await?;
         queues.replicate.call(req, bytes).await.map(|_| ())
     }
@@ -369,7 +373,7 @@ impl Coordinator {
             futures::future::ready(Reply { node: self_id.clone(), primary: true, result: Ok(sync) }).boxed(),
         ];
         let deadline = Instant::now() + self.timeout;
-        let object_bytes: usize = object.siblings().iter().map(|s| s.value.value.len() + 64).sum();
+        let object_bytes = size_hint(&object);
         for node in ring.replicas_for(&key, c.n).iter().filter(|n| **n != self_id) {
             let req = ReplicateRequest { partition, key: key.clone(), object: object.clone(), sync };
             let bytes = key.len() + object_bytes;

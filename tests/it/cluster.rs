@@ -225,6 +225,18 @@ impl TestCluster {
     }
 }
 
+/// The sorted base64 values of a JSON siblings view.
+pub fn sibling_values(view: &serde_json::Value) -> Vec<String> {
+    let mut values: Vec<String> = view["siblings"]
+        .as_array()
+        .expect("a siblings view")
+        .iter()
+        .map(|s| s["value_base64"].as_str().expect("base64 value").to_string())
+        .collect();
+    values.sort();
+    values
+}
+
 pub fn header(r: &Response, name: &str) -> String {
     r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }

@@ -1,6 +1,6 @@
 //! Behaviour with a node down, across restarts, and at the peer port's door.
 
-use crate::cluster::{Options, TestCluster, header, tls_client};
+use crate::cluster::{Options, TestCluster, header, sibling_values, tls_client};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,10 +93,7 @@ async fn a_corrupt_record_is_never_served_and_does_not_swallow_later_writes() {
     assert_eq!(c.put(0, "fragile", "v2", &[("w", "3")]).await.status(), 204);
     let view: serde_json::Value =
         c.get(2, "fragile", &[("accept", "application/json"), ("r", "3")]).await.json().await.unwrap();
-    let mut values: Vec<&str> =
-        view["siblings"].as_array().unwrap().iter().map(|s| s["value_base64"].as_str().unwrap()).collect();
-    values.sort();
-    assert_eq!(values, vec!["djE=", "djI="], "both the old value and the blind write survive");
+    assert_eq!(sibling_values(&view), vec!["djE=", "djI="], "both the old value and the blind write survive");
     let local = c.wait_local(0, "fragile", |copy| copy.is_some()).await.unwrap();
     assert_eq!(local["siblings"].as_array().unwrap().len(), 2, "node 0 holds a good copy again");
     c.shutdown().await;
@@ -115,17 +112,6 @@ async fn durable_and_primary_quorums() {
     assert_eq!(r.status(), 300, "the blind second write is a sibling of the first");
     assert_eq!(header(&r, "sibling-count"), "2");
     c.shutdown().await;
-}
-
-fn values(copy: &serde_json::Value) -> Vec<String> {
-    let mut v: Vec<String> = copy["siblings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["value_base64"].as_str().unwrap().to_string())
-        .collect();
-    v.sort();
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,9 +133,11 @@ async fn read_repair_brings_a_missing_and_a_stale_replica_up_to_date() {
     assert_eq!(c.get(1, "missed", &[("r", "2")]).await.status(), 200);
     assert_eq!(c.get(1, "stale", &[("r", "2")]).await.status(), 200);
     let missed = c.wait_local(2, "missed", |copy| copy.is_some()).await.unwrap();
-    assert_eq!(values(&missed), vec!["djE="]);
-    let stale =
-        c.wait_local(2, "stale", |copy| copy.is_some_and(|v| values(v) == vec!["bmV3"])).await.unwrap();
+    assert_eq!(sibling_values(&missed), vec!["djE="]);
+    let stale = c
+        .wait_local(2, "stale", |copy| copy.is_some_and(|v| sibling_values(v) == vec!["bmV3"]))
+        .await
+        .unwrap();
     assert_eq!(stale["siblings"].as_array().unwrap().len(), 1, "the old version is gone, not a sibling");
     let mut repairs = 0;
     for _ in 0..50 {
@@ -174,7 +162,7 @@ async fn read_repair_restores_a_corrupted_copy() {
     let r = c.get(0, "bitrot", &[("r", "3")]).await;
     assert_eq!(r.text().await.unwrap(), "good");
     let repaired = c.wait_local(1, "bitrot", |copy| copy.is_some()).await.unwrap();
-    assert_eq!(values(&repaired), vec!["Z29vZA=="]);
+    assert_eq!(sibling_values(&repaired), vec!["Z29vZA=="]);
     c.shutdown().await;
 }
 

@@ -1,7 +1,7 @@
 //! The data path as a client sees it: values, replication, siblings,
 //! contexts, deletes.
 
-use crate::cluster::{TestCluster, header};
+use crate::cluster::{TestCluster, header, sibling_values};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,14 +122,7 @@ async fn a_write_with_an_old_context_keeps_the_concurrent_one() {
     assert_eq!(c.put(1, "doc", "v2b", &[("causal-context", &ctx), ("w", "3")]).await.status(), 204);
     let view: serde_json::Value =
         c.get(2, "doc", &[("accept", "application/json"), ("r", "3")]).await.json().await.unwrap();
-    let mut values: Vec<String> = view["siblings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["value_base64"].as_str().unwrap().to_string())
-        .collect();
-    values.sort();
-    assert_eq!(values, vec!["djJh", "djJi"], "v1 is gone, v2a and v2b remain");
+    assert_eq!(sibling_values(&view), vec!["djJh", "djJi"], "v1 is gone, v2a and v2b remain");
     c.shutdown().await;
 }
 
