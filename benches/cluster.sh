@@ -5,6 +5,7 @@
 # $BENCH_OUT/results.{md,json}. Bounded: about 3 minutes with the defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 duration=${BENCH_DURATION:-20s}
 out=${BENCH_OUT:-benches/results}
 port=${BENCH_PORT:-28443}
@@ -21,13 +22,7 @@ pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-for i in 0 1 2; do
-  url="https://127.0.0.1:$((port + i))/health/ready"
-  for _ in $(seq 1 100); do
-    curl -fsS --cacert "$work/dev/ca.pem" "$url" >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-done
+wait_ready "$work/dev/ca.pem" "$port"
 
 mkdir -p "$out"
 run() {

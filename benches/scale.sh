@@ -5,6 +5,7 @@
 # (~6 minutes with the defaults). Writes $BENCH_OUT/scale.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 duration=${BENCH_DURATION:-15s}
 out=${BENCH_OUT:-benches/results}
 port=${BENCH_PORT:-38443}
@@ -22,12 +23,7 @@ for i in 1 2 3; do
   QUORUMKV_LOG=warn "$bin" serve --config "$work/dev/node$i.toml" >"$work/node$i.log" 2>&1 &
   pids+=($!)
 done
-for i in 0 1 2; do
-  for _ in $(seq 1 100); do
-    curl -fsS --cacert "$work/dev/ca.pem" "https://127.0.0.1:$((port + i))/health/ready" >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-done
+wait_ready "$work/dev/ca.pem" "$port"
 
 bench() { "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet "$@"; }
 rss() { for p in "${pids[@]}"; do awk '/VmRSS/ {printf "%d ", $2/1024}' "/proc/$p/status"; done; }

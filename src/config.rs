@@ -200,10 +200,6 @@ impl Config {
         }
         Ok(())
     }
-
-    pub fn member(&self, id: &str) -> Option<&MemberConfig> {
-        self.members.iter().find(|m| m.id == id)
-    }
 }
 
 /// Parses the flag/env form of a member: `ID,CLIENT_URL,PEER_URL[,WEIGHT]`.

@@ -203,10 +203,6 @@ impl Coordinator {
         &self.replica
     }
 
-    pub fn peers(&self) -> &PeerClient {
-        &self.peers
-    }
-
     /// Resolves a request's knobs against this cluster's defaults and size.
     pub fn consistency(&self, knobs: &KnobRequest) -> Result<Consistency, ConsistencyError> {
         let limit = self.max_n.min(self.membership.members().len());

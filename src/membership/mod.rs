@@ -115,10 +115,6 @@ impl Membership {
         &self.members
     }
 
-    pub fn member(&self, id: &str) -> Option<&MemberConfig> {
-        self.members.iter().find(|m| m.id == id)
-    }
-
     /// Records the outcome of a call to `id` that started at `started_ms`
     /// ([`Membership::now_ms`]): one success marks the peer up, one failure
     /// down — unless a call started later has already succeeded (a slow

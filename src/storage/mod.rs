@@ -319,11 +319,6 @@ impl Storage {
         self.db.put_cf(&cf, &k, bytes)?;
         Ok(true)
     }
-
-    /// Approximate on-disk size, for metrics and `/cluster`.
-    pub fn approximate_size_bytes(&self) -> u64 {
-        self.db.property_int_value("rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0)
-    }
 }
 
 #[cfg(test)]
