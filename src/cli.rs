@@ -77,6 +77,20 @@ pub struct ServeArgs {
     pub log_format: Option<LogFormat>,
     #[arg(long, env = "QUORUMKV_READ_REPAIR")]
     pub read_repair: Option<bool>,
+    #[arg(long, env = "QUORUMKV_HINT_WINDOW_SECS")]
+    pub hint_window_secs: Option<u64>,
+    #[arg(long, env = "QUORUMKV_HANDOFF_BYTES_PER_SEC")]
+    pub handoff_bytes_per_sec: Option<u64>,
+    #[arg(long, env = "QUORUMKV_ANTI_ENTROPY")]
+    pub anti_entropy: Option<bool>,
+    #[arg(long, env = "QUORUMKV_ANTI_ENTROPY_INTERVAL_MS")]
+    pub anti_entropy_interval_ms: Option<u64>,
+    #[arg(long, env = "QUORUMKV_ANTI_ENTROPY_BYTES_PER_SEC")]
+    pub anti_entropy_bytes_per_sec: Option<u64>,
+    #[arg(long, env = "QUORUMKV_TREE_REBUILD_SECS")]
+    pub tree_rebuild_secs: Option<u64>,
+    #[arg(long, env = "QUORUMKV_TOMBSTONE_GRACE_SECS")]
+    pub tombstone_grace_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -124,6 +138,15 @@ impl ServeArgs {
         set(defaults, "pr", int(self.default_pr));
         set(defaults, "pw", int(self.default_pw));
         set(defaults, "dw", int(self.default_dw));
+        let repair = sub_table(&mut table, "repair");
+        let long = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
+        set(repair, "hint_window_secs", long(self.hint_window_secs));
+        set(repair, "handoff_bytes_per_sec", long(self.handoff_bytes_per_sec));
+        set(repair, "anti_entropy", self.anti_entropy);
+        set(repair, "anti_entropy_interval_ms", long(self.anti_entropy_interval_ms));
+        set(repair, "anti_entropy_bytes_per_sec", long(self.anti_entropy_bytes_per_sec));
+        set(repair, "tree_rebuild_secs", long(self.tree_rebuild_secs));
+        set(repair, "tombstone_grace_secs", long(self.tombstone_grace_secs));
         if !self.members.is_empty() {
             let members = toml::Value::try_from(&self.members)
                 .map_err(|e| ConfigError::Invalid(format!("members: {e}")))?;

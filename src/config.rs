@@ -107,6 +107,48 @@ pub struct Config {
     /// answer up to date (asynchronously).
     #[serde(default = "default_true")]
     pub read_repair: bool,
+    /// Hinted handoff, anti-entropy and tombstone GC.
+    #[serde(default)]
+    pub repair: RepairConfig,
+}
+
+/// The background work that makes replicas converge after failures.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepairConfig {
+    /// Hints older than this are dropped undelivered (anti-entropy covers
+    /// what they held).
+    pub hint_window_secs: u64,
+    /// Bandwidth cap of hint delivery, per node.
+    pub handoff_bytes_per_sec: u64,
+    /// Run Merkle-tree anti-entropy exchanges.
+    pub anti_entropy: bool,
+    /// Pause between two anti-entropy rounds (a round compares every
+    /// partition this node shares with one peer).
+    pub anti_entropy_interval_ms: u64,
+    /// Bandwidth cap of anti-entropy exchanges, per node.
+    pub anti_entropy_bytes_per_sec: u64,
+    /// Each partition's tree is rebuilt from its data this often, catching
+    /// records damaged on disk without any write (0: never).
+    pub tree_rebuild_secs: u64,
+    /// A tombstone is reaped once every home replica holds it and it is
+    /// this old. Must be at least `hint_window_secs`, so no hint older than
+    /// the delete can still bring the value back.
+    pub tombstone_grace_secs: u64,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig {
+            hint_window_secs: 3 * 3600,
+            handoff_bytes_per_sec: 8 << 20,
+            anti_entropy: true,
+            anti_entropy_interval_ms: 10_000,
+            anti_entropy_bytes_per_sec: 8 << 20,
+            tree_rebuild_secs: 7 * 24 * 3600,
+            tombstone_grace_secs: 24 * 3600,
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -197,6 +239,19 @@ impl Config {
         }
         if self.request_timeout_ms == 0 {
             return bad("request_timeout_ms must be positive".into());
+        }
+        let r = self.repair;
+        if r.handoff_bytes_per_sec == 0 || r.anti_entropy_bytes_per_sec == 0 {
+            return bad("repair.*_bytes_per_sec must be positive".into());
+        }
+        if r.anti_entropy_interval_ms == 0 {
+            return bad("repair.anti_entropy_interval_ms must be positive".into());
+        }
+        if r.tombstone_grace_secs < r.hint_window_secs {
+            return bad(format!(
+                "repair.tombstone_grace_secs ({}) must be at least repair.hint_window_secs ({}): an older hint could bring deleted data back",
+                r.tombstone_grace_secs, r.hint_window_secs
+            ));
         }
         Ok(())
     }

@@ -114,6 +114,7 @@ pub fn init(
             block_cache_bytes: 128 * 1024 * 1024,
             log_format,
             read_repair: true,
+            repair: Default::default(),
         };
         config.validate()?;
         let config_path = dir.join(format!("{id}.toml"));

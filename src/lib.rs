@@ -7,12 +7,16 @@
 //! - [`replica`]: a node's own copy of a key: read, coordinate a write, merge.
 //! - [`rpc`]: internal HTTPS with mutual TLS between nodes; moves bytes only.
 //! - [`membership`]: the member list, the ring built from it, reachability.
-//! - [`coordinator`]: quorum reads and writes over the key's replicas.
+//! - [`coordinator`]: quorum reads and writes over the key's replicas,
+//!   sloppy quorum included.
+//! - [`handoff`]: delivers the hints fallbacks hold to their home replicas.
+//! - [`anti_entropy`]: Merkle-tree exchanges between replicas; tombstone GC.
 //! - [`api`]: the public HTTPS routes and the error → status mapping.
 //! - [`config`], [`cli`], [`tls`], [`certs`]: configuration and TLS material.
 //! - [`node`]: wiring and start/stop order; [`dev`]: a local cluster.
 //! - [`bench`]: the load generator behind `quorumkv bench`.
 
+pub mod anti_entropy;
 pub mod api;
 pub mod bench;
 pub mod certs;
@@ -20,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod dev;
+pub mod handoff;
 pub mod membership;
 pub mod node;
 pub mod replica;

@@ -12,11 +12,14 @@ use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use tokio_util::sync::CancellationToken;
 
+use crate::anti_entropy::{AeStats, AntiEntropy};
 use crate::config::Config;
 use crate::coordinator::Coordinator;
+use crate::handoff::{Handoff, HandoffStats};
 use crate::membership::{Membership, detector};
 use crate::replica::Replica;
 use crate::rpc::client::PeerClient;
+use crate::rpc::faults::Faults;
 use crate::storage::{Storage, StorageError};
 use crate::{api, rpc, tls};
 
@@ -44,6 +47,10 @@ pub enum NodeError {
 pub struct NodeState {
     pub coordinator: Coordinator,
     pub max_value_bytes: usize,
+    /// Fault injection on this node's outgoing peer calls (tests).
+    pub faults: Faults,
+    pub handoff: Arc<HandoffStats>,
+    pub anti_entropy: Arc<AeStats>,
     ready: AtomicBool,
 }
 
@@ -76,7 +83,8 @@ pub struct Node {
     storage: Weak<Storage>,
     handles: [Handle; 2],
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
-    /// Cancels the background workers (failure detector, read repairs).
+    /// Cancels the background workers (failure detector, read repairs,
+    /// handoff, anti-entropy).
     workers: CancellationToken,
     /// Cancels them too if the node is dropped without `shutdown`.
     _workers_guard: tokio_util::sync::DropGuard,
@@ -109,10 +117,27 @@ impl Node {
         let storage = Arc::new(storage);
         let membership = Arc::new(Membership::from_config(&config)?);
         let replica = Replica::new(storage.clone(), &config.node_id);
-        let peers = PeerClient::new(peer_client_tls, membership.clone())?;
+        let local_ip = Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified());
+        let peers = PeerClient::new(peer_client_tls, membership.clone(), local_ip)?;
         // Every background worker takes a child of this one token.
         let workers = CancellationToken::new();
         let detector_peers = peers.clone();
+        let faults = peers.faults().clone();
+        let handoff = Handoff {
+            storage: storage.clone(),
+            membership: membership.clone(),
+            peers: peers.clone(),
+            window: Duration::from_secs(config.repair.hint_window_secs),
+            bytes_per_sec: config.repair.handoff_bytes_per_sec,
+            stats: Arc::default(),
+        };
+        let anti_entropy = AntiEntropy {
+            replica: replica.clone(),
+            membership: membership.clone(),
+            peers: peers.clone(),
+            config: config.repair,
+            stats: Arc::default(),
+        };
         let coordinator = Coordinator::new(
             membership,
             replica,
@@ -125,6 +150,9 @@ impl Node {
         let state = Arc::new(NodeState {
             coordinator,
             max_value_bytes: config.max_value_bytes,
+            faults,
+            handoff: handoff.stats.clone(),
+            anti_entropy: anti_entropy.stats.clone(),
             ready: AtomicBool::new(false),
         });
 
@@ -155,6 +183,10 @@ impl Node {
             detector_peers,
             workers.child_token(),
         ));
+        tokio::spawn(handoff.run(workers.child_token()));
+        if config.repair.anti_entropy {
+            tokio::spawn(anti_entropy.run(workers.child_token()));
+        }
         state.ready.store(true, Ordering::Release);
         tracing::info!(node = %config.node_id, %client_addr, %peer_addr, actor = state.coordinator.replica().actor(), "node serving");
         Ok(Node {

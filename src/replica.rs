@@ -20,6 +20,9 @@ use crate::version::VersionVector;
 pub struct ReadRequest {
     pub partition: u32,
     pub key: Bytes,
+    /// Read the hint held for this home replica instead of the node's own
+    /// copy (a sloppy read from a fallback).
+    pub hint: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,6 +40,9 @@ pub struct ReplicateRequest {
     pub object: Object,
     /// Sync the WAL before answering (the request asked for `DW`).
     pub sync: bool,
+    /// Set when the receiver is a fallback: hold the object as a hint for
+    /// this home replica, to hand it off once the home is reachable.
+    pub hint: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -98,29 +104,47 @@ impl Replica {
         self.storage_call(false, move |s| s.get(partition, &key)).await
     }
 
+    /// This node's copy, or the hint it holds for `hint`'s home replica.
+    pub fn read_one(&self, r: &ReadRequest) -> Result<Option<Object>, ReplicaError> {
+        let found = match r.hint.as_deref() {
+            Some(home) if home != &*self.node_id => self.storage.hint_get(home, r.partition, &r.key),
+            _ => self.storage.get(r.partition, &r.key),
+        };
+        found.map_err(ReplicaError::from)
+    }
+
     /// Answers a batch of reads from peers.
     pub fn read_batch(&self, requests: &[ReadRequest]) -> Vec<Result<ReadResponse, String>> {
         requests
             .iter()
-            .map(|r| {
-                self.storage
-                    .get(r.partition, &r.key)
-                    .map(|object| ReadResponse { object })
-                    .map_err(|e| e.to_string())
-            })
+            .map(|r| self.read_one(r).map(|object| ReadResponse { object }).map_err(|e| e.to_string()))
             .collect()
     }
 
-    /// Merges a batch of objects from peers in one RocksDB write batch.
+    /// Merges a batch of objects from peers: this node's own copies in one
+    /// RocksDB write batch, hints for other nodes in another.
     pub async fn apply_batch(
         &self,
         requests: Vec<ReplicateRequest>,
     ) -> Result<Vec<Result<ReplicateResponse, String>>, ReplicaError> {
         let sync = requests.iter().any(|r| r.sync);
         let count = requests.len();
+        let me = self.node_id.clone();
         self.storage_call(sync, move |s| {
-            let keys: Vec<(u32, &[u8])> = requests.iter().map(|r| (r.partition, r.key.as_ref())).collect();
-            s.modify_batch(&keys, sync, |i, current| merge_into(current, &requests[i].object))
+            let is_hint = |r: &ReplicateRequest| r.hint.as_deref().is_some_and(|h| h != &*me);
+            let (hinted, own): (Vec<_>, Vec<_>) = requests.into_iter().partition(|r| is_hint(r));
+            if !own.is_empty() {
+                let keys: Vec<(u32, &[u8])> = own.iter().map(|r| (r.partition, r.key.as_ref())).collect();
+                s.modify_batch(&keys, sync, |i, current| merge_into(current, &own[i].object))?;
+            }
+            if !hinted.is_empty() {
+                let items: Vec<(&str, u32, &[u8])> = hinted
+                    .iter()
+                    .map(|r| (r.hint.as_deref().unwrap_or_default(), r.partition, r.key.as_ref()))
+                    .collect();
+                s.modify_hints(&items, sync, now_ms(), |i, current| merge_into(current, &hinted[i].object))?;
+            }
+            Ok(())
         })
         .await?;
         Ok((0..count).map(|_| Ok(ReplicateResponse { durable: sync })).collect())
@@ -152,6 +176,44 @@ impl Replica {
             .await?;
         written.ok_or(ReplicaError::CorruptLocal)
     }
+
+    /// Applies a client write on a node that is none of the key's home
+    /// replicas (every one was unreachable): the result is held only as a
+    /// hint for `home`. The dot gets an actor of its own, `node.epoch.rand`:
+    /// this node keeps no copy once the hint is delivered, so it could not
+    /// tell which counters it already used for the key.
+    pub async fn coordinate_as_fallback(
+        &self,
+        home: String,
+        partition: u32,
+        key: Bytes,
+        context: VersionVector,
+        value: StoredValue,
+        sync: bool,
+    ) -> Result<Object, ReplicaError> {
+        let actor = format!("{}.{:08x}", self.actor(), rand::random::<u32>());
+        self.storage_call(sync, move |s| {
+            let items = [(home.as_str(), partition, key.as_ref())];
+            let mut value = Some(value);
+            let written = s.modify_hints(&items, sync, now_ms(), |_, current| {
+                let mut object = current.unwrap_or_default();
+                if let Some(v) = value.take() {
+                    object.update(&context, &actor, v);
+                }
+                object
+            })?;
+            Ok(written.into_iter().next().unwrap_or_default())
+        })
+        .await
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (hint ages, tombstone ages).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn merge_into(current: Option<Object>, incoming: &Object) -> Object {

@@ -2,6 +2,7 @@
 //! `/health/live`, `/health/ready`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
@@ -42,9 +43,16 @@ pub async fn cluster(State(state): State<Arc<NodeState>>) -> Json<serde_json::Va
             partitions: ring.partitions_of(&m.id).len(),
         })
         .collect();
+    let storage = state.coordinator.replica().storage();
     let stats = json!({
         "read_repairs": state.coordinator.read_repairs(),
-        "corrupt_reads": state.coordinator.replica().storage().corrupt_reads(),
+        "corrupt_reads": storage.corrupt_reads(),
+        "hints": {
+            "queued": storage.hint_counts(),
+            "delivered": state.handoff.delivered.load(Ordering::Relaxed),
+            "expired": state.handoff.expired.load(Ordering::Relaxed),
+        },
+        "anti_entropy": state.anti_entropy.snapshot(),
     });
     Json(json!({
         "node": membership.self_id(),

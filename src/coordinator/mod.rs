@@ -3,11 +3,15 @@
 //!
 //! A GET may be coordinated by any node. A PUT or DELETE is coordinated by
 //! one of the key's replicas (its dot names that replica), so a node outside
-//! the preference list forwards the write to the first reachable one.
+//! the preference list forwards the write to the first reachable one. When
+//! homes are out of reach, fallbacks take their copies as hints (sloppy
+//! quorum, see [`targets`]); only when every home is out of reach does the
+//! receiving node coordinate the write itself, as a fallback.
 
 pub mod consistency;
 pub mod quorum;
 mod read_repair;
+pub mod targets;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use consistency::{Consistency, ConsistencyError, Knob, KnobRequest};
 use quorum::{Call, Reply, gather};
+use targets::{Target, plan};
 
 use crate::config::Defaults;
 use crate::membership::Membership;
@@ -84,15 +89,27 @@ pub enum CoordinatorError {
 /// What an answer rests on, sent to clients as `Quorum-Report`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QuorumReport {
-    Read { n: usize, r: usize, answered: usize },
-    Write { n: usize, w: usize, acked: usize },
+    Read {
+        n: usize,
+        r: usize,
+        answered: usize,
+    },
+    /// `fallback`: how many of the acks came from fallback nodes.
+    Write {
+        n: usize,
+        w: usize,
+        acked: usize,
+        fallback: usize,
+    },
 }
 
 impl std::fmt::Display for QuorumReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             QuorumReport::Read { n, r, answered } => write!(f, "n={n}; r={r}; answered={answered}"),
-            QuorumReport::Write { n, w, acked } => write!(f, "n={n}; w={w}; acked={acked}"),
+            QuorumReport::Write { n, w, acked, fallback } => {
+                write!(f, "n={n}; w={w}; acked={acked}; fallback={fallback}")
+            }
         }
     }
 }
@@ -227,25 +244,42 @@ impl Coordinator {
         Ok((queues.clone(), permit))
     }
 
-    fn read_call(&self, node: &str, partition: u32, key: &Bytes, deadline: Instant) -> Call<Option<Object>> {
+    fn read_call(
+        &self,
+        node: &str,
+        hint: Option<String>,
+        partition: u32,
+        key: &Bytes,
+        deadline: Instant,
+    ) -> Call<Option<Object>> {
         let node = node.to_string();
         let key = key.clone();
         let this = self.clone();
         async move {
+            let primary = hint.is_none();
+            let request = ReadRequest { partition, key, hint };
             let result = if node == this.membership.self_id() {
-                this.replica.read(partition, key).await.map_err(|e| e.to_string())
+                this.replica.read_one(&request).map_err(|e| e.to_string())
             } else {
                 match this.peer_slot(&node, deadline).await {
                     Ok((q, _permit)) => {
-                        let bytes = key.len() + 16;
-                        q.read.call(ReadRequest { partition, key }, bytes).await.map(|r| r.object)
+                        let bytes = request.key.len() + 16;
+                        q.read.call(request, bytes).await.map(|r| r.object)
                     }
                     Err(e) => Err(e),
                 }
             };
-            Reply { node, primary: true, result }
+            Reply { node, primary, result }
         }
         .boxed()
+    }
+
+    /// The sloppy-quorum plan for `key`'s partition from this node's view.
+    fn plan(&self, partition: u32, n: usize, writing: bool) -> targets::Plan {
+        let m = &self.membership;
+        plan(m.ring().preference_list(partition), n, m.self_id(), writing, |id| {
+            id == m.self_id() || m.is_reachable(id)
+        })
     }
 
     /// Asks the key's N replicas, answers with the merge of the first R replies.
@@ -253,11 +287,16 @@ impl Coordinator {
         let ring = self.membership.ring();
         let partition = ring.partition_of(&key);
         let deadline = Instant::now() + self.timeout;
-        let calls = ring
-            .replicas_for(&key, c.n)
-            .iter()
-            .map(|node| self.read_call(node, partition, &key, deadline))
+        let self_id = self.membership.self_id();
+        let mut calls: Vec<_> = self
+            .plan(partition, c.n, false)
+            .targets
+            .into_iter()
+            .map(|t| self.read_call(&t.node, t.hint_for, partition, &key, deadline))
             .collect();
+        if ring.replicas_for(&key, c.n).iter().any(|h| h == self_id) {
+            calls.push(self.read_call(self_id, None, partition, &key, deadline));
+        }
         let gathered =
             gather(calls, deadline, |ok| ok.len() >= c.r && ok.iter().filter(|r| r.primary).count() >= c.pr)
                 .await;
@@ -317,7 +356,8 @@ impl Coordinator {
         let forward = ForwardPut { key, context, value, consistency: c };
         // The coordinator spends up to `timeout` on its quorum; give it room.
         let timeout = self.timeout + FORWARD_MARGIN;
-        for node in replicas.iter().filter(|n| *n != self_id) {
+        let reachable = replicas.iter().filter(|n| *n != self_id && self.membership.is_reachable(n));
+        for node in reachable {
             match self.peers.call::<_, ForwardPutResponse>(node, routes::PUT, &forward, timeout).await {
                 Ok(answer) => return answer,
                 // Only a write that provably never arrived is retried
@@ -328,11 +368,19 @@ impl Coordinator {
                 }
                 Err(error) => {
                     tracing::warn!(peer = %node, %error, "forwarded write has an unknown outcome");
-                    break;
+                    return Err(CoordinatorError::QuorumNotMet {
+                        kind: QuorumKind::W,
+                        required: c.w,
+                        answered: 0,
+                        n: c.n,
+                    });
                 }
             }
         }
-        Err(CoordinatorError::QuorumNotMet { kind: QuorumKind::W, required: c.w, answered: 0, n: c.n })
+        // No home took it: this node coordinates as a fallback ("always
+        // writeable" while any node is up).
+        let ForwardPut { key, context, value, .. } = forward;
+        self.coordinate_put(key, context, value, c).await
     }
 
     /// The coordinating replica's side of a write: store locally with a new
@@ -356,7 +404,15 @@ impl Coordinator {
             answered: acked,
             n: c.n,
         };
-        let object = match self.replica.coordinate(partition, key.clone(), context, value, sync).await {
+        let plan = self.plan(partition, c.n, true);
+        let local_is_home = plan.local_hint.is_none();
+        let written = match plan.local_hint {
+            None => self.replica.coordinate(partition, key.clone(), context, value, sync).await,
+            Some(home) => {
+                self.replica.coordinate_as_fallback(home, partition, key.clone(), context, value, sync).await
+            }
+        };
+        let object = match written {
             Ok(object) => object,
             Err(ReplicaError::CorruptLocal) => return Err(CoordinatorError::CorruptLocal),
             Err(error) => {
@@ -365,27 +421,11 @@ impl Coordinator {
             }
         };
         let self_id = self.membership.self_id().to_string();
-        let mut calls: Vec<Call<bool>> = vec![
-            futures::future::ready(Reply { node: self_id.clone(), primary: true, result: Ok(sync) }).boxed(),
-        ];
+        let local = Reply { node: self_id, primary: local_is_home, result: Ok(sync) };
+        let mut calls: Vec<Call<bool>> = vec![futures::future::ready(local).boxed()];
         let deadline = Instant::now() + self.timeout;
-        let object_bytes = size_hint(&object);
-        for node in ring.replicas_for(&key, c.n).iter().filter(|n| **n != self_id) {
-            let req = ReplicateRequest { partition, key: key.clone(), object: object.clone(), sync };
-            let bytes = key.len() + object_bytes;
-            // Taken before answering the client, even when W is already met.
-            let slot = self.peer_slot(node, deadline).await;
-            let node = node.clone();
-            calls.push(
-                async move {
-                    let result = match slot {
-                        Ok((q, _permit)) => q.replicate.call(req, bytes).await.map(|r| r.durable),
-                        Err(e) => Err(e),
-                    };
-                    Reply { node, primary: true, result }
-                }
-                .boxed(),
-            );
+        for target in plan.targets {
+            calls.push(self.replicate_call(target, partition, &key, &object, sync, deadline).await);
         }
         let gathered = gather(calls, deadline, |ok| {
             ok.len() >= c.w
@@ -395,6 +435,7 @@ impl Coordinator {
         .await;
         let acked = gathered.ok.len();
         let primaries = gathered.primaries();
+        let fallback = acked - primaries;
         let durable = gathered.values().filter(|d| **d).count();
         gathered.finish_in_background();
         if acked < c.w {
@@ -416,6 +457,46 @@ impl Coordinator {
                 n: c.n,
             });
         }
-        Ok(Outcome { object, report: QuorumReport::Write { n: c.n, w: c.w, acked } })
+        Ok(Outcome { object, report: QuorumReport::Write { n: c.n, w: c.w, acked, fallback } })
+    }
+
+    /// One copy of a write: to `target.node` (with a hint when it stands in
+    /// for a home), then to its spare fallback if that call fails. The slot
+    /// is taken before the client is answered, even when W is already met.
+    async fn replicate_call(
+        &self,
+        target: Target,
+        partition: u32,
+        key: &Bytes,
+        object: &Object,
+        sync: bool,
+        deadline: Instant,
+    ) -> Call<bool> {
+        let bytes = key.len() + size_hint(object);
+        let req = |hint| ReplicateRequest { partition, key: key.clone(), object: object.clone(), sync, hint };
+        let first = req(target.hint_for.clone());
+        let spare_req = req(Some(target.node.clone()));
+        let slot = self.peer_slot(&target.node, deadline).await;
+        let this = self.clone();
+        async move {
+            let primary = target.is_home();
+            let result = match slot {
+                Ok((q, _permit)) => q.replicate.call(first, bytes).await.map(|r| r.durable),
+                Err(e) => Err(e),
+            };
+            match (result, target.spare) {
+                (Ok(durable), _) => Reply { node: target.node, primary, result: Ok(durable) },
+                (Err(error), Some(spare)) => {
+                    tracing::debug!(peer = %target.node, %error, %spare, "replica write failed; using a fallback");
+                    let result = match this.peer_slot(&spare, deadline).await {
+                        Ok((q, _permit)) => q.replicate.call(spare_req, bytes).await.map(|r| r.durable),
+                        Err(e) => Err(e),
+                    };
+                    Reply { node: spare, primary: false, result }
+                }
+                (Err(error), None) => Reply { node: target.node, primary, result: Err(error) },
+            }
+        }
+        .boxed()
     }
 }

@@ -60,13 +60,22 @@ async fn repair(
     let send_deadline = Instant::now() + coordinator.timeout;
     let sends = replies
         .iter()
+        // Only home replicas: a fallback's answer came from a hint, which
+        // handoff delivers; repairing it would leave a stray copy there.
+        .filter(|r| r.primary)
         .filter(|r| match &r.result {
             Ok(Some(copy)) => !copy.descends(&merged),
             Ok(None) => true,
             Err(_) => false,
         })
         .map(|reply| async {
-            let req = ReplicateRequest { partition, key: key.clone(), object: merged.clone(), sync: false };
+            let req = ReplicateRequest {
+                partition,
+                key: key.clone(),
+                object: merged.clone(),
+                sync: false,
+                hint: None,
+            };
             match coordinator.send_replica(&reply.node, req, send_deadline).await {
                 Ok(()) => {
                     coordinator.read_repairs.fetch_add(1, Ordering::Relaxed);

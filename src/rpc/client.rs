@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::codec::{self, CONTENT_TYPE};
+use super::faults::Faults;
 use crate::membership::Membership;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,8 @@ pub mod routes {
     pub const REPLICATE: &str = "/rpc/replicate";
     pub const PUT: &str = "/rpc/put";
     pub const PING: &str = "/rpc/ping";
+    /// An [`crate::anti_entropy::AeRequest`].
+    pub const ANTI_ENTROPY: &str = "/rpc/ae";
 }
 
 #[derive(Clone)]
@@ -45,11 +48,19 @@ pub struct PeerClient {
     http: reqwest::Client,
     urls: Arc<HashMap<String, String>>,
     membership: Arc<Membership>,
+    faults: Faults,
 }
 
 impl PeerClient {
-    pub fn new(tls: rustls::ClientConfig, membership: Arc<Membership>) -> Result<Self, RpcError> {
+    /// `local_ip`: the address calls leave from (the peer listener's, when
+    /// it names one), so per-node firewall rules can tell nodes apart.
+    pub fn new(
+        tls: rustls::ClientConfig,
+        membership: Arc<Membership>,
+        local_ip: Option<std::net::IpAddr>,
+    ) -> Result<Self, RpcError> {
         let http = reqwest::Client::builder()
+            .local_address(local_ip)
             .use_preconfigured_tls(tls)
             // Peers always speak HTTP/2: every call to one peer multiplexes
             // over one TLS connection instead of growing a pool.
@@ -70,7 +81,11 @@ impl PeerClient {
             .iter()
             .map(|m| (m.id.clone(), m.peer_url.trim_end_matches('/').to_string()))
             .collect();
-        Ok(PeerClient { http, urls: Arc::new(urls), membership })
+        Ok(PeerClient { http, urls: Arc::new(urls), membership, faults: Faults::default() })
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// Sends `request` to `peer`'s `route` and decodes its answer; the
@@ -100,6 +115,12 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, RpcError> {
         let base = self.urls.get(peer).ok_or_else(|| RpcError::UnknownPeer(peer.to_string()))?;
+        if self.faults.is_cut(peer) {
+            return Err(RpcError::Connect {
+                peer: peer.to_string(),
+                reason: "cut by fault injection".into(),
+            });
+        }
         let send = self
             .http
             .post(format!("{base}{route}"))

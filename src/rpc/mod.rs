@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod client;
 pub mod codec;
+pub mod faults;
 pub mod server;
 
 /// HTTP/2 flow-control windows of peer connections, both directions.

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::client::routes;
 use super::codec::{self, CONTENT_TYPE};
+use crate::anti_entropy::{self, AeRequest, AeResponse};
 use crate::api::error::ApiError;
 use crate::api::keys::key_from_path;
 use crate::api::view;
@@ -28,6 +29,7 @@ pub fn router(state: Arc<NodeState>, max_body: usize) -> Router {
         .route(routes::REPLICATE, post(replicate))
         .route(routes::PUT, post(forward_put))
         .route(routes::PING, post(ping))
+        .route(routes::ANTI_ENTROPY, post(ae_exchange))
         .route("/local/keys/{*key}", get(local_key))
         .fallback(|| async { ApiError::NoRoute })
         // A replicated object can hold several siblings of max_value_bytes.
@@ -74,6 +76,20 @@ async fn forward_put(State(state): State<Arc<NodeState>>, body: Bytes) -> Respon
     };
     let answer: ForwardPutResponse =
         state.coordinator.coordinate_put(req.key, req.context, req.value, req.consistency).await;
+    reply(&answer)
+}
+
+async fn ae_exchange(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
+    let request: AeRequest = match decode(&body) {
+        Ok(r) => r,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let storage = state.coordinator.replica().storage().clone();
+    let answer = tokio::task::spawn_blocking(move || anti_entropy::answer(&storage, request)).await;
+    let answer: Result<AeResponse, String> = match answer {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     reply(&answer)
 }
 

@@ -7,16 +7,21 @@
 //! serialised by a striped lock; every write goes through the WAL, so an
 //! acknowledged write survives `kill -9` (and, with `sync`, power loss).
 
+pub mod hints;
 pub mod record;
+pub mod tree;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::BuildHasher;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteOptions};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
+pub use hints::Hint;
 pub use record::{Object, StoredValue};
+use tree::Before;
 
 /// What a read-modify-write found for its key.
 #[derive(Debug)]
@@ -29,7 +34,17 @@ pub enum Found {
 
 const CF_OBJECTS: &str = "objects";
 const CF_META: &str = "meta";
+/// Hinted handoff queue (see [`hints`]).
+const CF_HINTS: &str = "hints";
+/// Anti-entropy leaf hashes, `[partition][bucket]` (see [`tree`]).
+const CF_TREE: &str = "tree";
+/// Keys whose every sibling is a delete, `[partition][key]` → newest
+/// delete time: tombstone GC walks this index instead of the data.
+const CF_TOMBSTONES: &str = "tombstones";
 const META_EPOCH: &[u8] = b"actor_epoch";
+/// Present once the trees cover every stored object (absent in a data
+/// directory written before trees existed: every partition is rebuilt).
+const META_TREES: &[u8] = b"trees_v1";
 /// Format byte of the `actor_epoch` value: `[1][epoch u32 BE]`.
 const META_FORMAT_V1: u8 = 1;
 /// Enough stripes that unrelated keys rarely wait on each other.
@@ -51,6 +66,14 @@ pub struct Storage {
     hasher: std::collections::hash_map::RandomState,
     epoch: std::sync::atomic::AtomicU32,
     corrupt_reads: AtomicU64,
+    /// Partitions whose tree needs a rebuild from data.
+    dirty: Mutex<BTreeSet<u32>>,
+    /// Cached tree roots `(partition, generation, root)`, slot
+    /// `partition % len`; valid while the slot's generation is unchanged.
+    root_cache: Box<[Mutex<Option<tree::CachedRoot>>]>,
+    /// Bumped after every write to a partition of the slot.
+    root_gens: Box<[AtomicU64]>,
+    hint_counts: Mutex<BTreeMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -122,12 +145,21 @@ impl Storage {
             branching_factor: 4,
         });
 
+        let mut tree_opts = Options::default();
+        tree_opts.set_merge_operator_associative("xor", tree::xor_merge);
+        let mut tombstones = Options::default();
+        tombstones.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(4));
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_OBJECTS, objects),
             ColumnFamilyDescriptor::new(CF_META, Options::default()),
+            ColumnFamilyDescriptor::new(CF_HINTS, Options::default()),
+            ColumnFamilyDescriptor::new(CF_TREE, tree_opts),
+            ColumnFamilyDescriptor::new(CF_TOMBSTONES, tombstones),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
         let epoch = Self::load_or_create_epoch(&db)?;
+        let hint_counts = Self::count_hints(&db)?;
+        let dirty = Self::partitions_without_trees(&db)?;
         let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
         Ok(Storage {
             db,
@@ -135,7 +167,32 @@ impl Storage {
             hasher: Default::default(),
             epoch: std::sync::atomic::AtomicU32::new(epoch),
             corrupt_reads: AtomicU64::new(0),
+            dirty: Mutex::new(dirty),
+            root_cache: (0..4096).map(|_| Mutex::new(None)).collect(),
+            root_gens: (0..4096).map(|_| AtomicU64::new(0)).collect(),
+            hint_counts: Mutex::new(hint_counts),
         })
+    }
+
+    /// Every partition with data, if this directory predates the trees
+    /// (they are then rebuilt before anti-entropy uses them).
+    fn partitions_without_trees(db: &DB) -> Result<BTreeSet<u32>, StorageError> {
+        let meta = db.cf_handle(CF_META).ok_or(StorageError::MissingColumnFamily(CF_META))?;
+        let mut dirty = BTreeSet::new();
+        if db.get_cf(&meta, META_TREES)?.is_some() {
+            return Ok(dirty);
+        }
+        let objects = db.cf_handle(CF_OBJECTS).ok_or(StorageError::MissingColumnFamily(CF_OBJECTS))?;
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_total_order_seek(true);
+        for item in db.iterator_cf_opt(&objects, opts, rocksdb::IteratorMode::Start) {
+            let (k, _) = item?;
+            if let Some(p) = k.first_chunk::<4>() {
+                dirty.insert(u32::from_be_bytes(*p));
+            }
+        }
+        db.put_cf(&meta, META_TREES, [1])?;
+        Ok(dirty)
     }
 
     /// A random number fixed when the database is created. Versions are
@@ -183,8 +240,12 @@ impl Storage {
         self.corrupt_reads.load(Ordering::Relaxed)
     }
 
+    fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        self.db.cf_handle(name).ok_or(StorageError::MissingColumnFamily(name))
+    }
+
     fn objects(&self) -> Result<&rocksdb::ColumnFamily, StorageError> {
-        self.db.cf_handle(CF_OBJECTS).ok_or(StorageError::MissingColumnFamily(CF_OBJECTS))
+        self.cf(CF_OBJECTS)
     }
 
     /// A record that fails its checks is logged, counted and treated as
@@ -225,8 +286,17 @@ impl Storage {
             Some(bytes) => self.decode_checked(partition, &bytes).map_or(Found::Corrupt, Found::Object),
             None => Found::Nothing,
         };
+        let before = match &found {
+            Found::Nothing => Before::Nothing,
+            Found::Object(o) => Before::of(key, o),
+            Found::Corrupt => Before::Corrupt,
+        };
         let Some(next) = f(found) else { return Ok(None) };
-        self.db.put_cf_opt(cf, &k, record::encode(&next), &write_options(sync))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf, &k, record::encode(&next));
+        self.index_change(&mut batch, partition, key, before, Some(&next))?;
+        self.db.write_opt(batch, &write_options(sync))?;
+        self.touch(partition);
         drop(guard);
         Ok(Some(next))
     }
@@ -263,26 +333,45 @@ impl Storage {
         let _guards: Vec<_> = stripes.into_iter().map(|s| self.lock_stripe(s)).collect();
         let mut written: std::collections::HashMap<&[u8], Object> = std::collections::HashMap::new();
         let mut replaced_corrupt = false;
-        let mut batch = rocksdb::WriteBatch::default();
+        let mut batch = WriteBatch::default();
         let mut out = Vec::with_capacity(items.len());
         for (i, k) in keys.iter().enumerate() {
+            let mut corrupt = false;
             let current = match written.remove(k.as_slice()) {
                 Some(o) => Some(o),
                 None => match self.db.get_pinned_cf(cf, k)? {
                     Some(bytes) => {
                         let decoded = self.decode_checked(items[i].0, &bytes);
-                        replaced_corrupt |= decoded.is_none();
+                        corrupt = decoded.is_none();
                         decoded
                     }
                     None => None,
                 },
             };
+            replaced_corrupt |= corrupt;
+            let before = match &current {
+                _ if corrupt => Before::Corrupt,
+                Some(o) => Before::of(items[i].1, o),
+                None => Before::Nothing,
+            };
             let next = f(i, current);
+            if let Before::Object { hash, .. } = &before {
+                if *hash == tree::entry_hash(items[i].1, &next) {
+                    // Already held (a repeated repair or handoff): no write.
+                    written.insert(k.as_slice(), next.clone());
+                    out.push(next);
+                    continue;
+                }
+            }
+            self.index_change(&mut batch, items[i].0, items[i].1, before, Some(&next))?;
             batch.put_cf(cf, k, record::encode(&next));
             written.insert(k.as_slice(), next.clone());
             out.push(next);
         }
         self.db.write_opt(batch, &write_options(sync))?;
+        for (p, _) in items {
+            self.touch(*p);
+        }
         if replaced_corrupt {
             self.renew_epoch()?;
         }
@@ -292,19 +381,28 @@ impl Storage {
     /// Every (key, object) of one partition, in key order. Corrupt records
     /// are skipped (and counted).
     pub fn scan_partition(&self, partition: u32) -> Result<Vec<(Vec<u8>, Object)>, StorageError> {
+        let mut out = Vec::new();
+        self.for_each_in_partition(partition, |k, o| out.push((k.to_vec(), o.clone())))?;
+        Ok(out)
+    }
+
+    fn for_each_in_partition(
+        &self,
+        partition: u32,
+        mut f: impl FnMut(&[u8], &Object),
+    ) -> Result<(), StorageError> {
         let cf = self.objects()?;
         let prefix = partition.to_be_bytes();
-        let mut out = Vec::new();
         for item in self.db.prefix_iterator_cf(&cf, prefix) {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
                 break;
             }
             if let Some(object) = self.decode_checked(partition, &v) {
-                out.push((k[4..].to_vec(), object));
+                f(&k[4..], &object);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Flips one byte of a stored record: lets tests (and operators checking

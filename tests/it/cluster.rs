@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quorumkv::certs::{Ca, default_sans};
-use quorumkv::config::{Config, Defaults, LogFormat, MemberConfig, TlsConfig};
+use quorumkv::config::{Config, Defaults, LogFormat, MemberConfig, RepairConfig, TlsConfig};
 use quorumkv::node::{Listeners, Node};
 use reqwest::{Client, Method, RequestBuilder, Response};
 
@@ -25,11 +25,18 @@ pub struct Options {
     pub max_value_bytes: usize,
     pub request_timeout_ms: u64,
     pub read_repair: bool,
+    pub repair: RepairConfig,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { nodes: 3, max_value_bytes: 1 << 20, request_timeout_ms: 2_000, read_repair: true }
+        Options {
+            nodes: 3,
+            max_value_bytes: 1 << 20,
+            request_timeout_ms: 2_000,
+            read_repair: true,
+            repair: RepairConfig::default(),
+        }
     }
 }
 
@@ -90,6 +97,7 @@ impl TestCluster {
                 block_cache_bytes: 8 << 20,
                 log_format: LogFormat::Text,
                 read_repair: opts.read_repair,
+                repair: opts.repair,
             });
         }
         let mut nodes = Vec::new();
@@ -176,7 +184,8 @@ impl TestCluster {
         assert!(storage.corrupt_for_test(partition, key.as_bytes()).unwrap(), "{key} stored on node {node}");
     }
 
-    /// Polls `node`'s own copy of `key` until `check` holds (at most ~5 s).
+    /// Polls `node`'s own copy of `key` until `check` holds (at most ~25 s:
+    /// a recovered peer is re-probed with back-off of up to 8 s).
     pub async fn wait_local(
         &self,
         node: usize,
@@ -184,7 +193,7 @@ impl TestCluster {
         check: impl Fn(Option<&serde_json::Value>) -> bool,
     ) -> Option<serde_json::Value> {
         let mut last = None;
-        for _ in 0..50 {
+        for _ in 0..250 {
             last = self.local(node, key).await;
             if check(last.as_ref()) {
                 return last;
@@ -216,6 +225,54 @@ impl TestCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("node {node} did not restart: {last:?}");
+    }
+
+    /// Removes `node`'s data directory (the node must be stopped).
+    pub fn wipe(&self, node: usize) {
+        assert!(self.nodes[node].is_none(), "node {node} is running");
+        std::fs::remove_dir_all(&self.configs[node].data_dir).expect("wipe data dir");
+    }
+
+    /// Cuts the internal transport between `a` and `b`, both directions.
+    pub fn cut(&self, a: usize, b: usize) {
+        for (from, to) in [(a, b), (b, a)] {
+            let node = self.nodes[from].as_ref().expect("node running");
+            node.state().faults.cut(&self.configs[to].node_id);
+        }
+    }
+
+    pub fn heal(&self) {
+        for node in self.nodes.iter().flatten() {
+            node.state().faults.heal_all();
+        }
+    }
+
+    /// `GET /cluster` of `node`.
+    pub async fn cluster_view(&self, node: usize) -> serde_json::Value {
+        self.client.get(self.url(node, "/cluster")).send().await.expect("cluster").json().await.expect("json")
+    }
+
+    /// The home replicas of `key` (first N of its preference list).
+    pub async fn homes(&self, key: &str) -> Vec<String> {
+        let url = self.url(0, &format!("/cluster/preference-list/{key}"));
+        let v: serde_json::Value = self.client.get(url).send().await.expect("pl").json().await.expect("json");
+        v["nodes"].as_array().expect("nodes").iter().map(|n| n.as_str().expect("id").to_string()).collect()
+    }
+
+    pub async fn reachable(&self, viewer: usize, peer: &str) -> bool {
+        let v = self.cluster_view(viewer).await;
+        let members = v["members"].as_array().expect("members");
+        members.iter().find(|m| m["id"] == peer).expect("member")["reachable"].as_bool().expect("bool")
+    }
+
+    pub async fn wait_reachable(&self, viewer: usize, peer: &str, want: bool) {
+        for _ in 0..200 {
+            if self.reachable(viewer, peer).await == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node {viewer} never saw {peer} reachable={want}");
     }
 
     pub async fn shutdown(mut self) {

@@ -104,7 +104,7 @@ async fn durable_and_primary_quorums() {
     let mut c = TestCluster::start(3).await;
     let r = c.put(0, "durable", "v", &[("w", "3"), ("dw", "2"), ("pw", "3")]).await;
     assert_eq!(r.status(), 204);
-    assert_eq!(header(&r, "quorum-report"), "n=3; w=3; acked=3");
+    assert_eq!(header(&r, "quorum-report"), "n=3; w=3; acked=3; fallback=0");
     c.stop(1).await;
     let r = c.put(0, "durable", "v2", &[("w", "2"), ("dw", "2")]).await;
     assert_eq!(r.status(), 204, "two synced replicas are still there");
@@ -178,36 +178,19 @@ async fn read_repair_can_be_switched_off() {
     c.shutdown().await;
 }
 
-async fn reachable(c: &TestCluster, viewer: usize, peer: &str) -> bool {
-    let v: serde_json::Value =
-        c.client.get(c.url(viewer, "/cluster")).send().await.unwrap().json().await.unwrap();
-    let members = v["members"].as_array().unwrap();
-    members.iter().find(|m| m["id"] == peer).unwrap()["reachable"].as_bool().unwrap()
-}
-
-async fn wait_reachable(c: &TestCluster, viewer: usize, peer: &str, want: bool) {
-    for _ in 0..100 {
-        if reachable(c, viewer, peer).await == want {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("node {viewer} never saw {peer} reachable={want}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_detects_a_stopped_peer_without_traffic_and_sees_it_return() {
     let mut c = TestCluster::start(3).await;
     c.stop(2).await;
     // No requests at all: the idle-peer probes notice.
     for viewer in [0, 1] {
-        wait_reachable(&c, viewer, "node3", false).await;
+        c.wait_reachable(viewer, "node3", false).await;
     }
     // The live peers keep answering the probes.
-    assert!(reachable(&c, 0, "node2").await && reachable(&c, 1, "node1").await);
+    assert!(c.reachable(0, "node2").await && c.reachable(1, "node1").await);
     c.restart(2).await;
     for viewer in [0, 1] {
-        wait_reachable(&c, viewer, "node3", true).await;
+        c.wait_reachable(viewer, "node3", true).await;
     }
     c.shutdown().await;
 }

@@ -11,7 +11,7 @@ async fn binary_values_and_content_types_round_trip() {
     let r = c.put(0, "users/42/avatar", bytes.clone(), &[("content-type", "image/jpeg")]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert!(!header(&r, "causal-context").is_empty());
-    assert_eq!(header(&r, "quorum-report"), "n=3; w=2; acked=2");
+    assert_eq!(header(&r, "quorum-report"), "n=3; w=2; acked=2; fallback=0");
 
     let r = c.get(1, "users/42/avatar", &[("r", "2")]).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -54,7 +54,7 @@ async fn write_all_reaches_every_replica() {
     let c = TestCluster::start(3).await;
     let r = c.put(0, "everywhere", "v1", &[("w", "all")]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(header(&r, "quorum-report"), "n=3; w=3; acked=3");
+    assert_eq!(header(&r, "quorum-report"), "n=3; w=3; acked=3; fallback=0");
     for node in 0..3 {
         let local = c.local(node, "everywhere").await.expect("replica holds the key");
         let siblings = local["siblings"].as_array().unwrap();

@@ -8,4 +8,6 @@ mod cluster;
 mod faults;
 mod input;
 mod kv;
+mod netcut;
 mod process;
+mod repair;

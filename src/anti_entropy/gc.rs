@@ -1,0 +1,89 @@
+//! Tombstone garbage collection. A delete leaves a tombstone so that stale
+//! replicas, hints and repairs cannot bring the value back; it can go once
+//! every home replica holds that same tombstone and the grace period has
+//! passed (the grace is at least the hint window, so no older hint is
+//! left anywhere). The partition's first home runs the check for it: it
+//! asks every other home for its entry hash of each old tombstone, and only
+//! where all match does it ask each home (and itself) to remove the key if
+//! it is still unchanged. A home out of reach postpones the partition.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::{AeError, AeRequest, AeResponse, AntiEntropy, Throttle};
+use crate::replica::now_ms;
+use crate::storage::tree::{self, Hash};
+
+/// Tombstones checked per partition per round.
+const PER_PARTITION: usize = 256;
+
+impl AntiEntropy {
+    pub(super) async fn collect_tombstones(&self, throttle: &Throttle) -> Result<(), AeError> {
+        let ring = self.membership.ring();
+        let me = self.membership.self_id();
+        let grace_ms = self.config.tombstone_grace_secs.saturating_mul(1000);
+        let old_before = now_ms().saturating_sub(grace_ms);
+        let n = ring.replicas().min(ring.members().len());
+        for p in 0..ring.partitions() {
+            let homes = &ring.preference_list(p)[..n];
+            if homes.first().map(String::as_str) != Some(me) {
+                continue;
+            }
+            let candidates = self.blocking(move |s| s.tombstones(p, PER_PARTITION)).await?;
+            let old: Vec<Bytes> = candidates
+                .into_iter()
+                .filter(|(_, ms)| *ms <= old_before)
+                .map(|(k, _)| Bytes::from(k))
+                .collect();
+            if old.is_empty() {
+                continue;
+            }
+            let others: Vec<&String> = homes.iter().filter(|h| *h != me).collect();
+            if !others.iter().all(|h| self.membership.is_reachable(h)) {
+                continue;
+            }
+            let ask = old.clone();
+            let mine: Vec<Option<Hash>> = self
+                .blocking(move |s| {
+                    ask.iter()
+                        .map(|k| Ok(s.get(p, k)?.map(|o| tree::entry_hash(k, &o))))
+                        .collect::<Result<_, _>>()
+                })
+                .await?;
+            let mut agreed: Vec<Option<Hash>> = mine;
+            for h in &others {
+                let request = AeRequest::Hashes { partition: p, keys: old.clone() };
+                let AeResponse::Held(theirs) = self.call(h, request, throttle).await? else {
+                    return Err(AeError::Protocol("hashes"));
+                };
+                for (a, t) in agreed.iter_mut().zip(theirs.iter().chain(std::iter::repeat(&None))) {
+                    if a.is_some() && *a != *t {
+                        *a = None;
+                    }
+                }
+            }
+            let reap: Vec<(Bytes, Hash)> =
+                old.into_iter().zip(agreed).filter_map(|(k, h)| Some((k, h?))).collect();
+            if reap.is_empty() {
+                continue;
+            }
+            for h in &others {
+                self.call(h, AeRequest::Reap { partition: p, keys: reap.clone() }, throttle).await?;
+            }
+            let keys = reap.clone();
+            let removed = self
+                .blocking(move |s| {
+                    let mut n = 0u64;
+                    for (k, h) in &keys {
+                        n += u64::from(s.remove_if_unchanged(p, k, h)?);
+                    }
+                    Ok(n)
+                })
+                .await?;
+            self.stats.tombstones_reaped.fetch_add(removed, Ordering::Relaxed);
+            tracing::debug!(partition = p, removed, "tombstones reaped");
+        }
+        Ok(())
+    }
+}

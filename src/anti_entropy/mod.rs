@@ -1,0 +1,259 @@
+//! Merkle-tree anti-entropy: replicas of a partition compare hash trees and
+//! exchange only the keys that differ, so every replica converges without
+//! client reads and without a repair command (a wiped node refills itself).
+//!
+//! One worker per node, one exchange at a time: every round it rebuilds
+//! trees that need it (see [`crate::storage::tree`]), compares every
+//! partition it shares with the next reachable peer ([`exchange`]), and
+//! reaps tombstones that every home replica holds ([`gc`]). All of it is
+//! throttled to `anti_entropy_bytes_per_sec`.
+
+mod exchange;
+mod gc;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RepairConfig;
+use crate::membership::Membership;
+use crate::replica::Replica;
+use crate::rpc::client::{PeerClient, RpcError, routes};
+use crate::storage::tree::{self, Hash};
+use crate::storage::{Storage, StorageError};
+
+/// Deadline of one anti-entropy call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Partitions whose roots travel in one call.
+const ROOTS_PER_CALL: usize = 1024;
+/// Keys whose objects travel in one call.
+const KEYS_PER_CALL: usize = 128;
+
+/// The anti-entropy RPC (one route, one enum).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum AeRequest {
+    /// The tree root of each partition.
+    Roots { partitions: Vec<u32> },
+    /// The inner nodes of a partition's tree (`groups` empty), or the
+    /// leaves under the listed inner nodes.
+    Tree { partition: u32, groups: Vec<u8> },
+    /// `(key, entry hash)` of every key in the listed leaf buckets.
+    Keys { partition: u32, buckets: Vec<u8> },
+    /// The entry hash of each key (`None`: not held).
+    Hashes { partition: u32, keys: Vec<Bytes> },
+    /// Remove each key whose object still hashes to the given value
+    /// (tombstone GC).
+    Reap { partition: u32, keys: Vec<(Bytes, Hash)> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum AeResponse {
+    Hashes(Vec<Hash>),
+    Keys(Vec<(Bytes, Hash)>),
+    Held(Vec<Option<Hash>>),
+    Reaped(usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AeError {
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("peer answered {0}")]
+    Peer(String),
+    #[error("unexpected answer to {0}")]
+    Protocol(&'static str),
+    #[error("storage task failed: {0}")]
+    Task(String),
+}
+
+/// Answers a peer's anti-entropy request from this node's storage.
+pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, StorageError> {
+    Ok(match request {
+        AeRequest::Roots { partitions } => {
+            AeResponse::Hashes(partitions.iter().map(|p| storage.tree_root(*p)).collect::<Result<_, _>>()?)
+        }
+        AeRequest::Tree { partition, groups } => {
+            let leaves = storage.tree_leaves(partition)?;
+            if groups.is_empty() {
+                AeResponse::Hashes(tree::inner_of(&leaves))
+            } else {
+                let chunks: Vec<&[Hash]> = leaves.chunks(tree::FANOUT).collect();
+                let picked = groups.iter().filter_map(|g| chunks.get(*g as usize)).flat_map(|c| c.iter());
+                AeResponse::Hashes(picked.copied().collect())
+            }
+        }
+        AeRequest::Keys { partition, buckets } => AeResponse::Keys(
+            storage
+                .keys_in_buckets(partition, &buckets)?
+                .into_iter()
+                .map(|(k, h)| (Bytes::from(k), h))
+                .collect(),
+        ),
+        AeRequest::Hashes { partition, keys } => AeResponse::Held(
+            keys.iter()
+                .map(|k| Ok(storage.get(partition, k)?.map(|o| tree::entry_hash(k, &o))))
+                .collect::<Result<_, StorageError>>()?,
+        ),
+        AeRequest::Reap { partition, keys } => {
+            let mut n = 0;
+            for (k, h) in &keys {
+                n += usize::from(storage.remove_if_unchanged(partition, k, h)?);
+            }
+            AeResponse::Reaped(n)
+        }
+    })
+}
+
+/// Counters for `/cluster` and the closing numbers of a round.
+#[derive(Debug, Default)]
+pub struct AeStats {
+    pub rounds: AtomicU64,
+    pub partitions_compared: AtomicU64,
+    pub partitions_differing: AtomicU64,
+    pub keys_pulled: AtomicU64,
+    pub keys_pushed: AtomicU64,
+    pub bytes: AtomicU64,
+    pub tombstones_reaped: AtomicU64,
+    pub trees_rebuilt: AtomicU64,
+}
+
+impl AeStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "rounds": g(&self.rounds),
+            "partitions_compared": g(&self.partitions_compared),
+            "partitions_differing": g(&self.partitions_differing),
+            "keys_pulled": g(&self.keys_pulled),
+            "keys_pushed": g(&self.keys_pushed),
+            "bytes": g(&self.bytes),
+            "tombstones_reaped": g(&self.tombstones_reaped),
+            "trees_rebuilt": g(&self.trees_rebuilt),
+        })
+    }
+}
+
+/// Sleeps so that the bytes spent stay under a rate.
+struct Throttle {
+    bytes_per_sec: u64,
+}
+
+impl Throttle {
+    async fn spend(&self, bytes: usize) {
+        let secs = bytes as f64 / self.bytes_per_sec.max(1) as f64;
+        if secs > 0.000_1 {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        }
+    }
+}
+
+pub struct AntiEntropy {
+    pub replica: Replica,
+    pub membership: Arc<Membership>,
+    pub peers: PeerClient,
+    pub config: RepairConfig,
+    pub stats: Arc<AeStats>,
+}
+
+impl AntiEntropy {
+    fn storage(&self) -> &Arc<Storage> {
+        self.replica.storage()
+    }
+
+    /// Runs a storage call on the blocking pool (scans take milliseconds).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Storage) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, AeError> {
+        let storage = self.storage().clone();
+        tokio::task::spawn_blocking(move || f(&storage))
+            .await
+            .map_err(|e| AeError::Task(e.to_string()))?
+            .map_err(AeError::from)
+    }
+
+    /// One anti-entropy call to `peer`; its bytes count against the throttle.
+    async fn call(&self, peer: &str, request: AeRequest, throttle: &Throttle) -> Result<AeResponse, AeError> {
+        let sent = crate::rpc::codec::encode(&request).len();
+        let answer: Result<AeResponse, String> =
+            self.peers.call(peer, routes::ANTI_ENTROPY, &request, CALL_TIMEOUT).await?;
+        let answer = answer.map_err(AeError::Peer)?;
+        let bytes = sent + crate::rpc::codec::encode(&answer).len();
+        self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        throttle.spend(bytes).await;
+        Ok(answer)
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let interval = Duration::from_millis(self.config.anti_entropy_interval_ms);
+        let throttle = Throttle { bytes_per_sec: self.config.anti_entropy_bytes_per_sec };
+        let mut rebuilt: HashMap<u32, Instant> = HashMap::new();
+        let started = Instant::now();
+        let mut next_peer = 0usize;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            let round = async {
+                self.rebuild_trees(&mut rebuilt, started).await;
+                let peers: Vec<String> = self.membership.peer_ids().map(str::to_string).collect();
+                let mut sorted = peers;
+                sorted.sort();
+                let reachable: Vec<&String> =
+                    sorted.iter().filter(|p| self.membership.is_reachable(p)).collect();
+                if !reachable.is_empty() {
+                    let peer = reachable[next_peer % reachable.len()].clone();
+                    next_peer = next_peer.wrapping_add(1);
+                    if let Err(error) = self.exchange_with(&peer, &throttle).await {
+                        tracing::warn!(%peer, %error, "anti-entropy exchange stopped");
+                    }
+                }
+                if let Err(error) = self.collect_tombstones(&throttle).await {
+                    tracing::warn!(%error, "tombstone collection stopped");
+                }
+                self.stats.rounds.fetch_add(1, Ordering::Relaxed);
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = round => {}
+            }
+        }
+    }
+
+    /// Rebuilds the trees marked dirty, then those older than
+    /// `tree_rebuild_secs` (a few per round, oldest first).
+    async fn rebuild_trees(&self, rebuilt: &mut HashMap<u32, Instant>, started: Instant) {
+        let mut due = self.storage().dirty_partitions();
+        let every = self.config.tree_rebuild_secs;
+        if every > 0 {
+            let every = Duration::from_secs(every);
+            let ring = self.membership.ring();
+            let mine = ring.partitions_of(self.membership.self_id());
+            let mut stale: Vec<(Instant, u32)> = mine
+                .into_iter()
+                .map(|p| (rebuilt.get(&p).copied().unwrap_or(started), p))
+                .filter(|(at, _)| at.elapsed() >= every)
+                .collect();
+            stale.sort();
+            due.extend(stale.into_iter().take(16).map(|(_, p)| p));
+        }
+        for p in due {
+            match self.blocking(move |s| s.rebuild_tree(p)).await {
+                Ok(()) => {
+                    rebuilt.insert(p, Instant::now());
+                    self.stats.trees_rebuilt.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => tracing::warn!(partition = p, %error, "tree rebuild failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Hinted handoff's durable queue: objects a fallback node holds for a home
+//! replica that was unreachable when they were written.
+//!
+//! Layout in the `hints` column family: `[target len: u8][target][partition
+//! u32 BE][key]` → `[created ms u64 BE][record]`. One entry per (target,
+//! key): a second hinted write of the key merges into it, so the queue holds
+//! at most one object per key, never a log of every write. An entry is
+//! removed only when the target acknowledged exactly the bytes it holds
+//! (a write that merged in meanwhile keeps it for the next delivery).
+
+use std::collections::BTreeMap;
+
+use rocksdb::WriteBatch;
+
+use super::{Object, Storage, StorageError, record, write_options};
+
+/// One queued hint, as read for delivery.
+#[derive(Debug)]
+pub struct Hint {
+    pub partition: u32,
+    pub key: Vec<u8>,
+    pub created_ms: u64,
+    /// `None` if the stored record failed its integrity check.
+    pub object: Option<Object>,
+    /// The stored value, compared on removal.
+    raw: Vec<u8>,
+}
+
+impl Hint {
+    pub fn size(&self) -> usize {
+        self.key.len() + self.raw.len()
+    }
+}
+
+fn target_prefix(target: &str) -> Vec<u8> {
+    let t = target.as_bytes();
+    let mut k = Vec::with_capacity(1 + t.len());
+    k.push(t.len().min(255) as u8);
+    k.extend_from_slice(&t[..t.len().min(255)]);
+    k
+}
+
+fn hint_key(target: &str, partition: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = target_prefix(target);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn split_value(v: &[u8]) -> Option<(u64, &[u8])> {
+    let (ms, rest) = v.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*ms), rest))
+}
+
+impl Storage {
+    /// Counts the queued hints per target (at open; kept current after).
+    pub(super) fn count_hints(db: &rocksdb::DB) -> Result<BTreeMap<String, u64>, StorageError> {
+        let cf = db.cf_handle(super::CF_HINTS).ok_or(StorageError::MissingColumnFamily(super::CF_HINTS))?;
+        let mut counts = BTreeMap::new();
+        for item in db.iterator_cf(&cf, rocksdb::IteratorMode::Start) {
+            let (k, _) = item?;
+            let len = k.first().copied().unwrap_or(0) as usize;
+            let target = String::from_utf8_lossy(k.get(1..1 + len).unwrap_or_default()).into_owned();
+            *counts.entry(target).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Hints queued per target node.
+    pub fn hint_counts(&self) -> BTreeMap<String, u64> {
+        self.hint_counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn count_hint(&self, target: &str, delta: i64) {
+        let mut counts = self.hint_counts.lock().unwrap_or_else(|p| p.into_inner());
+        let c = counts.entry(target.to_string()).or_insert(0);
+        *c = c.saturating_add_signed(delta);
+    }
+
+    /// Merges each `(target, partition, key, f)` into the hint queued for
+    /// `target`, in one write batch: `f(current)` gives the new object.
+    /// Returns the objects written.
+    pub fn modify_hints(
+        &self,
+        items: &[(&str, u32, &[u8])],
+        sync: bool,
+        now_ms: u64,
+        mut f: impl FnMut(usize, Option<Object>) -> Object,
+    ) -> Result<Vec<Object>, StorageError> {
+        let cf = self.cf(super::CF_HINTS)?;
+        let keys: Vec<Vec<u8>> = items.iter().map(|(t, p, k)| hint_key(t, *p, k)).collect();
+        let mut stripes: Vec<usize> = keys.iter().map(|k| self.stripe_of(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _guards: Vec<_> = stripes.into_iter().map(|s| self.lock_stripe(s)).collect();
+        let mut written: std::collections::HashMap<&[u8], (u64, Object)> = Default::default();
+        let mut batch = WriteBatch::default();
+        let mut out = Vec::with_capacity(items.len());
+        let mut new_targets = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let (created, current) = match written.remove(k.as_slice()) {
+                Some((created, o)) => (created, Some(o)),
+                None => match self.db.get_pinned_cf(cf, k)? {
+                    Some(v) => match split_value(&v) {
+                        // The oldest content sets the age: a hint expires no
+                        // later than the first write it carries would.
+                        Some((created, rec)) => (created, self.decode_checked(items[i].1, rec)),
+                        None => (now_ms, None),
+                    },
+                    None => {
+                        new_targets.push(items[i].0);
+                        (now_ms, None)
+                    }
+                },
+            };
+            let next = f(i, current);
+            let mut value = created.to_be_bytes().to_vec();
+            value.extend_from_slice(&record::encode(&next));
+            batch.put_cf(cf, k, value);
+            written.insert(k.as_slice(), (created, next.clone()));
+            out.push(next);
+        }
+        self.db.write_opt(batch, &write_options(sync))?;
+        for t in new_targets {
+            self.count_hint(t, 1);
+        }
+        Ok(out)
+    }
+
+    /// The object queued for `target` under `key`, if any.
+    pub fn hint_get(&self, target: &str, partition: u32, key: &[u8]) -> Result<Option<Object>, StorageError> {
+        let cf = self.cf(super::CF_HINTS)?;
+        let Some(v) = self.db.get_pinned_cf(cf, hint_key(target, partition, key))? else { return Ok(None) };
+        Ok(split_value(&v).and_then(|(_, rec)| self.decode_checked(partition, rec)))
+    }
+
+    /// Up to `max_items` / about `max_bytes` of `target`'s hints, in key
+    /// order, starting after `after` (the last hint of the previous page).
+    pub fn hint_page(
+        &self,
+        target: &str,
+        after: Option<(u32, &[u8])>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Hint>, StorageError> {
+        let cf = self.cf(super::CF_HINTS)?;
+        let prefix = target_prefix(target);
+        let start = match after {
+            Some((partition, key)) => {
+                let mut k = hint_key(target, partition, key);
+                k.push(0);
+                k
+            }
+            None => prefix.clone(),
+        };
+        let mode = rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward);
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        for item in self.db.iterator_cf(cf, mode) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) || out.len() >= max_items || bytes >= max_bytes {
+                break;
+            }
+            let rest = &k[prefix.len()..];
+            let Some((p, key)) = rest.split_first_chunk::<4>() else { continue };
+            let partition = u32::from_be_bytes(*p);
+            let (created_ms, object) = match split_value(&v) {
+                Some((ms, rec)) => (ms, self.decode_checked(partition, rec)),
+                None => (0, None),
+            };
+            bytes += k.len() + v.len();
+            out.push(Hint { partition, key: key.to_vec(), created_ms, object, raw: v.to_vec() });
+        }
+        Ok(out)
+    }
+
+    /// Removes each hint that still holds exactly what was read (delivered
+    /// or expired). Returns how many were removed.
+    pub fn remove_hints(&self, target: &str, hints: &[&Hint]) -> Result<usize, StorageError> {
+        let cf = self.cf(super::CF_HINTS)?;
+        let mut removed = 0;
+        for h in hints {
+            let k = hint_key(target, h.partition, &h.key);
+            let _guard = self.lock_for(&k);
+            let same = self.db.get_pinned_cf(cf, &k)?.is_some_and(|v| v.as_ref() == h.raw.as_slice());
+            if same {
+                self.db.delete_cf(cf, &k)?;
+                removed += 1;
+            }
+        }
+        self.count_hint(target, -(removed as i64));
+        Ok(removed)
+    }
+}
