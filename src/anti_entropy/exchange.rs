@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::{AeError, AeRequest, AeResponse, AntiEntropy, KEYS_PER_CALL, ROOTS_PER_CALL, Throttle};
+use super::{AeError, AeRequest, AeResponse, AntiEntropy, KEYS_PER_CALL, ROOTS_PER_CALL, SETTLE, Throttle};
 use crate::replica::{ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse};
 use crate::rpc::client::routes;
 use crate::storage::tree::{self, Hash};
@@ -30,25 +30,40 @@ impl AntiEntropy {
     pub(super) async fn exchange_with(&self, peer: &str, throttle: &Throttle) -> Result<(), AeError> {
         let shared = self.shared_with(peer);
         for chunk in shared.chunks(ROOTS_PER_CALL) {
-            let partitions = chunk.to_vec();
-            let ask = partitions.clone();
-            let local = self
-                .blocking(move |s| ask.iter().map(|p| s.tree_root(*p)).collect::<Result<Vec<_>, _>>())
-                .await?;
-            let AeResponse::Hashes(remote) =
-                self.call(peer, AeRequest::Roots { partitions: partitions.clone() }, throttle).await?
-            else {
-                return Err(AeError::Protocol("roots"));
-            };
-            self.stats.partitions_compared.fetch_add(partitions.len() as u64, Ordering::Relaxed);
-            for ((p, mine), theirs) in partitions.iter().zip(&local).zip(&remote) {
-                if mine != theirs {
-                    self.stats.partitions_differing.fetch_add(1, Ordering::Relaxed);
-                    self.exchange_partition(peer, *p, throttle).await?;
-                }
+            let differing = self.differing_roots(peer, chunk.to_vec(), throttle).await?;
+            self.stats.partitions_compared.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if differing.is_empty() {
+                continue;
+            }
+            // Under write load a root can differ only because a write is
+            // still in flight to one side: ask again once those have
+            // landed, and descend only where the difference persists.
+            tokio::time::sleep(SETTLE).await;
+            for p in self.differing_roots(peer, differing, throttle).await? {
+                self.stats.partitions_differing.fetch_add(1, Ordering::Relaxed);
+                self.exchange_partition(peer, p, throttle).await?;
             }
         }
         Ok(())
+    }
+
+    /// Which of `partitions` have a different tree root here and at `peer`.
+    async fn differing_roots(
+        &self,
+        peer: &str,
+        partitions: Vec<u32>,
+        throttle: &Throttle,
+    ) -> Result<Vec<u32>, AeError> {
+        let ask = partitions.clone();
+        let local = self
+            .blocking(move |s| ask.iter().map(|p| s.tree_root(*p)).collect::<Result<Vec<_>, _>>())
+            .await?;
+        let request = AeRequest::Roots { partitions: partitions.clone() };
+        let AeResponse::Hashes(remote) = self.call(peer, request, throttle).await? else {
+            return Err(AeError::Protocol("roots"));
+        };
+        let differs = |(i, _): &(usize, &u32)| local.get(*i) != remote.get(*i);
+        Ok(partitions.iter().enumerate().filter(differs).map(|(_, p)| *p).collect())
     }
 
     async fn exchange_partition(

@@ -29,8 +29,11 @@ use crate::storage::{Storage, StorageError};
 
 /// Deadline of one anti-entropy call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Partitions whose roots travel in one call.
-const ROOTS_PER_CALL: usize = 1024;
+/// Partitions whose roots travel in one call. Small, so the two sides
+/// compute each root within milliseconds of each other.
+const ROOTS_PER_CALL: usize = 64;
+/// Wait before re-comparing roots that differed (lets in-flight writes land).
+const SETTLE: Duration = Duration::from_millis(200);
 /// Keys whose objects travel in one call.
 const KEYS_PER_CALL: usize = 128;
 
@@ -122,6 +125,10 @@ pub struct AeStats {
     pub bytes: AtomicU64,
     pub tombstones_reaped: AtomicU64,
     pub trees_rebuilt: AtomicU64,
+    /// Exchanges in a row that found every shared partition in agreement
+    /// (reset by one that did not): "this node is in sync" once it has had
+    /// one with each peer.
+    pub clean_in_a_row: AtomicU64,
 }
 
 impl AeStats {
@@ -136,6 +143,7 @@ impl AeStats {
             "bytes": g(&self.bytes),
             "tombstones_reaped": g(&self.tombstones_reaped),
             "trees_rebuilt": g(&self.trees_rebuilt),
+            "clean_in_a_row": g(&self.clean_in_a_row),
         })
     }
 }
@@ -213,8 +221,16 @@ impl AntiEntropy {
                 if !reachable.is_empty() {
                     let peer = reachable[next_peer % reachable.len()].clone();
                     next_peer = next_peer.wrapping_add(1);
-                    if let Err(error) = self.exchange_with(&peer, &throttle).await {
-                        tracing::warn!(%peer, %error, "anti-entropy exchange stopped");
+                    let differing = self.stats.partitions_differing.load(Ordering::Relaxed);
+                    match self.exchange_with(&peer, &throttle).await {
+                        Ok(()) if self.stats.partitions_differing.load(Ordering::Relaxed) == differing => {
+                            self.stats.clean_in_a_row.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(()) => self.stats.clean_in_a_row.store(0, Ordering::Relaxed),
+                        Err(error) => {
+                            self.stats.clean_in_a_row.store(0, Ordering::Relaxed);
+                            tracing::warn!(%peer, %error, "anti-entropy exchange stopped");
+                        }
                     }
                 }
                 if let Err(error) = self.collect_tombstones(&throttle).await {

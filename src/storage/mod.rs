@@ -147,6 +147,18 @@ impl Storage {
 
         let mut tree_opts = Options::default();
         tree_opts.set_merge_operator_associative("xor", tree::xor_merge);
+        // A merge operand per object write, each a memtable entry of its
+        // own: in a 64 MiB memtable that is ~1.6 k entries per partition, and
+        // the inserts were ~15 % of a node's CPU under PUT load. A small
+        // memtable (flushes merge the operands) split per partition keeps
+        // each skiplist short.
+        tree_opts.set_write_buffer_size(4 << 20);
+        tree_opts.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(4));
+        tree_opts.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
+            bucket_count: 65_536,
+            height: 8,
+            branching_factor: 4,
+        });
         let mut tombstones = Options::default();
         tombstones.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(4));
         let cfs = vec![
@@ -294,7 +306,8 @@ impl Storage {
         let Some(next) = f(found) else { return Ok(None) };
         let mut batch = WriteBatch::default();
         batch.put_cf(cf, &k, record::encode(&next));
-        self.index_change(&mut batch, partition, key, before, Some(&next))?;
+        let next_hash = tree::entry_hash(key, &next);
+        self.index_change(&mut batch, partition, key, before, Some((&next, next_hash)))?;
         self.db.write_opt(batch, &write_options(sync))?;
         self.touch(partition);
         drop(guard);
@@ -355,15 +368,14 @@ impl Storage {
                 None => Before::Nothing,
             };
             let next = f(i, current);
-            if let Before::Object { hash, .. } = &before {
-                if *hash == tree::entry_hash(items[i].1, &next) {
-                    // Already held (a repeated repair or handoff): no write.
-                    written.insert(k.as_slice(), next.clone());
-                    out.push(next);
-                    continue;
-                }
+            let next_hash = tree::entry_hash(items[i].1, &next);
+            if matches!(&before, Before::Object { hash, .. } if *hash == next_hash) {
+                // Already held (a repeated repair or handoff): no write.
+                written.insert(k.as_slice(), next.clone());
+                out.push(next);
+                continue;
             }
-            self.index_change(&mut batch, items[i].0, items[i].1, before, Some(&next))?;
+            self.index_change(&mut batch, items[i].0, items[i].1, before, Some((&next, next_hash)))?;
             batch.put_cf(cf, k, record::encode(&next));
             written.insert(k.as_slice(), next.clone());
             out.push(next);

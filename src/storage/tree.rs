@@ -130,14 +130,15 @@ impl Before {
 
 impl Storage {
     /// Adds to `batch` what keeps the leaf and the tombstone index true
-    /// when `key`'s object goes from `before` to `after` (`None`: deleted).
+    /// when `key`'s object goes from `before` to `after` (with its entry
+    /// hash; `None`: removed).
     pub(super) fn index_change(
         &self,
         batch: &mut WriteBatch,
         partition: u32,
         key: &[u8],
         before: Before,
-        after: Option<&Object>,
+        after: Option<(&Object, Hash)>,
     ) -> Result<(), StorageError> {
         let mut delta = ZERO;
         let mut was_tombstone = false;
@@ -152,14 +153,14 @@ impl Storage {
                 was_tombstone = true;
             }
         }
-        if let Some(o) = after {
-            xor(&mut delta, &entry_hash(key, o));
+        if let Some((_, hash)) = after {
+            xor(&mut delta, &hash);
         }
         if delta != ZERO {
             batch.merge_cf(self.cf(super::CF_TREE)?, leaf_key(partition, bucket_of(key)), delta);
         }
         let tombstones = self.cf(super::CF_TOMBSTONES)?;
-        match after.and_then(tombstone_time) {
+        match after.and_then(|(o, _)| tombstone_time(o)) {
             Some(ms) => batch.put_cf(tombstones, db_key(partition, key), ms.to_be_bytes()),
             None if was_tombstone => batch.delete_cf(tombstones, db_key(partition, key)),
             None => {}
