@@ -12,6 +12,7 @@
 //! - [`handoff`]: delivers the hints fallbacks hold to their home replicas.
 //! - [`anti_entropy`]: Merkle-tree exchanges between replicas; tombstone GC.
 //! - [`api`]: the public HTTPS routes and the error → status mapping.
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`config`], [`cli`], [`tls`], [`certs`]: configuration and TLS material.
 //! - [`node`]: wiring and start/stop order; [`dev`]: a local cluster.
 //! - [`bench`]: the load generator behind `quorumkv bench`.
@@ -26,6 +27,7 @@ pub mod coordinator;
 pub mod dev;
 pub mod handoff;
 pub mod membership;
+pub mod metrics;
 pub mod node;
 pub mod replica;
 pub mod ring;

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::coordinator::Coordinator;
 use crate::handoff::{Handoff, HandoffStats};
 use crate::membership::{Membership, detector};
+use crate::metrics::{Metrics, NodeCollector};
 use crate::replica::Replica;
 use crate::rpc::client::PeerClient;
 use crate::rpc::faults::Faults;
@@ -51,6 +52,7 @@ pub struct NodeState {
     pub faults: Faults,
     pub handoff: Arc<HandoffStats>,
     pub anti_entropy: Arc<AeStats>,
+    pub metrics: Metrics,
     ready: AtomicBool,
 }
 
@@ -118,7 +120,9 @@ impl Node {
         let membership = Arc::new(Membership::from_config(&config)?);
         let replica = Replica::new(storage.clone(), &config.node_id);
         let local_ip = Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified());
-        let peers = PeerClient::new(peer_client_tls, membership.clone(), local_ip)?;
+        let mut metrics = Metrics::new();
+        let peers =
+            PeerClient::new(peer_client_tls, membership.clone(), local_ip, metrics.rpc_seconds.clone())?;
         // Every background worker takes a child of this one token.
         let workers = CancellationToken::new();
         let detector_peers = peers.clone();
@@ -147,12 +151,19 @@ impl Node {
             Duration::from_millis(config.request_timeout_ms),
             config.read_repair.then(|| workers.child_token()),
         );
+        metrics.register_collector(NodeCollector {
+            storage: storage.clone(),
+            anti_entropy: anti_entropy.stats.clone(),
+            handoff: handoff.stats.clone(),
+            read_repairs: coordinator.read_repair_counter(),
+        });
         let state = Arc::new(NodeState {
             coordinator,
             max_value_bytes: config.max_value_bytes,
             faults,
             handoff: handoff.stats.clone(),
             anti_entropy: anti_entropy.stats.clone(),
+            metrics,
             ready: AtomicBool::new(false),
         });
 

@@ -92,6 +92,8 @@ impl IntoResponse for ApiError {
             if let Ok(v) = HeaderValue::from_str(&report) {
                 response.headers_mut().insert(super::view::QUORUM_REPORT, v);
             }
+            // For the metrics middleware.
+            response.extensions_mut().insert(kind);
         }
         response
     }

@@ -2,7 +2,6 @@
 //! outcome back into HTTP.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -15,6 +14,7 @@ use super::error::ApiError;
 use super::view;
 use crate::coordinator::{Consistency, Knob, KnobRequest, Outcome};
 use crate::node::NodeState;
+use crate::replica::now_ms;
 use crate::storage::StoredValue;
 use crate::version::VersionVector;
 
@@ -70,10 +70,6 @@ fn context(headers: &HeaderMap) -> Result<VersionVector, ApiError> {
             VersionVector::from_token(text).map_err(|e| ApiError::InvalidContext(e.to_string()))
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn wants_json(headers: &HeaderMap) -> bool {
@@ -183,6 +179,7 @@ pub async fn put(
         }
     };
     let value = read_body(&state, &headers, body).await?;
+    state.metrics.observe_value(value.len());
     let stored = StoredValue::new(value, content_type, now_ms(), false);
     check_md5(&headers, &stored.digest)?;
     ensure_ready(&state)?;

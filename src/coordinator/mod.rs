@@ -200,6 +200,11 @@ impl Coordinator {
         self.read_repairs.load(Ordering::Relaxed)
     }
 
+    /// The read-repair counter itself, for the metrics collector.
+    pub fn read_repair_counter(&self) -> Arc<AtomicU64> {
+        self.read_repairs.clone()
+    }
+
     /// Merges `req.object` into `node`'s copy (this node's own, or a peer's
     /// through its queue).
     async fn send_replica(&self, node: &str, req: ReplicateRequest, deadline: Instant) -> Result<(), String> {

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use super::codec::{self, CONTENT_TYPE};
 use super::faults::Faults;
 use crate::membership::Membership;
+use crate::metrics::{RpcHistograms, RpcLabels};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -49,6 +50,7 @@ pub struct PeerClient {
     urls: Arc<HashMap<String, String>>,
     membership: Arc<Membership>,
     faults: Faults,
+    latency: RpcHistograms,
 }
 
 impl PeerClient {
@@ -58,6 +60,7 @@ impl PeerClient {
         tls: rustls::ClientConfig,
         membership: Arc<Membership>,
         local_ip: Option<std::net::IpAddr>,
+        latency: RpcHistograms,
     ) -> Result<Self, RpcError> {
         let http = reqwest::Client::builder()
             .local_address(local_ip)
@@ -81,7 +84,7 @@ impl PeerClient {
             .iter()
             .map(|m| (m.id.clone(), m.peer_url.trim_end_matches('/').to_string()))
             .collect();
-        Ok(PeerClient { http, urls: Arc::new(urls), membership, faults: Faults::default() })
+        Ok(PeerClient { http, urls: Arc::new(urls), membership, faults: Faults::default(), latency })
     }
 
     pub fn faults(&self) -> &Faults {
@@ -93,12 +96,15 @@ impl PeerClient {
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         peer: &str,
-        route: &str,
+        route: &'static str,
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, RpcError> {
         let started = self.membership.now_ms();
+        let timer = std::time::Instant::now();
         let result = self.call_inner(peer, route, request, timeout).await;
+        let labels = RpcLabels { peer: peer.to_string(), route };
+        self.latency.get_or_create(&labels).observe(timer.elapsed().as_secs_f64());
         let reached = !matches!(
             result,
             Err(RpcError::Connect { .. } | RpcError::Transport { .. } | RpcError::Timeout { .. })

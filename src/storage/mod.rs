@@ -247,6 +247,19 @@ impl Storage {
         Ok(())
     }
 
+    /// `(live bytes on disk and in memtables, bytes compaction still has to
+    /// rewrite)` over every column family, from RocksDB's own estimates.
+    pub fn disk_usage(&self) -> (u64, u64) {
+        let (mut size, mut pending) = (0, 0);
+        for name in [CF_OBJECTS, CF_META, CF_HINTS, CF_TREE, CF_TOMBSTONES] {
+            let Ok(cf) = self.cf(name) else { continue };
+            let prop = |p: &str| self.db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
+            size += prop("rocksdb.live-sst-files-size") + prop("rocksdb.size-all-mem-tables");
+            pending += prop("rocksdb.estimate-pending-compaction-bytes");
+        }
+        (size, pending)
+    }
+
     /// How many stored records failed their integrity check since start.
     pub fn corrupt_reads(&self) -> u64 {
         self.corrupt_reads.load(Ordering::Relaxed)

@@ -9,5 +9,6 @@ mod faults;
 mod input;
 mod kv;
 mod netcut;
+mod observe;
 mod process;
 mod repair;
