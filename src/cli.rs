@@ -26,6 +26,15 @@ pub enum Command {
     Certs(CertsArgs),
     /// Load-test a cluster through its public API.
     Bench(crate::bench::BenchArgs),
+    /// Inspect a running cluster.
+    #[command(subcommand)]
+    Cluster(crate::admin::ClusterCommand),
+    /// Read a key through the public API (prints the value, or every sibling as JSON).
+    Get(crate::admin::GetArgs),
+    /// Write a key through the public API (value as argument or on stdin).
+    Put(crate::admin::PutArgs),
+    /// Delete a key through the public API.
+    Delete(crate::admin::DeleteArgs),
 }
 
 #[derive(Debug, Args, Default)]

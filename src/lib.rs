@@ -16,7 +16,9 @@
 //! - [`config`], [`cli`], [`tls`], [`certs`]: configuration and TLS material.
 //! - [`node`]: wiring and start/stop order; [`dev`]: a local cluster.
 //! - [`bench`]: the load generator behind `quorumkv bench`.
+//! - [`admin`]: `quorumkv cluster status` and `quorumkv get|put|delete`.
 
+pub mod admin;
 pub mod anti_entropy;
 pub mod api;
 pub mod bench;

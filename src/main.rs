@@ -5,6 +5,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::Parser;
+use quorumkv::admin::{self, ClusterCommand, GetOutput};
 use quorumkv::cli::{Cli, Command};
 use quorumkv::config::LogFormat;
 use quorumkv::{certs, dev, node::Node};
@@ -85,6 +86,24 @@ async fn main() -> anyhow::Result<()> {
             let text = if args.json { serde_json::to_string_pretty(&summary)? } else { summary.text() };
             // A closed pipe (`| head`) is not worth a panic.
             let _ = writeln!(std::io::stdout(), "{text}");
+        }
+        Command::Cluster(ClusterCommand::Status { target, json }) => {
+            let _ = write!(std::io::stdout(), "{}", admin::cluster_status(&target, json).await?);
+        }
+        Command::Get(args) => match admin::get(&args).await? {
+            GetOutput::Value(bytes) => {
+                let _ = std::io::stdout().write_all(&bytes);
+            }
+            GetOutput::Json(text) => {
+                let _ = writeln!(std::io::stdout(), "{text}");
+            }
+            GetOutput::NotFound => anyhow::bail!("{}: not found", args.key),
+        },
+        Command::Put(args) => {
+            let _ = writeln!(std::io::stderr(), "{}", admin::put(&args).await?);
+        }
+        Command::Delete(args) => {
+            let _ = writeln!(std::io::stderr(), "{}", admin::delete(&args).await?);
         }
     }
     Ok(())

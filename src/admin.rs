@@ -1,0 +1,241 @@
+//! The admin and convenience commands: `quorumkv cluster status` and
+//! `quorumkv get|put|delete`. They speak the public HTTPS API like any
+//! client (curl-free), with the consistency knobs as flags.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    #[error("reading the value: {0}")]
+    Input(#[from] std::io::Error),
+    #[error("the server's answer is not JSON: {0}")]
+    BadAnswer(#[from] serde_json::Error),
+    /// The server answered with an error status; its JSON body is shown.
+    #[error("{status}: {body}")]
+    Refused { status: StatusCode, body: String },
+}
+
+/// Where and how to reach a node.
+#[derive(Debug, Args, Clone)]
+pub struct Target {
+    /// A node's public URL.
+    #[arg(long, env = "QUORUMKV_URL", default_value = "https://127.0.0.1:8443")]
+    pub url: String,
+    /// The cluster CA (PEM).
+    #[arg(long, env = "QUORUMKV_CACERT")]
+    pub cacert: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members, reachability (as the answering node sees it), partition shares.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the raw JSON of `GET /cluster`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The consistency knobs, sent as headers when given.
+#[derive(Debug, Args, Clone, Default)]
+pub struct Knobs {
+    #[arg(long)]
+    pub n: Option<String>,
+    #[arg(long)]
+    pub r: Option<String>,
+    #[arg(long)]
+    pub w: Option<String>,
+    #[arg(long)]
+    pub pr: Option<String>,
+    #[arg(long)]
+    pub pw: Option<String>,
+    #[arg(long)]
+    pub dw: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    pub key: String,
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub knobs: Knobs,
+    /// Print the JSON view (every sibling, base64 values, the context).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    pub key: String,
+    /// The value; read from standard input when absent.
+    pub value: Option<String>,
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub knobs: Knobs,
+    /// The causal context from the read this write supersedes.
+    #[arg(long)]
+    pub context: Option<String>,
+    #[arg(long, default_value = "application/octet-stream")]
+    pub content_type: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub key: String,
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub knobs: Knobs,
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+fn client(target: &Target) -> Result<reqwest::Client, AdminError> {
+    crate::tls::install_default_provider();
+    let tls = crate::tls::public_client_config(&target.cacert, None)?;
+    Ok(reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(30)).build()?)
+}
+
+fn key_url(target: &Target, key: &str) -> String {
+    let encoded = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC);
+    format!("{}/keys/{encoded}", target.url.trim_end_matches('/'))
+}
+
+fn with_knobs(
+    mut req: reqwest::RequestBuilder,
+    knobs: &Knobs,
+    context: Option<&String>,
+) -> reqwest::RequestBuilder {
+    let pairs = [
+        ("n", &knobs.n),
+        ("r", &knobs.r),
+        ("w", &knobs.w),
+        ("pr", &knobs.pr),
+        ("pw", &knobs.pw),
+        ("dw", &knobs.dw),
+    ];
+    for (name, value) in pairs {
+        if let Some(v) = value {
+            req = req.header(name, v);
+        }
+    }
+    if let Some(c) = context {
+        req = req.header("causal-context", c);
+    }
+    req
+}
+
+async fn refuse_errors(response: reqwest::Response) -> Result<reqwest::Response, AdminError> {
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        let body = response.text().await.unwrap_or_default();
+        return Err(AdminError::Refused { status, body });
+    }
+    Ok(response)
+}
+
+/// `cluster status`: a table, or the raw JSON.
+pub async fn cluster_status(target: &Target, json: bool) -> Result<String, AdminError> {
+    let url = format!("{}/cluster", target.url.trim_end_matches('/'));
+    let response = refuse_errors(client(target)?.get(url).send().await?).await?;
+    let view: Value = serde_json::from_slice(&response.bytes().await?)?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&view).unwrap_or_default());
+    }
+    let partitions = view["partitions"].as_u64().unwrap_or(0).max(1);
+    let mut out = format!("seen from {} ({} partitions)\n", view["node"].as_str().unwrap_or("?"), partitions);
+    out.push_str(&format!(
+        "{:<16} {:<10} {:>6} {:>10} {:>7}  {}\n",
+        "MEMBER", "REACHABLE", "WEIGHT", "PARTITIONS", "SHARE", "CLIENT URL"
+    ));
+    for m in view["members"].as_array().into_iter().flatten() {
+        let held = m["partitions"].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "{:<16} {:<10} {:>6} {:>10} {:>6.1}%  {}\n",
+            m["id"].as_str().unwrap_or("?"),
+            if m["reachable"].as_bool().unwrap_or(false) { "yes" } else { "NO" },
+            m["weight"].as_u64().unwrap_or(0),
+            held,
+            100.0 * held as f64 / partitions as f64,
+            m["client_url"].as_str().unwrap_or(""),
+        ));
+    }
+    let stats = &view["stats"];
+    out.push_str(&format!(
+        "read repairs {}, corrupt reads {}, hints queued {}\n",
+        stats["read_repairs"], stats["corrupt_reads"], stats["hints"]["queued"]
+    ));
+    Ok(out)
+}
+
+/// What `get` prints: the value (one version), or the JSON view.
+pub enum GetOutput {
+    Value(Vec<u8>),
+    Json(String),
+    NotFound,
+}
+
+pub async fn get(args: &GetArgs) -> Result<GetOutput, AdminError> {
+    let req = client(&args.target)?.request(Method::GET, key_url(&args.target, &args.key));
+    let req = with_knobs(req, &args.knobs, None).header("accept", "application/json");
+    let response = req.send().await?;
+    if response.status() == StatusCode::NOT_FOUND {
+        return Ok(GetOutput::NotFound);
+    }
+    let view: Value = serde_json::from_slice(&refuse_errors(response).await?.bytes().await?)?;
+    let siblings = view["siblings"].as_array().cloned().unwrap_or_default();
+    if !args.json && siblings.len() == 1 {
+        use base64::Engine;
+        let b64 = siblings[0]["value_base64"].as_str().unwrap_or("");
+        let value = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
+        return Ok(GetOutput::Value(value));
+    }
+    Ok(GetOutput::Json(serde_json::to_string_pretty(&view).unwrap_or_default()))
+}
+
+/// `put`: returns the `Quorum-Report` and the new context, if one.
+pub async fn put(args: &PutArgs) -> Result<String, AdminError> {
+    let value = match &args.value {
+        Some(v) => v.clone().into_bytes(),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            buf
+        }
+    };
+    let req = client(&args.target)?.request(Method::PUT, key_url(&args.target, &args.key));
+    let req = with_knobs(req, &args.knobs, args.context.as_ref()).header("content-type", &args.content_type);
+    let response = refuse_errors(req.body(value).send().await?).await?;
+    Ok(summary(&response))
+}
+
+pub async fn delete(args: &DeleteArgs) -> Result<String, AdminError> {
+    let req = client(&args.target)?.request(Method::DELETE, key_url(&args.target, &args.key));
+    let req = with_knobs(req, &args.knobs, args.context.as_ref());
+    let response = refuse_errors(req.send().await?).await?;
+    Ok(summary(&response))
+}
+
+fn summary(response: &reqwest::Response) -> String {
+    let h = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let mut out = format!("{} ({})", response.status(), h("quorum-report"));
+    let context = h("causal-context");
+    if !context.is_empty() {
+        out.push_str(&format!("\ncontext: {context}"));
+    }
+    out
+}
