@@ -14,5 +14,8 @@ cargo clippy --release --all-targets -- -D warnings
 echo "== OpenAPI spec"
 ./scripts/validate-openapi.sh
 
+echo "== Kubernetes manifests"
+./scripts/validate-k8s.sh
+
 echo "== tests"
 cargo test --release --all-targets
