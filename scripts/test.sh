@@ -19,3 +19,6 @@ echo "== Kubernetes manifests"
 
 echo "== tests"
 cargo test --release --all-targets
+
+echo "== containers"
+./scripts/test-containers.sh

@@ -182,6 +182,14 @@ pub async fn cluster_status(target: &Target, json: bool) -> Result<String, Admin
     Ok(out)
 }
 
+/// `health`: the node at `target` answers `/health/live` (the container
+/// image's HEALTHCHECK; no curl needed in the image).
+pub async fn health(target: &Target) -> Result<String, AdminError> {
+    let url = format!("{}/health/live", target.url.trim_end_matches('/'));
+    let response = refuse_errors(client(target)?.get(url).send().await?).await?;
+    Ok(response.status().to_string())
+}
+
 /// What `get` prints: the value (one version), or the JSON view.
 pub enum GetOutput {
     Value(Vec<u8>),

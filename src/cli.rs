@@ -35,6 +35,8 @@ pub enum Command {
     Put(crate::admin::PutArgs),
     /// Delete a key through the public API.
     Delete(crate::admin::DeleteArgs),
+    /// Exit 0 if the node answers /health/live (for container health checks).
+    Health(crate::admin::Target),
 }
 
 #[derive(Debug, Args, Default)]

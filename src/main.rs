@@ -102,6 +102,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Put(args) => {
             let _ = writeln!(std::io::stderr(), "{}", admin::put(&args).await?);
         }
+        Command::Health(target) => {
+            let _ = writeln!(std::io::stdout(), "{}", admin::health(&target).await?);
+        }
         Command::Delete(args) => {
             let _ = writeln!(std::io::stderr(), "{}", admin::delete(&args).await?);
         }

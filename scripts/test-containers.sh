@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The container test: builds the image from the repository's Dockerfile,
+# starts docker-compose.yml's 3-node cluster, and checks it through the ports
+# published on 127.0.0.1: write/read, a node stopped (W=2 still succeeds),
+# SIGTERM drains and exits cleanly within 10 s, the node rejoins.
+#
+# The machine has no image registry: the Debian base image is made here with
+# debootstrap and `docker import` (once; reused while it exists), and the
+# image packages the release binary the test run already built (build arg
+# PREBUILT), so RocksDB is not compiled a second time. Everything the test
+# creates (containers, networks, volumes, the image) is removed on exit.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+base=debian:bookworm-slim
+image=quorumkv:test-$$
+project=qkvtest$$
+work=$(mktemp -d)
+
+compose() { QUORUMKV_IMAGE=$image docker-compose -p "$project" -f docker-compose.yml "$@"; }
+cleanup() {
+  compose down -v --remove-orphans >/dev/null 2>&1 || true
+  docker rmi -f "$image" >/dev/null 2>&1 || true
+  rm -rf "$work" target/docker
+}
+trap cleanup EXIT
+
+if ! docker image inspect "$base" >/dev/null 2>&1; then
+  echo "== making $base with debootstrap"
+  command -v debootstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; }
+  mirror=$(grep -rhoE 'https?://[^ ]+' /etc/apt/sources.list.d/ /etc/apt/sources.list 2>/dev/null | head -1)
+  debootstrap --variant=minbase bookworm "$work/rootfs" "${mirror:-http://deb.debian.org/debian}" >"$work/debootstrap.log"
+  rm -rf "$work"/rootfs/var/cache/apt/archives/*.deb "$work"/rootfs/var/lib/apt/lists/*
+  tar -C "$work/rootfs" -c . | docker import --change 'CMD ["/bin/bash"]' - "$base" >/dev/null
+  rm -rf "$work/rootfs"
+fi
+command -v docker-compose >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; }
+
+echo "== image"
+cargo build --release --quiet --bin quorumkv
+mkdir -p target/docker
+strip -o target/docker/quorumkv target/release/quorumkv
+docker build -q --build-arg BUILD_IMAGE="$base" --build-arg PREBUILT=target/docker/quorumkv -t "$image" . >/dev/null
+[ "$(docker image inspect -f '{{.Config.User}}' "$image")" = "10001:10001" ] || { echo "image must run as non-root"; exit 1; }
+
+echo "== cluster"
+compose up -d --no-build >/dev/null 2>&1 || { compose logs; exit 1; }
+docker cp "${project}_certs_1:/certs/ca.pem" "$work/ca.pem"
+url() { echo "https://127.0.0.1:$((18443 + $1 - 1))"; }
+c() { curl -sS --cacert "$work/ca.pem" --max-time 10 "$@"; }
+wait_ready() {
+  for _ in $(seq 1 150); do
+    [ "$(c -o /dev/null -w '%{http_code}' "$(url "$1")/health/ready" 2>/dev/null)" = 200 ] && return 0
+    sleep 0.2
+  done
+  echo "node$1 never became ready"; compose logs "node$1"; return 1
+}
+for i in 1 2 3; do wait_ready "$i"; done
+expect() { # expect STATUS CURL-ARGS...
+  local want=$1; shift
+  local got; got=$(c -o "$work/body" -w '%{http_code}' "$@")
+  [ "$got" = "$want" ] || { echo "expected $want, got $got for $*: $(cat "$work/body")"; exit 1; }
+}
+expect 204 -X PUT -H 'w: 3' --data-binary 'from the host' "$(url 1)/keys/greeting"
+expect 200 -H 'r: 3' -D "$work/headers" "$(url 2)/keys/greeting"
+[ "$(cat "$work/body")" = "from the host" ] || { echo "wrong value: $(cat "$work/body")"; exit 1; }
+ctx=$(grep -i '^causal-context:' "$work/headers" | cut -d' ' -f2 | tr -d '\r')
+
+echo "== a node stops (SIGTERM)"
+start=$(date +%s.%N)
+compose stop -t 10 node3 >/dev/null 2>&1
+took=$(python3 -c "import time; print(round(time.time() - $start, 1))")
+code=$(docker inspect -f '{{.State.ExitCode}}' "${project}_node3_1")
+[ "$code" = 0 ] || { echo "node3 exited $code after SIGTERM"; compose logs node3; exit 1; }
+python3 -c "import sys; sys.exit(0 if $took < 10 else 1)" || { echo "node3 took ${took}s to stop"; exit 1; }
+echo "node3 drained and exited 0 in ${took}s"
+expect 204 -X PUT -H 'w: 2' -H "causal-context: $ctx" --data-binary 'one down' "$(url 1)/keys/greeting"
+expect 200 -H 'r: 2' "$(url 2)/keys/greeting"
+[ "$(cat "$work/body")" = "one down" ] || { echo "wrong value: $(cat "$work/body")"; exit 1; }
+expect 503 -X PUT -H 'w: 3' --data-binary 'all three' "$(url 1)/keys/other"
+
+echo "== it rejoins"
+compose start node3 >/dev/null 2>&1
+wait_ready 3
+for _ in $(seq 1 100); do
+  c -o "$work/body" -H 'r: 3' "$(url 3)/keys/greeting" && [ "$(cat "$work/body")" = "one down" ] && break
+  sleep 0.2
+done
+[ "$(cat "$work/body")" = "one down" ] || { echo "node3 never caught up: $(cat "$work/body")"; exit 1; }
+# The image's HEALTHCHECK (`quorumkv health`) turns the container healthy.
+for _ in $(seq 1 60); do
+  health=$(docker inspect -f '{{.State.Health.Status}}' "${project}_node1_1")
+  [ "$health" = healthy ] && break
+  sleep 0.5
+done
+[ "$health" = healthy ] || { echo "node1's health check says $health"; exit 1; }
+echo "containers: ok"
