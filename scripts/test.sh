@@ -20,5 +20,8 @@ echo "== Kubernetes manifests"
 echo "== tests"
 cargo test --release --all-targets
 
+echo "== SDK and API fuzzing"
+./scripts/test-sdk.sh
+
 echo "== containers"
 ./scripts/test-containers.sh

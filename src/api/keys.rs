@@ -193,8 +193,17 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let key = key_from_path(&uri, "/keys/")?;
     let c = consistency(&state, &headers)?;
-    let ctx = context(&headers)?;
+    let mut ctx = context(&headers)?;
     ensure_ready(&state)?;
+    if ctx.is_empty() {
+        // Without a context, delete what a quorum read sees (as Riak does):
+        // a tombstone concurrent with everything would leave the values
+        // readable as its siblings. If the read fails, the tombstone still
+        // goes out, concurrent with what it could not see.
+        if let Ok(seen) = state.coordinator.get(key.clone(), c).await {
+            ctx = seen.object.clock().clone();
+        }
+    }
     let tombstone = StoredValue::new(Bytes::new(), "application/octet-stream".into(), now_ms(), true);
     Ok(written(state.coordinator.put(key, ctx, tombstone, c).await?))
 }

@@ -157,6 +157,19 @@ async fn delete_leaves_a_context_and_concurrent_update_shows_both() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_without_context_removes_every_version_a_read_sees() {
+    let c = TestCluster::start(3).await;
+    // Two siblings, then a DELETE with no context: both go (Riak's semantics).
+    c.put(0, "blind", "a", &[("w", "3")]).await;
+    c.put(1, "blind", "b", &[("w", "3")]).await;
+    assert_eq!(c.get(2, "blind", &[("r", "3")]).await.status(), StatusCode::MULTIPLE_CHOICES);
+    assert_eq!(c.delete(2, "blind", &[("w", "3")]).await.status(), StatusCode::NO_CONTENT);
+    let r = c.get(0, "blind", &[("r", "3")]).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "no sibling survives a blind delete");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_outside_the_preference_list_forwards_the_write() {
     let c = TestCluster::start(3).await;
     // With N=1 each key has a single home; write through a node that is not it.
