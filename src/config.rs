@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path} is not valid TOML: {source}")]
+    #[error("config file {path} is invalid: {source}")]
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("invalid config: {0}")]
     Invalid(String),

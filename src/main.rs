@@ -46,8 +46,37 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The error and its causes on one line, each cause once (most of our
+/// errors already quote their source).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        // Some messages (TOML's) span lines; an operator's log wants one.
+        let text = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // One line, no backtrace: this is what an operator (or a
+            // container log) sees when a node refuses to start.
+            let _ = writeln!(std::io::stderr(), "quorumkv: {}", one_line(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {

@@ -82,3 +82,62 @@ async fn a_node_whose_data_directory_is_in_use_exits_with_the_reason() {
     assert!(err.contains("cannot open data directory") && err.to_lowercase().contains("lock"), "{err}");
     c.shutdown().await;
 }
+
+/// `quorumkv serve` on a one-node dev config whose data directory is
+/// `data_dir`; returns the exit status and stderr.
+fn serve_with_data_dir(dir: &std::path::Path, data_dir: &std::path::Path) -> (bool, String) {
+    let init = Command::new(BIN)
+        .args(["dev", "--init-only", "--nodes", "1", "--port", "0", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("dev init");
+    assert!(init.status.success(), "{}", stderr(&init));
+    let o = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.join("node1.toml"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--client-listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("serve");
+    (o.status.success(), stderr(&o))
+}
+
+#[test]
+fn a_corrupt_data_directory_is_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // A RocksDB directory whose CURRENT file names no manifest.
+    std::fs::write(data.join("CURRENT"), "garbage\n").unwrap();
+    std::fs::write(data.join("IDENTITY"), "x\n").unwrap();
+    let (ok, err) = serve_with_data_dir(dir.path(), &data);
+    assert!(!ok, "must not serve");
+    assert_eq!(err.trim().lines().count(), 1, "one line, no backtrace: {err}");
+    assert!(err.contains("cannot open data directory") && err.contains("Corruption"), "{err}");
+}
+
+/// A full disk: a 512 KiB tmpfs, filled before the node starts.
+struct Tmpfs(std::path::PathBuf);
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_data_directory_is_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("full");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"]).arg(&mnt).status();
+    assert!(mounted.is_ok_and(|s| s.success()), "mounting a tmpfs needs root");
+    let _guard = Tmpfs(mnt.clone());
+    // Fill it (the write stops with ENOSPC).
+    let _ = std::fs::write(mnt.join("filler"), vec![0u8; 600 * 1024]);
+    let (ok, err) = serve_with_data_dir(dir.path(), &mnt.join("data"));
+    assert!(!ok, "must not serve");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("No space left on device"), "{err}");
+}
