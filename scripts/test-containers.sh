@@ -8,10 +8,13 @@
 # debootstrap and `docker import` (once; reused while it exists), and the
 # image packages the release binary the test run already built (build arg
 # PREBUILT), so RocksDB is not compiled a second time. Everything the test
-# creates (containers, networks, volumes, the image) is removed on exit.
+# creates (containers, networks, volumes, the image) is removed on exit,
+# except the base image, kept under a private tag for the next run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-base=debian:bookworm-slim
+# A private tag, so the official name is never shadowed on this host; kept
+# between runs as a cache (delete it with `docker rmi` to rebuild).
+base=quorumkv-test/debian:bookworm-slim
 image=quorumkv:test-$$
 project=qkvtest$$
 work=$(mktemp -d)
@@ -20,7 +23,7 @@ compose() { QUORUMKV_IMAGE=$image docker-compose -p "$project" -f docker-compose
 cleanup() {
   compose down -v --remove-orphans >/dev/null 2>&1 || true
   docker rmi -f "$image" >/dev/null 2>&1 || true
-  rm -rf "$work" target/docker
+  rm -rf --one-file-system "$work" target/docker
 }
 trap cleanup EXIT
 
@@ -39,7 +42,8 @@ echo "== image"
 cargo build --release --quiet --bin quorumkv
 mkdir -p target/docker
 strip -o target/docker/quorumkv target/release/quorumkv
-docker build -q --build-arg BUILD_IMAGE="$base" --build-arg PREBUILT=target/docker/quorumkv -t "$image" . >/dev/null
+docker build -q --build-arg BUILD_IMAGE="$base" --build-arg RUNTIME_IMAGE="$base" \
+  --build-arg PREBUILT=target/docker/quorumkv -t "$image" . >/dev/null
 [ "$(docker image inspect -f '{{.Config.User}}' "$image")" = "10001:10001" ] || { echo "image must run as non-root"; exit 1; }
 
 echo "== cluster"

@@ -116,8 +116,8 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RepairConfig {
-    /// Hints older than this are dropped undelivered (anti-entropy covers
-    /// what they held).
+    /// A hint whose home stays unreachable longer than this is dropped once
+    /// another home holds a version including it (anti-entropy covers it).
     pub hint_window_secs: u64,
     /// Bandwidth cap of hint delivery, per node.
     pub handoff_bytes_per_sec: u64,
@@ -131,9 +131,9 @@ pub struct RepairConfig {
     /// Each partition's tree is rebuilt from its data this often, catching
     /// records damaged on disk without any write (0: never).
     pub tree_rebuild_secs: u64,
-    /// A tombstone is reaped once every home replica holds it and it is
-    /// this old. Must be at least `hint_window_secs`, so no hint older than
-    /// the delete can still bring the value back.
+    /// A tombstone is reaped once every home replica holds it, no member
+    /// holds a hint for the key, and it is this old. Must be at least
+    /// `hint_window_secs`.
     pub tombstone_grace_secs: u64,
 }
 
@@ -243,6 +243,9 @@ impl Config {
         let r = self.repair;
         if r.handoff_bytes_per_sec == 0 || r.anti_entropy_bytes_per_sec == 0 {
             return bad("repair.*_bytes_per_sec must be positive".into());
+        }
+        if r.hint_window_secs == 0 {
+            return bad("repair.hint_window_secs must be positive".into());
         }
         if r.anti_entropy_interval_ms == 0 {
             return bad("repair.anti_entropy_interval_ms must be positive".into());

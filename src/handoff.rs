@@ -3,21 +3,27 @@
 //!
 //! Hints live in RocksDB (see [`crate::storage::hints`]), so they survive a
 //! restart of the fallback. This worker pages through each reachable
-//! target's hints, sends them in batches as ordinary replica merges, and
-//! removes a hint only after the home acknowledged it. It runs one batch at
-//! a time and sleeps to stay under `handoff_bytes_per_sec`, so foreground
-//! requests keep the cores. Hints older than the window are dropped
-//! (anti-entropy repairs whatever they held).
+//! target's hints, sends them in batches as ordinary replica merges (synced,
+//! so a `DW` write does not lose its durability on the way), and removes a
+//! hint only after the home acknowledged it. It runs one batch at a time and
+//! sleeps to stay under `handoff_bytes_per_sec`, so foreground requests keep
+//! the cores.
+//!
+//! A hint for a home that stays unreachable longer than the window is
+//! dropped, but only once another home replica is seen to hold a version
+//! that includes it: anti-entropy then repairs the missing home, whereas a
+//! hint that is the only copy of a write (every home was down) is kept.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::membership::Membership;
-use crate::replica::{ReplicateRequest, ReplicateResponse, now_ms};
+use crate::replica::{ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse, now_ms};
 use crate::rpc::client::{PeerClient, routes};
 use crate::storage::{Hint, Storage};
 
@@ -26,6 +32,8 @@ const IDLE_TICK: Duration = Duration::from_millis(500);
 const BATCH_ITEMS: usize = 256;
 const BATCH_BYTES: usize = 1 << 20;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the hints of an unreachable target are checked for expiry.
+const EXPIRY_CHECK: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub struct HandoffStats {
@@ -45,10 +53,11 @@ pub struct Handoff {
 impl Handoff {
     /// Runs until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut checked: HashMap<String, Instant> = HashMap::new();
         loop {
             let worked = tokio::select! {
                 () = shutdown.cancelled() => return,
-                worked = self.round() => worked,
+                worked = self.round(&mut checked) => worked,
             };
             if !worked {
                 tokio::select! {
@@ -61,10 +70,19 @@ impl Handoff {
 
     /// Delivers what it can to every reachable target; true if it sent
     /// anything (so the next round starts at once).
-    async fn round(&self) -> bool {
+    async fn round(&self, checked: &mut HashMap<String, Instant>) -> bool {
         let mut worked = false;
         for (target, count) in self.storage.hint_counts() {
-            if count == 0 || target == self.membership.self_id() || !self.membership.is_reachable(&target) {
+            if count == 0 || target == self.membership.self_id() {
+                continue;
+            }
+            if !self.membership.is_reachable(&target) {
+                if checked.get(&target).is_none_or(|at| at.elapsed() >= EXPIRY_CHECK) {
+                    checked.insert(target.clone(), Instant::now());
+                    if let Err(error) = self.expire_for(&target).await {
+                        tracing::warn!(peer = %target, %error, "hint expiry check stopped");
+                    }
+                }
                 continue;
             }
             match self.deliver_to(&target).await {
@@ -85,13 +103,13 @@ impl Handoff {
             let page =
                 storage.hint_page(target, from, BATCH_ITEMS, BATCH_BYTES).map_err(|e| e.to_string())?;
             let Some(last) = page.last() else { return Ok(sent) };
-            let oldest_kept = now_ms().saturating_sub(self.window.as_millis() as u64);
-            let (live, dead): (Vec<&Hint>, Vec<&Hint>) =
-                page.iter().partition(|h| h.created_ms >= oldest_kept && h.object.is_some());
+            // Age does not matter here: the home is back, so it gets all of
+            // them (tombstone GC waits for every hint of a key to be gone).
+            let (live, dead): (Vec<&Hint>, Vec<&Hint>) = page.iter().partition(|h| h.object.is_some());
             if !dead.is_empty() {
                 let n = storage.remove_hints(target, &dead).map_err(|e| e.to_string())?;
                 self.stats.expired.fetch_add(n as u64, Ordering::Relaxed);
-                tracing::info!(peer = %target, dropped = n, "dropped expired or unreadable hints");
+                tracing::warn!(peer = %target, dropped = n, "dropped unreadable hints");
             }
             if !live.is_empty() {
                 let requests: Vec<ReplicateRequest> = live
@@ -99,13 +117,7 @@ impl Handoff {
                     .filter_map(|h| {
                         let object = h.object.clone()?;
                         let key = Bytes::copy_from_slice(&h.key);
-                        Some(ReplicateRequest {
-                            partition: h.partition,
-                            key,
-                            object,
-                            sync: false,
-                            hint: None,
-                        })
+                        Some(ReplicateRequest { partition: h.partition, key, object, sync: true, hint: None })
                     })
                     .collect();
                 let answers: Vec<Result<ReplicateResponse, String>> = self
@@ -123,5 +135,49 @@ impl Handoff {
             }
             after = Some((last.partition, last.key.clone()));
         }
+    }
+
+    /// Drops the hints for unreachable `target` that are older than the
+    /// window and that another home replica already holds (a version
+    /// descending the hint), so anti-entropy can bring them to `target`.
+    async fn expire_for(&self, target: &str) -> Result<(), String> {
+        let oldest_kept = now_ms().saturating_sub(self.window.as_millis() as u64);
+        let ring = self.membership.ring();
+        let mut after: Option<(u32, Vec<u8>)> = None;
+        loop {
+            let from = after.as_ref().map(|(p, k)| (*p, k.as_slice()));
+            let page =
+                self.storage.hint_page(target, from, BATCH_ITEMS, BATCH_BYTES).map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { return Ok(()) };
+            let mut covered = Vec::new();
+            for hint in page.iter().filter(|h| h.created_ms < oldest_kept) {
+                let Some(object) = &hint.object else { continue };
+                let homes = ring.replicas_for(&hint.key, ring.replicas());
+                for home in homes.iter().filter(|h| *h != target && self.membership.is_reachable(h)) {
+                    let held = self.read_from(home, hint.partition, &hint.key).await;
+                    if held.is_some_and(|copy| copy.descends(object)) {
+                        covered.push(hint);
+                        break;
+                    }
+                }
+            }
+            if !covered.is_empty() {
+                let n = self.storage.remove_hints(target, &covered).map_err(|e| e.to_string())?;
+                self.stats.expired.fetch_add(n as u64, Ordering::Relaxed);
+                tracing::info!(peer = %target, dropped = n, "dropped expired hints another home holds");
+            }
+            after = Some((last.partition, last.key.clone()));
+        }
+    }
+
+    /// `node`'s own copy of a key (this node's, or a peer's), if readable.
+    async fn read_from(&self, node: &str, partition: u32, key: &[u8]) -> Option<crate::storage::Object> {
+        if node == self.membership.self_id() {
+            return self.storage.get(partition, key).ok().flatten();
+        }
+        let request = vec![ReadRequest { partition, key: Bytes::copy_from_slice(key), hint: None }];
+        let answers: Vec<Result<ReadResponse, String>> =
+            self.peers.call(node, routes::READ, &request, CALL_TIMEOUT).await.ok()?;
+        answers.into_iter().next()?.ok()?.object
     }
 }

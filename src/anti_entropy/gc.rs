@@ -1,11 +1,13 @@
 //! Tombstone garbage collection. A delete leaves a tombstone so that stale
 //! replicas, hints and repairs cannot bring the value back; it can go once
 //! every home replica holds that same tombstone and the grace period has
-//! passed (the grace is at least the hint window, so no older hint is
-//! left anywhere). The partition's first home runs the check for it: it
+//! passed. The partition's first home runs the check for it: it
 //! asks every other home for its entry hash of each old tombstone, and only
 //! where all match does it ask each home (and itself) to remove the key if
-//! it is still unchanged. A home out of reach postpones the partition.
+//! it is still unchanged. Every other member is also asked whether it holds a
+//! hint for the key: a hint written before the delete would bring the value
+//! back once the tombstone is gone, so a hinted key waits for its handoff.
+//! Any member out of reach postpones the partition.
 
 use std::sync::atomic::Ordering;
 
@@ -40,15 +42,24 @@ impl AntiEntropy {
                 continue;
             }
             let others: Vec<&String> = homes.iter().filter(|h| *h != me).collect();
-            if !others.iter().all(|h| self.membership.is_reachable(h)) {
+            if !self.membership.peer_ids().all(|m| self.membership.is_reachable(m)) {
                 continue;
             }
+            // Re-read each key now: only a tombstone still old enough, and
+            // not held as a hint here, is a candidate (a write since the
+            // index scan makes it live again).
             let ask = old.clone();
             let mine: Vec<Option<Hash>> = self
                 .blocking(move |s| {
-                    ask.iter()
-                        .map(|k| Ok(s.get(p, k)?.map(|o| tree::entry_hash(k, &o))))
-                        .collect::<Result<_, _>>()
+                    let mut out = Vec::with_capacity(ask.len());
+                    for k in &ask {
+                        let still = s
+                            .get(p, k)?
+                            .filter(|o| tree::tombstone_time(o).is_some_and(|ms| ms <= old_before))
+                            .map(|o| tree::entry_hash(k, &o));
+                        out.push(if s.has_hint(p, k)? { None } else { still });
+                    }
+                    Ok(out)
                 })
                 .await?;
             let mut agreed: Vec<Option<Hash>> = mine;
@@ -59,6 +70,18 @@ impl AntiEntropy {
                 };
                 for (a, t) in agreed.iter_mut().zip(theirs.iter().chain(std::iter::repeat(&None))) {
                     if a.is_some() && *a != *t {
+                        *a = None;
+                    }
+                }
+            }
+            let peers: Vec<String> = self.membership.peer_ids().map(str::to_string).collect();
+            for m in &peers {
+                let request = AeRequest::Hinted { partition: p, keys: old.clone() };
+                let AeResponse::Flags(hinted) = self.call(m, request, throttle).await? else {
+                    return Err(AeError::Protocol("hinted"));
+                };
+                for (a, h) in agreed.iter_mut().zip(hinted.iter().chain(std::iter::repeat(&true))) {
+                    if *h {
                         *a = None;
                     }
                 }

@@ -49,9 +49,11 @@ pub enum AeRequest {
     Keys { partition: u32, buckets: Vec<u8> },
     /// The entry hash of each key (`None`: not held).
     Hashes { partition: u32, keys: Vec<Bytes> },
-    /// Remove each key whose object still hashes to the given value
-    /// (tombstone GC).
+    /// Remove each key whose object is still a tombstone hashing to the
+    /// given value (tombstone GC).
     Reap { partition: u32, keys: Vec<(Bytes, Hash)> },
+    /// For each key: does this node hold a hint for it (any target)?
+    Hinted { partition: u32, keys: Vec<Bytes> },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,6 +62,7 @@ pub enum AeResponse {
     Keys(Vec<(Bytes, Hash)>),
     Held(Vec<Option<Hash>>),
     Reaped(usize),
+    Flags(Vec<bool>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +106,9 @@ pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, Stora
             keys.iter()
                 .map(|k| Ok(storage.get(partition, k)?.map(|o| tree::entry_hash(k, &o))))
                 .collect::<Result<_, StorageError>>()?,
+        ),
+        AeRequest::Hinted { partition, keys } => AeResponse::Flags(
+            keys.iter().map(|k| storage.has_hint(partition, k)).collect::<Result<_, StorageError>>()?,
         ),
         AeRequest::Reap { partition, keys } => {
             let mut n = 0;

@@ -198,11 +198,8 @@ pub async fn delete(
     if ctx.is_empty() {
         // Without a context, delete what a quorum read sees (as Riak does):
         // a tombstone concurrent with everything would leave the values
-        // readable as its siblings. If the read fails, the tombstone still
-        // goes out, concurrent with what it could not see.
-        if let Ok(seen) = state.coordinator.get(key.clone(), c).await {
-            ctx = seen.object.clock().clone();
-        }
+        // readable as its siblings. A failed read fails the delete.
+        ctx = state.coordinator.get(key.clone(), c).await?.object.clock().clone();
     }
     let tombstone = StoredValue::new(Bytes::new(), "application/octet-stream".into(), now_ms(), true);
     Ok(written(state.coordinator.put(key, ctx, tombstone, c).await?))

@@ -274,6 +274,12 @@ impl Coordinator {
                     Err(e) => Err(e),
                 }
             };
+            // A fallback that holds no hint for the key knows nothing of it:
+            // its "nothing" must not count toward R as a not-found.
+            let result = match result {
+                Ok(None) if !primary => Err("the fallback holds no hint for this key".to_string()),
+                other => other,
+            };
             Reply { node, primary, result }
         }
         .boxed()

@@ -127,6 +127,18 @@ impl Storage {
         Ok(out)
     }
 
+    /// Whether this node holds a hint for `key`, for any target (tombstone
+    /// GC must not reap a key a hint could still bring back).
+    pub fn has_hint(&self, partition: u32, key: &[u8]) -> Result<bool, StorageError> {
+        let cf = self.cf(super::CF_HINTS)?;
+        for (target, count) in self.hint_counts() {
+            if count > 0 && self.db.get_pinned_cf(cf, hint_key(&target, partition, key))?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The object queued for `target` under `key`, if any.
     pub fn hint_get(&self, target: &str, partition: u32, key: &[u8]) -> Result<Option<Object>, StorageError> {
         let cf = self.cf(super::CF_HINTS)?;

@@ -544,6 +544,56 @@ mod tests {
     }
 
     #[test]
+    fn only_an_unchanged_tombstone_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), 1 << 20).unwrap();
+        let put = |v: StoredValue| {
+            s.modify(1, b"k", false, |cur| {
+                let mut o = match cur {
+                    Found::Object(o) => o,
+                    _ => Object::new(),
+                };
+                let ctx = o.clock().clone();
+                o.update(&ctx, "a", v);
+                Some(o)
+            })
+            .unwrap()
+            .unwrap()
+        };
+        let live = put(value("alive"));
+        let live_hash = tree::entry_hash(b"k", &live);
+        assert!(!s.remove_if_unchanged(1, b"k", &live_hash).unwrap(), "a live value is never reaped");
+        let gone = put(StoredValue::new(Bytes::new(), "x/y".into(), 2, true));
+        assert_eq!(s.tombstones(1, 10).unwrap().len(), 1, "indexed as a tombstone");
+        assert!(!s.remove_if_unchanged(1, b"k", &live_hash).unwrap(), "a stale hash keeps it");
+        let root_before = s.tree_root(1).unwrap();
+        assert!(s.remove_if_unchanged(1, b"k", &tree::entry_hash(b"k", &gone)).unwrap());
+        assert!(s.get(1, b"k").unwrap().is_none());
+        assert!(s.tombstones(1, 10).unwrap().is_empty(), "and out of the index");
+        assert_ne!(s.tree_root(1).unwrap(), root_before);
+        assert_eq!(s.tree_leaves(1).unwrap(), vec![tree::ZERO; tree::LEAVES], "the tree is empty again");
+    }
+
+    #[test]
+    fn incremental_leaves_equal_a_rebuild_from_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..200u32 {
+            let key = format!("k{}", i % 50);
+            s.modify_batch(&[(3, key.as_bytes())], false, |_, cur| {
+                let mut o = cur.unwrap_or_default();
+                o.update(&VersionVector::new(), &format!("actor{}", i % 3), value("x"));
+                o
+            })
+            .unwrap();
+        }
+        let incremental = s.tree_leaves(3).unwrap();
+        assert_ne!(incremental, vec![tree::ZERO; tree::LEAVES]);
+        s.rebuild_tree(3).unwrap();
+        assert_eq!(s.tree_leaves(3).unwrap(), incremental);
+    }
+
+    #[test]
     fn second_open_of_a_locked_directory_fails() {
         let dir = tempfile::tempdir().unwrap();
         let _s = Storage::open(dir.path(), 1 << 20).unwrap();

@@ -255,8 +255,10 @@ impl Storage {
         Ok(())
     }
 
-    /// Removes `key` if its object still hashes to `expected` (tombstone
-    /// GC: a newer write since the check keeps the key). True if removed.
+    /// Removes `key` if it is still a tombstone hashing to `expected`
+    /// (tombstone GC: a newer write since the check keeps the key, and a
+    /// live value is never removed, whatever hash a peer sent). True if
+    /// removed.
     pub fn remove_if_unchanged(
         &self,
         partition: u32,
@@ -268,7 +270,7 @@ impl Storage {
         let _guard = self.lock_for(&k);
         let Some(bytes) = self.db.get_pinned_cf(cf, &k)? else { return Ok(false) };
         let Some(object) = self.decode_checked(partition, &bytes) else { return Ok(false) };
-        if entry_hash(key, &object) != *expected {
+        if tombstone_time(&object).is_none() || entry_hash(key, &object) != *expected {
             return Ok(false);
         }
         let mut batch = WriteBatch::default();

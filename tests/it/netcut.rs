@@ -34,8 +34,23 @@ fn iptables(action: &str, rule: &[String]) -> bool {
     status.is_ok_and(|s| s.success())
 }
 
+/// Removes rules an earlier run left behind (killed before its `Drop` ran).
+fn remove_stale_rules() {
+    let Ok(out) = Command::new("iptables").args(["-w", "-S", "INPUT"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(rule) = line.strip_prefix("-A INPUT ") {
+            if rule.contains("quorumkv-test-") {
+                let args: Vec<String> =
+                    rule.split_whitespace().map(|s| s.trim_matches('"').to_string()).collect();
+                iptables("-D", &args);
+            }
+        }
+    }
+}
+
 impl Cut {
     fn between(pairs: &[(&str, &str)]) -> Cut {
+        remove_stale_rules();
         let tag = format!("quorumkv-test-{}", std::process::id());
         let mut cut = Cut { rules: Vec::new() };
         for (a, b) in pairs {
@@ -86,7 +101,8 @@ async fn writes_on_both_sides_of_a_real_network_cut_become_siblings() {
             weight: 1,
         })
         .collect();
-    let mut children = Vec::new();
+    // Killed on drop, even if a later step panics.
+    let mut nodes = Nodes(Vec::new());
     for (i, ip) in ips.iter().enumerate() {
         let id = format!("node{}", i + 1);
         let tls = ca.issue(&certs, &id, &default_sans(&id, &[ip.to_string()])).unwrap();
@@ -116,9 +132,8 @@ async fn writes_on_both_sides_of_a_real_network_cut_become_siblings() {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        children.push(child);
+        nodes.0.push(child);
     }
-    let _nodes = Nodes(children);
     // The test's own client leaves from 127.0.0.10, which no rule names.
     quorumkv::tls::install_default_provider();
     let tls = quorumkv::tls::public_client_config(&dir.path().join("ca.pem"), None).unwrap();
