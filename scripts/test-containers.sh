@@ -20,9 +20,12 @@ project=qkvtest$$
 work=$(mktemp -d)
 
 compose() { QUORUMKV_IMAGE=$image docker-compose -p "$project" -f docker-compose.yml "$@"; }
+dangling_before=$(docker images -q -f dangling=true | sort)
 cleanup() {
   compose down -v --remove-orphans >/dev/null 2>&1 || true
   docker rmi -f "$image" >/dev/null 2>&1 || true
+  # The legacy builder leaves the build stage behind as an untagged image.
+  comm -13 <(echo "$dangling_before") <(docker images -q -f dangling=true | sort) | xargs -r docker rmi >/dev/null 2>&1 || true
   rm -rf --one-file-system "$work" target/docker
 }
 trap cleanup EXIT
@@ -30,8 +33,11 @@ trap cleanup EXIT
 if ! docker image inspect "$base" >/dev/null 2>&1; then
   echo "== making $base with debootstrap"
   command -v debootstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; }
-  mirror=$(grep -rhoE 'https?://[^ ]+' /etc/apt/sources.list.d/ /etc/apt/sources.list 2>/dev/null | head -1)
-  debootstrap --variant=minbase bookworm "$work/rootfs" "${mirror:-http://deb.debian.org/debian}" >"$work/debootstrap.log"
+  # The machine's own Debian mirror (the only package source it may use).
+  mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | grep -v '^[[:space:]]*#' \
+    | grep -oE 'https?://[^ ]+' | head -1 || true)
+  debootstrap --variant=minbase bookworm "$work/rootfs" "${mirror:-http://deb.debian.org/debian}" \
+    >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log"; exit 1; }
   rm -rf "$work"/rootfs/var/cache/apt/archives/*.deb "$work"/rootfs/var/lib/apt/lists/*
   tar -C "$work/rootfs" -c . | docker import --change 'CMD ["/bin/bash"]' - "$base" >/dev/null
   rm -rf "$work/rootfs"
