@@ -40,6 +40,23 @@ impl Default for Options {
     }
 }
 
+/// Listeners on ports below Linux's ephemeral range (32768+): a stopped
+/// node's port must still be free when it restarts, and an outgoing
+/// connection of any concurrent test could otherwise take it meanwhile.
+fn bind_below_ephemeral() -> Listeners {
+    for _ in 0..1000 {
+        let client = rand::random_range(20_000..32_000u16);
+        let peer = rand::random_range(20_000..32_000u16);
+        let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        if client != peer {
+            if let Ok(l) = Listeners::bind(addr(client), addr(peer)) {
+                return l;
+            }
+        }
+    }
+    panic!("no free ports in 20000..32000");
+}
+
 pub fn tls_client(ca: &Path, identity: Option<(&Path, &Path)>) -> Client {
     quorumkv::tls::install_default_provider();
     let tls = quorumkv::tls::public_client_config(ca, identity).expect("client tls");
@@ -61,12 +78,7 @@ impl TestCluster {
         let ca = Ca::load_or_create(dir.path()).expect("ca");
         let certs = dir.path().join("certs");
         let admin = ca.issue(&certs, "admin", &["localhost".into()]).expect("admin cert");
-        let mut listeners = Vec::new();
-        for _ in 0..opts.nodes {
-            listeners.push(
-                Listeners::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap(),
-            );
-        }
+        let listeners: Vec<Listeners> = (0..opts.nodes).map(|_| bind_below_ephemeral()).collect();
         let members: Vec<MemberConfig> = listeners
             .iter()
             .enumerate()
