@@ -89,10 +89,7 @@ impl Storage {
     ) -> Result<Vec<Object>, StorageError> {
         let cf = self.cf(super::CF_HINTS)?;
         let keys: Vec<Vec<u8>> = items.iter().map(|(t, p, k)| hint_key(t, *p, k)).collect();
-        let mut stripes: Vec<usize> = keys.iter().map(|k| self.stripe_of(k)).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        let _guards: Vec<_> = stripes.into_iter().map(|s| self.lock_stripe(s)).collect();
+        let _guards = self.lock_keys(&keys);
         let mut written: std::collections::HashMap<&[u8], (u64, Object)> = Default::default();
         let mut batch = WriteBatch::default();
         let mut out = Vec::with_capacity(items.len());

@@ -340,6 +340,15 @@ impl Storage {
         self.lock_stripe(self.stripe_of(k))
     }
 
+    /// The stripe locks of every key of a batch, taken once each and in
+    /// ascending order, so batches and single writes cannot deadlock.
+    fn lock_keys(&self, keys: &[Vec<u8>]) -> Vec<std::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = keys.iter().map(|k| self.stripe_of(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes.into_iter().map(|s| self.lock_stripe(s)).collect()
+    }
+
     /// [`Storage::modify`] for many keys in one RocksDB `WriteBatch`: one WAL
     /// append (and at most one fsync) for the whole batch. `f(i, current)`
     /// gives the new object of `items[i]`; a key that appears twice sees
@@ -353,10 +362,7 @@ impl Storage {
     ) -> Result<Vec<Object>, StorageError> {
         let cf = self.objects()?;
         let keys: Vec<Vec<u8>> = items.iter().map(|(p, k)| db_key(*p, k)).collect();
-        let mut stripes: Vec<usize> = keys.iter().map(|k| self.stripe_of(k)).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        let _guards: Vec<_> = stripes.into_iter().map(|s| self.lock_stripe(s)).collect();
+        let _guards = self.lock_keys(&keys);
         let mut written: std::collections::HashMap<&[u8], Object> = std::collections::HashMap::new();
         let mut replaced_corrupt = false;
         let mut batch = WriteBatch::default();
