@@ -102,6 +102,10 @@ pub struct ServeArgs {
     pub tree_rebuild_secs: Option<u64>,
     #[arg(long, env = "QUORUMKV_TOMBSTONE_GRACE_SECS")]
     pub tombstone_grace_secs: Option<u64>,
+    #[arg(long, env = "QUORUMKV_MAX_SIBLINGS")]
+    pub max_siblings: Option<usize>,
+    #[arg(long, env = "QUORUMKV_MAX_OBJECT_BYTES")]
+    pub max_object_bytes: Option<usize>,
 }
 
 impl ServeArgs {
@@ -158,6 +162,9 @@ impl ServeArgs {
         set(repair, "anti_entropy_bytes_per_sec", long(self.anti_entropy_bytes_per_sec));
         set(repair, "tree_rebuild_secs", long(self.tree_rebuild_secs));
         set(repair, "tombstone_grace_secs", long(self.tombstone_grace_secs));
+        let limits = sub_table(&mut table, "limits");
+        set(limits, "max_siblings", int(self.max_siblings));
+        set(limits, "max_object_bytes", int(self.max_object_bytes));
         if !self.members.is_empty() {
             let members = toml::Value::try_from(&self.members)
                 .map_err(|e| ConfigError::Invalid(format!("members: {e}")))?;

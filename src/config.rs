@@ -110,6 +110,31 @@ pub struct Config {
     /// Hinted handoff, anti-entropy and tombstone GC.
     #[serde(default)]
     pub repair: RepairConfig,
+    /// Bounds on one key's object (siblings and bytes).
+    #[serde(default)]
+    pub limits: ObjectLimits,
+}
+
+/// How large one key's object may grow through client writes. A write that
+/// would pass a limit is refused with a 4xx and stores nothing; merges
+/// between replicas are never refused (they must not lose a version), so an
+/// object can exceed the limits only through truly concurrent writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectLimits {
+    /// Most siblings a key may hold after a write (Riak's `max_siblings`
+    /// default: 100).
+    pub max_siblings: usize,
+    /// Most bytes of all siblings' values together (Riak refuses objects
+    /// over 50 MB by default; here 64 MiB, four values of the largest
+    /// size `max_value_bytes` allows by default).
+    pub max_object_bytes: usize,
+}
+
+impl Default for ObjectLimits {
+    fn default() -> Self {
+        ObjectLimits { max_siblings: 100, max_object_bytes: 64 << 20 }
+    }
 }
 
 /// The background work that makes replicas converge after failures.
@@ -208,6 +233,16 @@ impl Config {
             return bad("members contains a duplicate id".into());
         }
         for m in &self.members {
+            // A node proves who it is on the peer port by a certificate
+            // naming its id as a DNS subject alternative name.
+            if rustls_pki_types::DnsName::try_from(m.id.as_str()).is_err()
+                || m.id.parse::<std::net::IpAddr>().is_ok()
+            {
+                return bad(format!(
+                    "member id {:?} is not a DNS name (letters, digits, '-' and '.'): node certificates name their node by it",
+                    m.id
+                ));
+            }
             if m.weight == 0 {
                 return bad(format!("member {} has weight 0", m.id));
             }
@@ -249,6 +284,15 @@ impl Config {
         }
         if r.anti_entropy_interval_ms == 0 {
             return bad("repair.anti_entropy_interval_ms must be positive".into());
+        }
+        if self.limits.max_siblings == 0 {
+            return bad("limits.max_siblings must be positive".into());
+        }
+        if self.limits.max_object_bytes < self.max_value_bytes {
+            return bad(format!(
+                "limits.max_object_bytes ({}) must be at least max_value_bytes ({}): no value could be stored",
+                self.limits.max_object_bytes, self.max_value_bytes
+            ));
         }
         if r.tombstone_grace_secs < r.hint_window_secs {
             return bad(format!(

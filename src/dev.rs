@@ -115,6 +115,7 @@ pub fn init(
             log_format,
             read_repair: true,
             repair: Default::default(),
+            limits: Default::default(),
         };
         config.validate()?;
         let config_path = dir.join(format!("{id}.toml"));

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::membership::Membership;
 use crate::replica::{ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse, now_ms};
-use crate::rpc::client::{PeerClient, routes};
+use crate::rpc::client::{PeerClient, RpcError, routes};
 use crate::storage::{Hint, Storage};
 
 /// How often queues are looked at when there is nothing to deliver.
@@ -32,7 +32,8 @@ const IDLE_TICK: Duration = Duration::from_millis(500);
 const BATCH_ITEMS: usize = 256;
 const BATCH_BYTES: usize = 1 << 20;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the hints of an unreachable target are checked for expiry.
+/// How often (at most) the hints of an unreachable target are checked for
+/// expiry; a shorter `hint_window_secs` checks once per window.
 const EXPIRY_CHECK: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
@@ -77,7 +78,9 @@ impl Handoff {
                 continue;
             }
             if !self.membership.is_reachable(&target) {
-                if checked.get(&target).is_none_or(|at| at.elapsed() >= EXPIRY_CHECK) {
+                // At least once per window, so a short window is honoured.
+                let every = EXPIRY_CHECK.min(self.window);
+                if checked.get(&target).is_none_or(|at| at.elapsed() >= every) {
                     checked.insert(target.clone(), Instant::now());
                     if let Err(error) = self.expire_for(&target).await {
                         tracing::warn!(peer = %target, %error, "hint expiry check stopped");
@@ -120,11 +123,22 @@ impl Handoff {
                         Some(ReplicateRequest { partition: h.partition, key, object, sync: true, hint: None })
                     })
                     .collect();
-                let answers: Vec<Result<ReplicateResponse, String>> = self
+                let answers: Vec<Result<ReplicateResponse, String>> = match self
                     .peers
                     .call(target, routes::REPLICATE, &requests, CALL_TIMEOUT)
                     .await
-                    .map_err(|e| e.to_string())?;
+                {
+                    Ok(answers) => answers,
+                    // The peer answered but refused this page (e.g. an
+                    // object over its body limit): skip it, keep it queued
+                    // for a later round, and go on with the rest.
+                    Err(RpcError::Status { status, .. }) => {
+                        tracing::warn!(peer = %target, status, hints = requests.len(), "hint page refused; kept for later");
+                        after = Some((last.partition, last.key.clone()));
+                        continue;
+                    }
+                    Err(error) => return Err(error.to_string()),
+                };
                 let acked: Vec<&Hint> =
                     live.iter().zip(&answers).filter(|(_, a)| a.is_ok()).map(|(h, _)| *h).collect();
                 let n = storage.remove_hints(target, &acked).map_err(|e| e.to_string())?;

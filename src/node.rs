@@ -118,7 +118,8 @@ impl Node {
             .map_err(|source| NodeError::Storage { path: config.data_dir.display().to_string(), source })?;
         let storage = Arc::new(storage);
         let membership = Arc::new(Membership::from_config(&config)?);
-        let replica = Replica::new(storage.clone(), &config.node_id);
+        let replica = Replica::new(storage.clone(), &config.node_id, config.limits)
+            .map_err(|source| NodeError::Storage { path: config.data_dir.display().to_string(), source })?;
         let local_ip = Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified());
         let mut metrics = Metrics::new();
         let peers =
@@ -170,23 +171,32 @@ impl Node {
         let client_addr = listener_addr(&listeners.client)?;
         let peer_addr = listener_addr(&listeners.peer)?;
         let handles = [Handle::new(), Handle::new()];
-        // A replicated object may carry several siblings of the largest
-        // value; batches are capped at a few MiB by the sender.
-        let peer_body_limit = config.max_value_bytes.saturating_mul(16).saturating_add(8 << 20);
+        // A replicated object is bounded by `max_object_bytes` for client
+        // writes, but merges of concurrent writes may pass it (they are never
+        // refused): room for twice that, plus a batch's worth.
+        let peer_body_limit = config.limits.max_object_bytes.saturating_mul(2).saturating_add(8 << 20);
         let peer_app = rpc::server::router(state.clone(), peer_body_limit);
         let client_app = api::router(state.clone());
-        let servers = vec![
-            tokio::spawn(
-                tls_server(listeners.peer, peer_tls)
-                    .handle(handles[1].clone())
-                    .serve(peer_app.into_make_service()),
-            ),
-            tokio::spawn(
-                tls_server(listeners.client, public_tls)
-                    .handle(handles[0].clone())
-                    .serve(client_app.into_make_service()),
-            ),
-        ];
+        let mut servers = vec![tokio::spawn(
+            tls_server(listeners.peer, peer_tls)
+                .map(|tls| {
+                    let members = config.members.iter().map(|m| m.id.clone()).collect();
+                    rpc::identity::IdentifyingAcceptor::new(tls, members)
+                })
+                .handle(handles[1].clone())
+                .serve(peer_app.into_make_service()),
+        )];
+        // With the peer port up (peers starting at the same time greet each
+        // other), before the public port: a node that lost its data learns
+        // it from its peers here; until then a fresh directory's answers
+        // do not count.
+        crate::anti_entropy::recovery::greet_peers(&storage, state.coordinator.membership(), &detector_peers)
+            .await;
+        servers.push(tokio::spawn(
+            tls_server(listeners.client, public_tls)
+                .handle(handles[0].clone())
+                .serve(client_app.into_make_service()),
+        ));
         // Spawned last: nothing fallible remains, so it cannot outlive a
         // node that failed to start.
         tokio::spawn(detector::run(
@@ -195,9 +205,8 @@ impl Node {
             workers.child_token(),
         ));
         tokio::spawn(handoff.run(workers.child_token()));
-        if config.repair.anti_entropy {
-            tokio::spawn(anti_entropy.run(workers.child_token()));
-        }
+        // Runs even with anti-entropy off while partitions are unsynced.
+        tokio::spawn(anti_entropy.run(workers.child_token()));
         state.ready.store(true, Ordering::Release);
         tracing::info!(node = %config.node_id, %client_addr, %peer_addr, actor = state.coordinator.replica().actor(), "node serving");
         Ok(Node {

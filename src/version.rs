@@ -265,9 +265,30 @@ impl<T> DvvSet<T> {
     /// `actor` must be this replica's own id, or dots stop being unique; for the same reason a
     /// replica that lost its data must come back under a new id.
     pub fn update(&mut self, context: &VersionVector, actor: &str, value: T) -> Dot {
+        self.update_with(context, actor, |least| least, value)
+    }
+
+    /// [`update`](Self::update) with the counter chosen by `mint`, which is
+    /// given the least counter this object allows (one past everything the
+    /// clock and the context know of `actor`) and must return at least that.
+    ///
+    /// Why: "clock + 1" alone is only unique while the replica never forgets
+    /// a dot it minted. A node that comes back older (a lost WAL tail, a
+    /// restored snapshot) or a key whose record GC removed would mint the
+    /// same dot again, and replicas holding the first one drop the second
+    /// as already seen. `replica::stamp` passes a counter from a per-node
+    /// clock that never repeats, so uniqueness no longer rests on the
+    /// object's own memory.
+    pub fn update_with(
+        &mut self,
+        context: &VersionVector,
+        actor: &str,
+        mint: impl FnOnce(u64) -> u64,
+        value: T,
+    ) -> Dot {
         self.siblings.retain(|s| !context.covers(&s.dot));
-        let seen = self.clock.get(actor).max(context.get(actor));
-        let dot = Dot::new(actor, seen.saturating_add(1));
+        let least = self.clock.get(actor).max(context.get(actor)).saturating_add(1);
+        let dot = Dot::new(actor, mint(least).max(least));
         self.clock.merge(context);
         self.clock.raise(actor, dot.counter);
         let at = self.siblings.partition_point(|s| s.dot < dot);

@@ -9,14 +9,17 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::{AeError, AeRequest, AeResponse, AntiEntropy, KEYS_PER_CALL, ROOTS_PER_CALL, SETTLE, Throttle};
-use crate::replica::{ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse};
+use super::{
+    AeError, AeRequest, AeResponse, AntiEntropy, BYTES_PER_CALL, KEYS_PER_CALL, ROOTS_PER_CALL, SETTLE,
+    Throttle,
+};
+use crate::replica::{ReplicateRequest, ReplicateResponse, object_bytes};
 use crate::rpc::client::routes;
 use crate::storage::tree::{self, Hash};
 
 impl AntiEntropy {
     /// Partitions whose home replicas include both this node and `peer`.
-    fn shared_with(&self, peer: &str) -> Vec<u32> {
+    pub(super) fn shared_with(&self, peer: &str) -> Vec<u32> {
         let ring = self.membership.ring();
         let me = self.membership.self_id();
         (0..ring.partitions())
@@ -27,8 +30,13 @@ impl AntiEntropy {
             .collect()
     }
 
-    pub(super) async fn exchange_with(&self, peer: &str, throttle: &Throttle) -> Result<(), AeError> {
+    /// Returns whether the exchange was complete: every differing key of
+    /// every shared partition pulled from an authoritative answer. A
+    /// partition that fails is skipped (and so retried next round); it does
+    /// not stop the exchange with this peer. Only a failed roots call does.
+    pub(super) async fn exchange_with(&self, peer: &str, throttle: &Throttle) -> Result<bool, AeError> {
         let shared = self.shared_with(peer);
+        let mut complete = true;
         for chunk in shared.chunks(ROOTS_PER_CALL) {
             let differing = self.differing_roots(peer, chunk.to_vec(), throttle).await?;
             self.stats.partitions_compared.fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -41,10 +49,16 @@ impl AntiEntropy {
             tokio::time::sleep(SETTLE).await;
             for p in self.differing_roots(peer, differing, throttle).await? {
                 self.stats.partitions_differing.fetch_add(1, Ordering::Relaxed);
-                self.exchange_partition(peer, p, throttle).await?;
+                match self.exchange_partition(peer, p, throttle).await {
+                    Ok(whole) => complete &= whole,
+                    Err(error) => {
+                        complete = false;
+                        tracing::warn!(%peer, partition = p, %error, "partition exchange failed; retried next round");
+                    }
+                }
             }
         }
-        Ok(())
+        Ok(complete)
     }
 
     /// Which of `partitions` have a different tree root here and at `peer`.
@@ -71,7 +85,7 @@ impl AntiEntropy {
         peer: &str,
         partition: u32,
         throttle: &Throttle,
-    ) -> Result<(), AeError> {
+    ) -> Result<bool, AeError> {
         let leaves = self.blocking(move |s| s.tree_leaves(partition)).await?;
         let inner = tree::inner_of(&leaves);
         let AeResponse::Hashes(their_inner) =
@@ -82,7 +96,7 @@ impl AntiEntropy {
         let groups: Vec<u8> =
             (0..tree::INNER).filter(|g| inner.get(*g) != their_inner.get(*g)).map(|g| g as u8).collect();
         if groups.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let AeResponse::Hashes(their_leaves) =
             self.call(peer, AeRequest::Tree { partition, groups: groups.clone() }, throttle).await?
@@ -99,7 +113,7 @@ impl AntiEntropy {
             }
         }
         if buckets.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let ask = buckets.clone();
         let mine: BTreeMap<Vec<u8>, Hash> =
@@ -123,43 +137,52 @@ impl AntiEntropy {
             .filter(|(k, h)| theirs.get(*k) != Some(*h))
             .map(|(k, _)| Bytes::copy_from_slice(k))
             .collect();
-        self.pull(peer, partition, pull, throttle).await?;
-        self.push(peer, partition, push, throttle).await
+        let complete = self.pull(peer, partition, pull, throttle).await?;
+        self.push(peer, partition, push, throttle).await?;
+        Ok(complete)
     }
 
-    /// Reads `keys` from `peer` and merges them into this node's copies.
+    /// Reads `keys` from `peer` and merges them into this node's copies,
+    /// in calls budgeted in bytes. Returns false if some key was read from
+    /// a copy the peer itself does not vouch for (corrupt, or not refilled).
     async fn pull(
         &self,
         peer: &str,
         partition: u32,
         keys: Vec<Bytes>,
         throttle: &Throttle,
-    ) -> Result<(), AeError> {
-        for chunk in keys.chunks(KEYS_PER_CALL) {
-            let requests: Vec<ReadRequest> =
-                chunk.iter().map(|key| ReadRequest { partition, key: key.clone(), hint: None }).collect();
-            let sent = crate::rpc::codec::encode(&requests).len();
-            let answers: Vec<Result<ReadResponse, String>> =
-                self.peers.call(peer, routes::READ, &requests, super::CALL_TIMEOUT).await?;
-            let merges: Vec<ReplicateRequest> = requests
-                .into_iter()
-                .zip(answers)
-                .filter_map(|(r, a)| {
-                    let object = a.ok()?.object?;
-                    Some(ReplicateRequest { partition, key: r.key, object, sync: false, hint: None })
+    ) -> Result<bool, AeError> {
+        let mut complete = true;
+        let mut rest = &keys[..];
+        while !rest.is_empty() {
+            let ask: Vec<Bytes> = rest.iter().take(KEYS_PER_CALL).cloned().collect();
+            let request = AeRequest::Fetch { partition, keys: ask, budget: BYTES_PER_CALL as u64 };
+            let AeResponse::Objects(fetched) = self.call(peer, request, throttle).await? else {
+                return Err(AeError::Protocol("fetch"));
+            };
+            if fetched.is_empty() {
+                return Err(AeError::Protocol("empty fetch"));
+            }
+            let (now, later) = rest.split_at(fetched.len().min(rest.len()));
+            rest = later;
+            let merges: Vec<ReplicateRequest> = now
+                .iter()
+                .zip(fetched)
+                .filter_map(|(key, f)| {
+                    complete &= f.authoritative;
+                    let object = f.object?;
+                    Some(ReplicateRequest { partition, key: key.clone(), object, sync: false, hint: None })
                 })
                 .collect();
-            let bytes =
-                sent + merges.iter().map(|m| m.key.len() + 64 + object_bytes(&m.object)).sum::<usize>();
-            self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
             self.stats.keys_pulled.fetch_add(merges.len() as u64, Ordering::Relaxed);
             self.replica.apply_batch(merges).await.map_err(|e| AeError::Task(e.to_string()))?;
-            throttle.spend(bytes).await;
         }
-        Ok(())
+        Ok(complete)
     }
 
-    /// Sends this node's copy of each of `keys` to `peer` to merge.
+    /// Sends this node's copy of each of `keys` to `peer` to merge, in
+    /// calls of at most [`BYTES_PER_CALL`] (a larger object goes alone). A
+    /// call the peer refuses is skipped; the next exchange retries it.
     async fn push(
         &self,
         peer: &str,
@@ -172,34 +195,48 @@ impl AntiEntropy {
             let objects = self
                 .blocking(move |s| ask.iter().map(|k| s.get(partition, k)).collect::<Result<Vec<_>, _>>())
                 .await?;
-            let requests: Vec<ReplicateRequest> = chunk
-                .iter()
-                .zip(objects)
-                .filter_map(|(key, o)| {
-                    Some(ReplicateRequest {
-                        partition,
-                        key: key.clone(),
-                        object: o?,
-                        sync: false,
-                        hint: None,
-                    })
-                })
-                .collect();
-            if requests.is_empty() {
-                continue;
+            let mut batch: Vec<ReplicateRequest> = Vec::new();
+            let mut bytes = 0;
+            for (key, object) in chunk.iter().zip(objects) {
+                let Some(object) = object else { continue };
+                let size = key.len() + object_bytes(&object);
+                if !batch.is_empty() && bytes + size > BYTES_PER_CALL {
+                    self.push_batch(peer, std::mem::take(&mut batch), throttle).await?;
+                    bytes = 0;
+                }
+                bytes += size;
+                batch.push(ReplicateRequest { partition, key: key.clone(), object, sync: false, hint: None });
             }
-            let bytes = crate::rpc::codec::encode(&requests).len();
-            let answers: Vec<Result<ReplicateResponse, String>> =
-                self.peers.call(peer, routes::REPLICATE, &requests, super::CALL_TIMEOUT).await?;
-            let ok = answers.iter().filter(|a| a.is_ok()).count();
-            self.stats.keys_pushed.fetch_add(ok as u64, Ordering::Relaxed);
-            self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-            throttle.spend(bytes).await;
+            if !batch.is_empty() {
+                self.push_batch(peer, batch, throttle).await?;
+            }
         }
         Ok(())
     }
-}
 
-fn object_bytes(object: &crate::storage::Object) -> usize {
-    object.siblings().iter().map(|s| s.value.value.len()).sum()
+    async fn push_batch(
+        &self,
+        peer: &str,
+        requests: Vec<ReplicateRequest>,
+        throttle: &Throttle,
+    ) -> Result<(), AeError> {
+        let bytes = crate::rpc::codec::encode(&requests).len();
+        let answers: Vec<Result<ReplicateResponse, String>> = match self
+            .peers
+            .call(peer, routes::REPLICATE, &requests, super::CALL_TIMEOUT)
+            .await
+        {
+            Ok(answers) => answers,
+            Err(crate::rpc::client::RpcError::Status { status, .. }) => {
+                tracing::warn!(%peer, status, keys = requests.len(), "anti-entropy push refused; retried next exchange");
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let ok = answers.iter().filter(|a| a.is_ok()).count();
+        self.stats.keys_pushed.fetch_add(ok as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        throttle.spend(bytes).await;
+        Ok(())
+    }
 }

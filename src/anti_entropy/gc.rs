@@ -9,6 +9,7 @@
 //! back once the tombstone is gone, so a hinted key waits for its handoff.
 //! Any member out of reach postpones the partition.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -21,29 +22,59 @@ use crate::storage::tree::{self, Hash};
 const PER_PARTITION: usize = 256;
 
 impl AntiEntropy {
-    pub(super) async fn collect_tombstones(&self, throttle: &Throttle) -> Result<(), AeError> {
+    /// One GC pass over the partitions this node is first home of. A
+    /// partition that fails is logged and skipped (retried next round);
+    /// `cursors` remembers where each partition's walk is.
+    pub(super) async fn collect_tombstones(
+        &self,
+        throttle: &Throttle,
+        cursors: &mut HashMap<u32, Vec<u8>>,
+    ) -> Result<(), AeError> {
         let ring = self.membership.ring();
         let me = self.membership.self_id();
-        let grace_ms = self.config.tombstone_grace_secs.saturating_mul(1000);
-        let old_before = now_ms().saturating_sub(grace_ms);
         let n = ring.replicas().min(ring.members().len());
         for p in 0..ring.partitions() {
             let homes = &ring.preference_list(p)[..n];
             if homes.first().map(String::as_str) != Some(me) {
                 continue;
             }
-            let candidates = self.blocking(move |s| s.tombstones(p, PER_PARTITION)).await?;
+            if let Err(error) = self.collect_partition(p, homes, throttle, cursors).await {
+                tracing::warn!(partition = p, %error, "tombstone collection of a partition failed; retried next round");
+            }
+        }
+        Ok(())
+    }
+
+    async fn collect_partition(
+        &self,
+        p: u32,
+        homes: &[String],
+        throttle: &Throttle,
+        cursors: &mut HashMap<u32, Vec<u8>>,
+    ) -> Result<(), AeError> {
+        let me = self.membership.self_id();
+        let grace_ms = self.config.tombstone_grace_secs.saturating_mul(1000);
+        let old_before = now_ms().saturating_sub(grace_ms);
+        {
+            let after = cursors.get(&p).cloned();
+            let candidates =
+                self.blocking(move |s| s.tombstones_after(p, after.as_deref(), PER_PARTITION)).await?;
+            // A short page ends the walk: the next round starts over.
+            match candidates.last() {
+                Some((k, _)) if candidates.len() >= PER_PARTITION => cursors.insert(p, k.clone()),
+                _ => cursors.remove(&p),
+            };
             let old: Vec<Bytes> = candidates
                 .into_iter()
                 .filter(|(_, ms)| *ms <= old_before)
                 .map(|(k, _)| Bytes::from(k))
                 .collect();
             if old.is_empty() {
-                continue;
+                return Ok(());
             }
             let others: Vec<&String> = homes.iter().filter(|h| *h != me).collect();
             if !self.membership.peer_ids().all(|m| self.membership.is_reachable(m)) {
-                continue;
+                return Ok(());
             }
             // Re-read each key now: only a tombstone still old enough, and
             // not held as a hint here, is a candidate (a write since the
@@ -89,10 +120,16 @@ impl AntiEntropy {
             let reap: Vec<(Bytes, Hash)> =
                 old.into_iter().zip(agreed).filter_map(|(k, h)| Some((k, h?))).collect();
             if reap.is_empty() {
-                continue;
+                return Ok(());
             }
+            // A home that fails to reap keeps its tombstone; that is safe
+            // (dots are never reused, so a surviving tombstone cannot cover a
+            // later write) and the next round reaps it.
             for h in &others {
-                self.call(h, AeRequest::Reap { partition: p, keys: reap.clone() }, throttle).await?;
+                let request = AeRequest::Reap { partition: p, keys: reap.clone() };
+                if let Err(error) = self.call(h, request, throttle).await {
+                    tracing::warn!(peer = %h, partition = p, %error, "tombstone reap failed there");
+                }
             }
             let keys = reap.clone();
             let removed = self

@@ -10,11 +10,11 @@
 
 mod exchange;
 mod gc;
+pub mod recovery;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -34,8 +34,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const ROOTS_PER_CALL: usize = 64;
 /// Wait before re-comparing roots that differed (lets in-flight writes land).
 const SETTLE: Duration = Duration::from_millis(200);
-/// Keys whose objects travel in one call.
+/// Keys asked for in one call.
 const KEYS_PER_CALL: usize = 128;
+/// Bytes of objects in one pull answer or push call. Budgeted in bytes,
+/// not keys: a call of 128 large objects could pass the peer's body limit
+/// and stall every exchange behind it. One object larger than this
+/// travels alone.
+const BYTES_PER_CALL: usize = 1 << 20;
+/// Pause between exchanges while this node has unsynced partitions (it
+/// lost data and its answers do not count until it is refilled).
+const RECOVERY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The anti-entropy RPC (one route, one enum).
 #[derive(Debug, Serialize, Deserialize)]
@@ -54,6 +62,19 @@ pub enum AeRequest {
     Reap { partition: u32, keys: Vec<(Bytes, Hash)> },
     /// For each key: does this node hold a hint for it (any target)?
     Hinted { partition: u32, keys: Vec<Bytes> },
+    /// This node's copies of `keys`, in order, stopping before the first
+    /// that would take the answer past `budget` bytes (the first is always
+    /// sent): the caller asks again from where the answer stopped.
+    Fetch { partition: u32, keys: Vec<Bytes>, budget: u64 },
+}
+
+/// One key of a [`AeRequest::Fetch`] answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Fetched {
+    pub object: Option<crate::storage::Object>,
+    /// False when the copy may lack acknowledged writes (see
+    /// [`crate::replica::ReadResponse::authoritative`]).
+    pub authoritative: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,6 +84,7 @@ pub enum AeResponse {
     Held(Vec<Option<Hash>>),
     Reaped(usize),
     Flags(Vec<bool>),
+    Objects(Vec<Fetched>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +104,26 @@ pub enum AeError {
 /// Answers a peer's anti-entropy request from this node's storage.
 pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, StorageError> {
     Ok(match request {
+        AeRequest::Fetch { partition, keys, budget } => {
+            let unsynced = storage.is_unsynced(partition);
+            let mut out = Vec::new();
+            let mut bytes = 0u64;
+            for k in &keys {
+                let (object, authoritative) = match storage.get_found(partition, k)? {
+                    crate::storage::Found::Nothing => (None, !unsynced),
+                    crate::storage::Found::Object(o) => (Some(o), !unsynced),
+                    crate::storage::Found::Corrupt => (None, false),
+                };
+                let size =
+                    object.as_ref().map_or(0, |o| crate::replica::object_bytes(o) as u64) + k.len() as u64;
+                if !out.is_empty() && bytes + size > budget {
+                    break;
+                }
+                bytes += size;
+                out.push(Fetched { object, authoritative });
+            }
+            AeResponse::Objects(out)
+        }
         AeRequest::Roots { partitions } => {
             AeResponse::Hashes(partitions.iter().map(|p| storage.tree_root(*p)).collect::<Result<_, _>>()?)
         }
@@ -205,22 +247,35 @@ impl AntiEntropy {
         Ok(answer)
     }
 
-    /// Runs until `shutdown` is cancelled.
+    /// Runs until `shutdown` is cancelled. With `anti_entropy` off in the
+    /// config it still refills unsynced partitions after a data loss (a
+    /// correctness duty, not an optimisation), then stops.
     pub async fn run(self, shutdown: CancellationToken) {
         let interval = Duration::from_millis(self.config.anti_entropy_interval_ms);
         let throttle = Throttle { bytes_per_sec: self.config.anti_entropy_bytes_per_sec };
-        let mut rebuilt: HashMap<u32, Instant> = HashMap::new();
-        let started = Instant::now();
         let mut next_peer = 0usize;
+        let mut gc_cursors = std::collections::HashMap::new();
         loop {
+            let recovering = self.storage().unsynced();
+            if !self.config.anti_entropy && recovering.is_empty() {
+                return;
+            }
+            let wait = if recovering.is_empty() { interval } else { RECOVERY_INTERVAL.min(interval) };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep(wait) => {}
             }
             let round = async {
-                self.rebuild_trees(&mut rebuilt, started).await;
-                let peers: Vec<String> = self.membership.peer_ids().map(str::to_string).collect();
-                let mut sorted = peers;
+                if self.config.anti_entropy {
+                    self.rebuild_trees().await;
+                }
+                let mut sorted: Vec<String> = if recovering.is_empty() {
+                    self.membership.peer_ids().map(str::to_string).collect()
+                } else {
+                    // Recovering: only the peers some partition still waits for.
+                    let wanted: std::collections::BTreeSet<&String> = recovering.values().flatten().collect();
+                    wanted.into_iter().cloned().collect()
+                };
                 sorted.sort();
                 let reachable: Vec<&String> =
                     sorted.iter().filter(|p| self.membership.is_reachable(p)).collect();
@@ -229,18 +284,31 @@ impl AntiEntropy {
                     next_peer = next_peer.wrapping_add(1);
                     let differing = self.stats.partitions_differing.load(Ordering::Relaxed);
                     match self.exchange_with(&peer, &throttle).await {
-                        Ok(()) if self.stats.partitions_differing.load(Ordering::Relaxed) == differing => {
-                            self.stats.clean_in_a_row.fetch_add(1, Ordering::Relaxed);
+                        Ok(complete) => {
+                            if complete {
+                                let shared = self.shared_with(&peer);
+                                if let Err(error) = self.storage().synced_with(&peer, &shared) {
+                                    tracing::warn!(%peer, %error, "cannot record a completed refill");
+                                }
+                            }
+                            if complete
+                                && self.stats.partitions_differing.load(Ordering::Relaxed) == differing
+                            {
+                                self.stats.clean_in_a_row.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                self.stats.clean_in_a_row.store(0, Ordering::Relaxed);
+                            }
                         }
-                        Ok(()) => self.stats.clean_in_a_row.store(0, Ordering::Relaxed),
                         Err(error) => {
                             self.stats.clean_in_a_row.store(0, Ordering::Relaxed);
                             tracing::warn!(%peer, %error, "anti-entropy exchange stopped");
                         }
                     }
                 }
-                if let Err(error) = self.collect_tombstones(&throttle).await {
-                    tracing::warn!(%error, "tombstone collection stopped");
+                if self.config.anti_entropy {
+                    if let Err(error) = self.collect_tombstones(&throttle, &mut gc_cursors).await {
+                        tracing::warn!(%error, "tombstone collection stopped");
+                    }
                 }
                 self.stats.rounds.fetch_add(1, Ordering::Relaxed);
             };
@@ -252,26 +320,37 @@ impl AntiEntropy {
     }
 
     /// Rebuilds the trees marked dirty, then those older than
-    /// `tree_rebuild_secs` (a few per round, oldest first).
-    async fn rebuild_trees(&self, rebuilt: &mut HashMap<u32, Instant>, started: Instant) {
+    /// `tree_rebuild_secs` (a few per round, oldest first). Both the marks
+    /// and the rebuild times are persisted, so restarts postpone nothing.
+    async fn rebuild_trees(&self) {
         let mut due = self.storage().dirty_partitions();
         let every = self.config.tree_rebuild_secs;
         if every > 0 {
-            let every = Duration::from_secs(every);
+            let every_ms = every.saturating_mul(1000);
             let ring = self.membership.ring();
             let mine = ring.partitions_of(self.membership.self_id());
-            let mut stale: Vec<(Instant, u32)> = mine
-                .into_iter()
-                .map(|p| (rebuilt.get(&p).copied().unwrap_or(started), p))
-                .filter(|(at, _)| at.elapsed() >= every)
-                .collect();
-            stale.sort();
-            due.extend(stale.into_iter().take(16).map(|(_, p)| p));
+            let now = crate::replica::now_ms();
+            let stale = self
+                .blocking(move |s| {
+                    let mut stale = Vec::new();
+                    for p in mine {
+                        let at = s.rebuilt_at_ms(p)?;
+                        if now.saturating_sub(at) >= every_ms {
+                            stale.push((at, p));
+                        }
+                    }
+                    stale.sort();
+                    Ok(stale)
+                })
+                .await;
+            match stale {
+                Ok(stale) => due.extend(stale.into_iter().take(16).map(|(_, p)| p)),
+                Err(error) => tracing::warn!(%error, "cannot read tree rebuild times"),
+            }
         }
         for p in due {
             match self.blocking(move |s| s.rebuild_tree(p)).await {
                 Ok(()) => {
-                    rebuilt.insert(p, Instant::now());
                     self.stats.trees_rebuilt.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(error) => tracing::warn!(partition = p, %error, "tree rebuild failed"),

@@ -53,6 +53,10 @@ pub async fn cluster(State(state): State<Arc<NodeState>>) -> Json<serde_json::Va
             "expired": state.handoff.expired.load(Ordering::Relaxed),
         },
         "anti_entropy": state.anti_entropy.snapshot(),
+        // Partitions whose copy here may lack acknowledged writes (this
+        // node lost its data and is being refilled): its answers for them
+        // do not count toward R/PR.
+        "unsynced_partitions": storage.unsynced().len(),
     });
     Json(json!({
         "node": membership.self_id(),

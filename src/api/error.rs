@@ -9,6 +9,7 @@ use serde_json::json;
 use axum::http::HeaderValue;
 
 use crate::coordinator::{CoordinatorError, QuorumKind};
+use crate::replica::LimitError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -47,6 +48,12 @@ impl ApiError {
             ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Coordinator(CoordinatorError::Limit(LimitError::Siblings { .. })) => {
+                StatusCode::CONFLICT
+            }
+            ApiError::Coordinator(CoordinatorError::Limit(LimitError::ObjectBytes { .. })) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::NotReady | ApiError::Coordinator(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -68,6 +75,12 @@ impl ApiError {
             ApiError::Coordinator(CoordinatorError::QuorumNotMet { .. }) => "quorum_not_met",
             ApiError::Coordinator(CoordinatorError::DigestMismatch) => "value_corrupted_in_transit",
             ApiError::Coordinator(CoordinatorError::CorruptLocal) => "replica_corrupt",
+            ApiError::Coordinator(CoordinatorError::Limit(LimitError::Siblings { .. })) => {
+                "too_many_siblings"
+            }
+            ApiError::Coordinator(CoordinatorError::Limit(LimitError::ObjectBytes { .. })) => {
+                "object_too_large"
+            }
         }
     }
 
@@ -78,6 +91,24 @@ impl ApiError {
             body["required"] = json!(required);
             body["answered"] = json!(answered);
             body["n"] = json!(n);
+        }
+        match self {
+            ApiError::Coordinator(CoordinatorError::Limit(LimitError::Siblings { siblings, limit })) => {
+                body["limit"] = json!("max_siblings");
+                body["max"] = json!(limit);
+                body["siblings"] = json!(siblings);
+            }
+            ApiError::Coordinator(CoordinatorError::Limit(LimitError::ObjectBytes {
+                bytes,
+                siblings,
+                limit,
+            })) => {
+                body["limit"] = json!("max_object_bytes");
+                body["max"] = json!(limit);
+                body["bytes"] = json!(bytes);
+                body["siblings"] = json!(siblings);
+            }
+            _ => {}
         }
         body
     }

@@ -31,7 +31,9 @@ use targets::{Target, plan};
 
 use crate::config::Defaults;
 use crate::membership::Membership;
-use crate::replica::{ReadRequest, ReadResponse, Replica, ReplicaError, ReplicateRequest, ReplicateResponse};
+use crate::replica::{
+    LimitError, ReadRequest, ReadResponse, Replica, ReplicaError, ReplicateRequest, ReplicateResponse,
+};
 use crate::rpc::batch::{BatchLimits, Batcher};
 use crate::rpc::client::{PeerClient, routes};
 use crate::storage::{Object, StoredValue};
@@ -42,6 +44,10 @@ use crate::version::VersionVector;
 /// backpressure that keeps a W=1 load from queueing replication work
 /// without limit; a peer that looks down gets no wait, only a failure.
 const MAX_PENDING_PER_PEER: usize = 1024;
+
+/// How long a write waits for a slot to a peer whose queue is full before
+/// it sends the copy to the spare fallback instead.
+const SLOT_PATIENCE: Duration = Duration::from_millis(50);
 
 /// Most read repairs in flight at once on one node.
 const MAX_CONCURRENT_REPAIRS: usize = 512;
@@ -84,6 +90,9 @@ pub enum CoordinatorError {
     DigestMismatch,
     #[error("this replica's copy of the key is corrupt")]
     CorruptLocal,
+    /// The write would take the object past a configured limit.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 /// What an answer rests on, sent to clients as `Quorum-Report`.
@@ -256,7 +265,7 @@ impl Coordinator {
         partition: u32,
         key: &Bytes,
         deadline: Instant,
-    ) -> Call<Option<Object>> {
+    ) -> Call<ReadResponse> {
         let node = node.to_string();
         let key = key.clone();
         let this = self.clone();
@@ -269,7 +278,7 @@ impl Coordinator {
                 match this.peer_slot(&node, deadline).await {
                     Ok((q, _permit)) => {
                         let bytes = request.key.len() + 16;
-                        q.read.call(request, bytes).await.map(|r| r.object)
+                        q.read.call(request, bytes).await
                     }
                     Err(e) => Err(e),
                 }
@@ -277,7 +286,9 @@ impl Coordinator {
             // A fallback that holds no hint for the key knows nothing of it:
             // its "nothing" must not count toward R as a not-found.
             let result = match result {
-                Ok(None) if !primary => Err("the fallback holds no hint for this key".to_string()),
+                Ok(ReadResponse { object: None, .. }) if !primary => {
+                    Err("the fallback holds no hint for this key".to_string())
+                }
                 other => other,
             };
             Reply { node, primary, result }
@@ -308,10 +319,16 @@ impl Coordinator {
         if ring.replicas_for(&key, c.n).iter().any(|h| h == self_id) {
             calls.push(self.read_call(self_id, None, partition, &key, deadline));
         }
-        let gathered =
-            gather(calls, deadline, |ok| ok.len() >= c.r && ok.iter().filter(|r| r.primary).count() >= c.pr)
-                .await;
-        let answered = gathered.ok.len();
+        // Only authoritative answers count: a replica that lost its data
+        // (or holds a corrupt record) may lack an acknowledged write, and
+        // counting its "nothing" would break R + W > N.
+        let counts = |r: &Reply<ReadResponse>| r.result.as_ref().is_ok_and(|a| a.authoritative);
+        let gathered = gather(calls, deadline, |ok| {
+            ok.iter().filter(|r| counts(r)).count() >= c.r
+                && ok.iter().filter(|r| r.primary && counts(r)).count() >= c.pr
+        })
+        .await;
+        let answered = gathered.ok.iter().filter(|r| counts(r)).count();
         if answered < c.r {
             gathered.finish_in_background();
             return Err(CoordinatorError::QuorumNotMet {
@@ -321,7 +338,7 @@ impl Coordinator {
                 n: c.n,
             });
         }
-        let primaries = gathered.primaries();
+        let primaries = gathered.ok.iter().filter(|r| r.primary && counts(r)).count();
         if primaries < c.pr {
             gathered.finish_in_background();
             return Err(CoordinatorError::QuorumNotMet {
@@ -332,7 +349,7 @@ impl Coordinator {
             });
         }
         let mut object = Object::new();
-        for found in gathered.values().flatten() {
+        for found in gathered.values().filter_map(|a| a.object.as_ref()) {
             object.merge(found);
         }
         match &self.read_repair {
@@ -370,6 +387,10 @@ impl Coordinator {
         let reachable = replicas.iter().filter(|n| *n != self_id && self.membership.is_reachable(n));
         for node in reachable {
             match self.peers.call::<_, ForwardPutResponse>(node, routes::PUT, &forward, timeout).await {
+                // Its copy is corrupt, so it stored nothing: the next one coordinates.
+                Ok(Err(CoordinatorError::CorruptLocal)) => {
+                    tracing::warn!(peer = %node, "replica's copy is corrupt; trying the next replica")
+                }
                 Ok(answer) => return answer,
                 // Only a write that provably never arrived is retried
                 // elsewhere: a second coordinator would store it again as
@@ -426,6 +447,7 @@ impl Coordinator {
         let object = match written {
             Ok(object) => object,
             Err(ReplicaError::CorruptLocal) => return Err(CoordinatorError::CorruptLocal),
+            Err(ReplicaError::Limit(limit)) => return Err(CoordinatorError::Limit(limit)),
             Err(error) => {
                 tracing::error!(%error, "local write failed");
                 return Err(w_fail(0));
@@ -435,9 +457,13 @@ impl Coordinator {
         let local = Reply { node: self_id, primary: local_is_home, result: Ok(sync) };
         let mut calls: Vec<Call<bool>> = vec![futures::future::ready(local).boxed()];
         let deadline = Instant::now() + self.timeout;
-        for target in plan.targets {
-            calls.push(self.replicate_call(target, partition, &key, &object, sync, deadline).await);
-        }
+        // Every target's slot is waited for at once: a saturated peer's
+        // queue delays only its own copy, never the others'.
+        let copies = plan
+            .targets
+            .into_iter()
+            .map(|t| self.replicate_call(t, partition, &key, &object, sync, deadline));
+        calls.extend(futures::future::join_all(copies).await);
         let gathered = gather(calls, deadline, |ok| {
             ok.len() >= c.w
                 && ok.iter().filter(|r| r.primary).count() >= c.pw
@@ -487,7 +513,11 @@ impl Coordinator {
         let req = |hint| ReplicateRequest { partition, key: key.clone(), object: object.clone(), sync, hint };
         let first = req(target.hint_for.clone());
         let spare_req = req(Some(target.node.clone()));
-        let slot = self.peer_slot(&target.node, deadline).await;
+        // With a spare to fall back to, a full queue is waited on only
+        // briefly: the copy goes to the spare (as a hint) instead.
+        let patience =
+            if target.spare.is_some() { deadline.min(Instant::now() + SLOT_PATIENCE) } else { deadline };
+        let slot = self.peer_slot(&target.node, patience).await;
         let this = self.clone();
         async move {
             let primary = target.is_home();

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Coordinator;
 use super::quorum::Gathered;
-use crate::replica::ReplicateRequest;
+use crate::replica::{ReadResponse, ReplicateRequest};
 use crate::storage::Object;
 
 /// How long after the answer late replies are still awaited.
@@ -26,7 +26,7 @@ pub(super) fn spawn(
     cancel: CancellationToken,
     partition: u32,
     key: Bytes,
-    gathered: Gathered<Option<Object>>,
+    gathered: Gathered<ReadResponse>,
     deadline: Instant,
 ) {
     let Ok(slot) = coordinator.repair_slots.clone().try_acquire_owned() else {
@@ -46,12 +46,12 @@ async fn repair(
     coordinator: &Coordinator,
     partition: u32,
     key: Bytes,
-    gathered: Gathered<Option<Object>>,
+    gathered: Gathered<ReadResponse>,
     deadline: Instant,
 ) {
     let replies = gathered.all_replies(deadline.min(Instant::now() + LATE_REPLY_WAIT)).await;
     let mut merged = Object::new();
-    for found in replies.iter().filter_map(|r| r.result.as_ref().ok()).flatten() {
+    for found in replies.iter().filter_map(|r| r.result.as_ref().ok()).filter_map(|a| a.object.as_ref()) {
         merged.merge(found);
     }
     if merged.clock().is_empty() {
@@ -64,8 +64,8 @@ async fn repair(
         // handoff delivers; repairing it would leave a stray copy there.
         .filter(|r| r.primary)
         .filter(|r| match &r.result {
-            Ok(Some(copy)) => !copy.descends(&merged),
-            Ok(None) => true,
+            Ok(ReadResponse { object: Some(copy), .. }) => !copy.descends(&merged),
+            Ok(ReadResponse { object: None, .. }) => true,
             Err(_) => false,
         })
         .map(|reply| async {

@@ -40,6 +40,8 @@ pub mod routes {
     pub const REPLICATE: &str = "/rpc/replicate";
     pub const PUT: &str = "/rpc/put";
     pub const PING: &str = "/rpc/ping";
+    /// An [`crate::anti_entropy::recovery::Hello`] from a starting node.
+    pub const HELLO: &str = "/rpc/hello";
     /// An [`crate::anti_entropy::AeRequest`].
     pub const ANTI_ENTROPY: &str = "/rpc/ae";
 }
@@ -152,9 +154,13 @@ impl PeerClient {
                 .map_err(|e| RpcError::Transport { peer: peer.to_string(), reason: error_chain(&e) })?;
             codec::decode(&body).map_err(|e| RpcError::Body { peer: peer.to_string(), reason: e.to_string() })
         };
-        tokio::time::timeout(timeout, work)
+        let result = tokio::time::timeout(timeout, work)
             .await
-            .unwrap_or_else(|_| Err(RpcError::Timeout { peer: peer.to_string(), ms: timeout.as_millis() }))
+            .unwrap_or_else(|_| Err(RpcError::Timeout { peer: peer.to_string(), ms: timeout.as_millis() }));
+        if self.faults.loses_reply(peer, route) {
+            return Err(RpcError::Timeout { peer: peer.to_string(), ms: timeout.as_millis() });
+        }
+        result
     }
 }
 
@@ -163,6 +169,8 @@ impl RpcError {
     /// elsewhere cannot apply it twice.
     pub fn not_delivered(&self) -> bool {
         matches!(self, RpcError::UnknownPeer(_) | RpcError::Connect { .. } | RpcError::Build(_))
+            // 425: refused before any work (a starting node), see `rpc::server`.
+            || matches!(self, RpcError::Status { status: 425, .. })
     }
 }
 

@@ -1,5 +1,8 @@
 //! A fault-injection switch on the internal transport: calls to a "cut"
-//! peer fail at once as if its address refused the connection. Tests use it
+//! peer fail at once as if its address refused the connection; calls on a
+//! route whose replies are "lost" reach the peer (which acts on them) but
+//! fail afterwards as a timeout would, the outcome the caller cannot know.
+//! Tests use it
 //! for fast, deterministic partitions (a real network cut is tested too);
 //! operators can ignore it. With no cut set, the cost is one atomic load.
 
@@ -11,6 +14,7 @@ use std::sync::{Arc, RwLock};
 pub struct Faults {
     any: Arc<AtomicBool>,
     cut: Arc<RwLock<HashSet<String>>>,
+    lost_replies: Arc<RwLock<HashSet<(String, String)>>>,
 }
 
 impl Faults {
@@ -20,9 +24,27 @@ impl Faults {
         self.any.store(true, Ordering::Release);
     }
 
+    /// Calls from this node to `peer` on `route` are delivered, but their
+    /// replies are lost, until healed.
+    pub fn lose_replies(&self, peer: &str, route: &str) {
+        let mut lost = self.lost_replies.write().unwrap_or_else(|p| p.into_inner());
+        lost.insert((peer.to_string(), route.to_string()));
+        self.any.store(true, Ordering::Release);
+    }
+
     pub fn heal_all(&self) {
         self.cut.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.lost_replies.write().unwrap_or_else(|p| p.into_inner()).clear();
         self.any.store(false, Ordering::Release);
+    }
+
+    pub fn loses_reply(&self, peer: &str, route: &str) -> bool {
+        self.any.load(Ordering::Acquire)
+            && self
+                .lost_replies
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&(peer.to_string(), route.to_string()))
     }
 
     pub fn is_cut(&self, peer: &str) -> bool {

@@ -23,13 +23,17 @@ use crate::coordinator::{ForwardPut, ForwardPutResponse};
 use crate::node::NodeState;
 use crate::replica::{ReadRequest, ReplicateRequest};
 
+/// The RPC routes are for member nodes only ([`super::identity`]); an
+/// operator's certificate may read `/local/keys` and nothing else.
 pub fn router(state: Arc<NodeState>, max_body: usize) -> Router {
     Router::new()
         .route(routes::READ, post(read))
         .route(routes::REPLICATE, post(replicate))
         .route(routes::PUT, post(forward_put))
         .route(routes::PING, post(ping))
+        .route(routes::HELLO, post(hello))
         .route(routes::ANTI_ENTROPY, post(ae_exchange))
+        .route_layer(axum::middleware::from_fn(super::identity::require_node))
         .route("/local/keys/{*key}", get(local_key))
         .fallback(|| async { ApiError::NoRoute })
         // A replicated object can hold several siblings of max_value_bytes.
@@ -74,6 +78,12 @@ async fn forward_put(State(state): State<Arc<NodeState>>, body: Bytes) -> Respon
         Ok(r) => r,
         Err(rejection) => return rejection.into_response(),
     };
+    // Not before this start's hello round: the node may learn its data is
+    // an older copy and renew its actor epoch. Refused untouched (425),
+    // so the forwarding node tries another replica.
+    if state.coordinator.replica().storage().history_pending() {
+        return (StatusCode::TOO_EARLY, "node is still greeting its peers").into_response();
+    }
     let answer: ForwardPutResponse =
         state.coordinator.coordinate_put(req.key, req.context, req.value, req.consistency).await;
     reply(&answer)
@@ -87,6 +97,21 @@ async fn ae_exchange(State(state): State<Arc<NodeState>>, body: Bytes) -> Respon
     let storage = state.coordinator.replica().storage().clone();
     let answer = tokio::task::spawn_blocking(move || anti_entropy::answer(&storage, request)).await;
     let answer: Result<AeResponse, String> = match answer {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    reply(&answer)
+}
+
+async fn hello(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
+    let hello: anti_entropy::recovery::Hello = match decode(&body) {
+        Ok(r) => r,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let storage = state.coordinator.replica().storage().clone();
+    let answer =
+        tokio::task::spawn_blocking(move || anti_entropy::recovery::answer_hello(&storage, &hello)).await;
+    let answer: Result<anti_entropy::recovery::HelloAnswer, String> = match answer {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };

@@ -87,6 +87,19 @@ impl Storage {
         now_ms: u64,
         mut f: impl FnMut(usize, Option<Object>) -> Object,
     ) -> Result<Vec<Object>, StorageError> {
+        let written = self.modify_hints_if(items, sync, now_ms, |i, current| Some(f(i, current)))?;
+        Ok(written.into_iter().flatten().collect())
+    }
+
+    /// [`Storage::modify_hints`] where `f` may decline an item (`None`):
+    /// nothing is written for it and its slot in the result is `None`.
+    pub fn modify_hints_if(
+        &self,
+        items: &[(&str, u32, &[u8])],
+        sync: bool,
+        now_ms: u64,
+        mut f: impl FnMut(usize, Option<Object>) -> Option<Object>,
+    ) -> Result<Vec<Option<Object>>, StorageError> {
         let cf = self.cf(super::CF_HINTS)?;
         let keys: Vec<Vec<u8>> = items.iter().map(|(t, p, k)| hint_key(t, *p, k)).collect();
         let _guards = self.lock_keys(&keys);
@@ -95,27 +108,30 @@ impl Storage {
         let mut out = Vec::with_capacity(items.len());
         let mut new_targets = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            let (created, current) = match written.remove(k.as_slice()) {
-                Some((created, o)) => (created, Some(o)),
+            let (created, current, stored) = match written.get(k.as_slice()) {
+                Some((created, o)) => (*created, Some(o.clone()), true),
                 None => match self.db.get_pinned_cf(cf, k)? {
                     Some(v) => match split_value(&v) {
                         // The oldest content sets the age: a hint expires no
                         // later than the first write it carries would.
-                        Some((created, rec)) => (created, self.decode_checked(items[i].1, rec)),
-                        None => (now_ms, None),
+                        Some((created, rec)) => (created, self.decode_checked(items[i].1, rec), true),
+                        None => (now_ms, None, true),
                     },
-                    None => {
-                        new_targets.push(items[i].0);
-                        (now_ms, None)
-                    }
+                    None => (now_ms, None, false),
                 },
             };
-            let next = f(i, current);
+            let Some(next) = f(i, current) else {
+                out.push(None);
+                continue;
+            };
+            if !stored {
+                new_targets.push(items[i].0);
+            }
             let mut value = created.to_be_bytes().to_vec();
             value.extend_from_slice(&record::encode(&next));
             batch.put_cf(cf, k, value);
             written.insert(k.as_slice(), (created, next.clone()));
-            out.push(next);
+            out.push(Some(next));
         }
         self.db.write_opt(batch, &write_options(sync))?;
         for t in new_targets {
@@ -134,6 +150,19 @@ impl Storage {
             }
         }
         Ok(false)
+    }
+
+    /// Every hint this node holds for `key`, whatever its target: a
+    /// fallback write merges them all, so its object holds every version
+    /// this node minted for the key and still remembers.
+    pub fn hints_of_key(&self, partition: u32, key: &[u8]) -> Result<Vec<Object>, StorageError> {
+        let mut out = Vec::new();
+        for (target, count) in self.hint_counts() {
+            if count > 0 {
+                out.extend(self.hint_get(&target, partition, key)?);
+            }
+        }
+        Ok(out)
     }
 
     /// The object queued for `target` under `key`, if any.
@@ -166,7 +195,11 @@ impl Storage {
         let (mut out, mut bytes) = (Vec::new(), 0);
         for item in self.db.iterator_cf(cf, mode) {
             let (k, v) = item?;
-            if !k.starts_with(&prefix) || out.len() >= max_items || bytes >= max_bytes {
+            // Budgeted in bytes: an item that would pass the budget waits for
+            // the next page, unless it is the first (a large object travels
+            // alone rather than never).
+            let size = k.len() + v.len();
+            if !k.starts_with(&prefix) || out.len() >= max_items || (bytes > 0 && bytes + size > max_bytes) {
                 break;
             }
             let rest = &k[prefix.len()..];
@@ -176,7 +209,7 @@ impl Storage {
                 Some((ms, rec)) => (ms, self.decode_checked(partition, rec)),
                 None => (0, None),
             };
-            bytes += k.len() + v.len();
+            bytes += size;
             out.push(Hint { partition, key: key.to_vec(), created_ms, object, raw: v.to_vec() });
         }
         Ok(out)
@@ -193,6 +226,9 @@ impl Storage {
             let same = self.db.get_pinned_cf(cf, &k)?.is_some_and(|v| v.as_ref() == h.raw.as_slice());
             if same {
                 self.db.delete_cf(cf, &k)?;
+                // Under the key's lock: no fallback write can mint with the
+                // old generation for a key whose hint is now forgotten.
+                self.bump_fallback_generation();
                 removed += 1;
             }
         }

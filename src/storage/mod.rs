@@ -8,6 +8,7 @@
 //! acknowledged write survives `kill -9` (and, with `sync`, power loss).
 
 pub mod hints;
+mod meta;
 pub mod record;
 pub mod tree;
 
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
 pub use hints::Hint;
+pub use meta::Sighting;
 pub use record::{Object, StoredValue};
 use tree::Before;
 
@@ -74,6 +76,32 @@ pub struct Storage {
     /// Bumped after every write to a partition of the slot.
     root_gens: Box<[AtomicU64]>,
     hint_counts: Mutex<BTreeMap<String, u64>>,
+    /// This open created the database (see [`Storage::created_fresh`]).
+    fresh: bool,
+    /// Partitions that may lack acknowledged writes (see [`meta`]), and a
+    /// flag so the read path pays one atomic load while there are none.
+    unsynced: Mutex<BTreeMap<u32, BTreeSet<String>>>,
+    any_unsynced: std::sync::atomic::AtomicBool,
+    /// Set until the peers have answered this start's hello: until then
+    /// the node does not know whether its data is an older copy, so every
+    /// answer is non-authoritative.
+    history_pending: std::sync::atomic::AtomicBool,
+    incarnation: AtomicU64,
+    dir_id: u64,
+    run_id: u64,
+    /// The last run did not shut down cleanly (see `meta`).
+    unclean_start: bool,
+    fallback_generation: AtomicU64,
+}
+
+/// The database closes when its last user is gone: after a clean shutdown
+/// every write has been made, so the marker says "nothing was lost".
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Err(error) = self.mark_clean_shutdown() {
+            tracing::warn!(%error, "cannot mark the clean shutdown; the next start renews the actor epoch");
+        }
+    }
 }
 
 impl std::fmt::Debug for Storage {
@@ -169,9 +197,25 @@ impl Storage {
             ColumnFamilyDescriptor::new(CF_TOMBSTONES, tombstones),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
-        let epoch = Self::load_or_create_epoch(&db)?;
+        let fresh = {
+            let meta = db.cf_handle(CF_META).ok_or(StorageError::MissingColumnFamily(CF_META))?;
+            db.get_cf(&meta, META_EPOCH)?.is_none()
+        };
+        let (incarnation, clean) = meta::open_incarnation(&db)?;
+        let dir_id = meta::load_or_create_dir_id(&db)?;
+        let mut epoch = Self::load_or_create_epoch(&db)?;
+        let unclean_start = !fresh && !clean;
+        if unclean_start {
+            // A crash or power cut may have lost the WAL's unsynced tail,
+            // and with it dots this node minted: its old actor's history is
+            // no longer complete here, so later dots get a new actor.
+            epoch = Self::store_new_epoch(&db)?;
+            tracing::warn!(epoch, "the last run did not shut down cleanly: new actor epoch");
+        }
+        let unsynced = meta::load_unsynced(&db)?;
         let hint_counts = Self::count_hints(&db)?;
-        let dirty = Self::partitions_without_trees(&db)?;
+        let mut dirty = Self::partitions_without_trees(&db)?;
+        dirty.extend(meta::load_dirty(&db)?);
         let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
         Ok(Storage {
             db,
@@ -183,6 +227,15 @@ impl Storage {
             root_cache: (0..4096).map(|_| Mutex::new(None)).collect(),
             root_gens: (0..4096).map(|_| AtomicU64::new(0)).collect(),
             hint_counts: Mutex::new(hint_counts),
+            fresh,
+            any_unsynced: std::sync::atomic::AtomicBool::new(true),
+            history_pending: std::sync::atomic::AtomicBool::new(true),
+            incarnation: AtomicU64::new(incarnation),
+            dir_id,
+            run_id: rand::random(),
+            unclean_start,
+            fallback_generation: AtomicU64::new(rand::random()),
+            unsynced: Mutex::new(unsynced),
         })
     }
 
@@ -203,7 +256,14 @@ impl Storage {
                 dirty.insert(u32::from_be_bytes(*p));
             }
         }
-        db.put_cf(&meta, META_TREES, [1])?;
+        // The marker and the dirty marks in one batch: a crash before the
+        // rebuilds finish leaves them marked, not forgotten.
+        let mut batch = WriteBatch::default();
+        for k in meta::dirty_keys(&dirty) {
+            batch.put_cf(&meta, k, [1]);
+        }
+        batch.put_cf(&meta, META_TREES, [1]);
+        db.write(batch)?;
         Ok(dirty)
     }
 
@@ -235,6 +295,20 @@ impl Storage {
 
     pub fn epoch(&self) -> u32 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The last run ended without a clean shutdown (see [`Storage::open`]).
+    pub fn unclean_start(&self) -> bool {
+        self.unclean_start
+    }
+
+    /// This directory is an older copy than its peers have seen (restored
+    /// from a snapshot): the same remedy as a lost WAL tail, a new epoch.
+    pub fn renew_epoch_after_restore(&self) -> Result<(), StorageError> {
+        let epoch = Self::store_new_epoch(&self.db)?;
+        self.epoch.store(epoch, Ordering::Release);
+        tracing::warn!(epoch, "peers have seen a newer copy of this node's data: new actor epoch");
+        Ok(())
     }
 
     /// A corrupt record was replaced by what other replicas sent: it may
@@ -285,6 +359,17 @@ impl Storage {
                 None
             }
         }
+    }
+
+    /// This replica's stored object for `key`, telling a missing record
+    /// from one that failed its integrity check (a reader must not take
+    /// the latter as an authoritative "not found").
+    pub fn get_found(&self, partition: u32, key: &[u8]) -> Result<Found, StorageError> {
+        let cf = self.objects()?;
+        Ok(match self.db.get_pinned_cf(&cf, db_key(partition, key))? {
+            None => Found::Nothing,
+            Some(b) => self.decode_checked(partition, &b).map_or(Found::Corrupt, Found::Object),
+        })
     }
 
     /// This replica's stored object for `key`, if any.

@@ -168,8 +168,20 @@ impl Storage {
         Ok(())
     }
 
+    /// Marks the partition's tree for a rebuild, in memory and in `meta`
+    /// (a restart must not forget it: the damage is invisible otherwise).
     fn mark_dirty(&self, partition: u32) {
-        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(partition);
+        let newly = self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(partition);
+        if newly {
+            if let Err(error) = self.persist_dirty(partition, true) {
+                tracing::error!(partition, %error, "cannot persist a dirty tree; rebuilt by the periodic rebuild");
+            }
+        }
+    }
+
+    fn clear_dirty(&self, partition: u32) -> Result<(), StorageError> {
+        let was = self.dirty.lock().unwrap_or_else(|p| p.into_inner()).remove(&partition);
+        if was { self.persist_dirty(partition, false) } else { Ok(()) }
     }
 
     /// Partitions whose tree must be rebuilt from their data.
@@ -235,23 +247,49 @@ impl Storage {
         Ok(out)
     }
 
-    /// Recomputes the partition's leaves from its data. Holds every stripe
-    /// lock meanwhile, so no write can slip between the scan and the new
-    /// leaves (a partition is small: the default ring has 1024).
+    /// Recomputes the partition's leaves from its data, without a lock:
+    /// the scan reads a RocksDB snapshot, together with the leaves as they
+    /// were at that snapshot (objects and leaves change in one write batch,
+    /// so the two agree). Each leaf then gets one more XOR merge operand,
+    /// `rebuilt ^ at_snapshot`: what writes added since the snapshot stays
+    /// in the leaf, what was wrong at the snapshot is cancelled. Writes go
+    /// on meanwhile; only this partition's scan is paid for.
     pub fn rebuild_tree(&self, partition: u32) -> Result<(), StorageError> {
-        let _guards: Vec<_> = (0..self.locks.len()).map(|s| self.lock_stripe(s)).collect();
-        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).remove(&partition);
+        // Cleared first: damage found after the snapshot marks it again.
+        self.clear_dirty(partition)?;
+        let snapshot = self.db.snapshot();
+        let objects = self.objects()?;
+        let prefix = partition.to_be_bytes();
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_prefix_same_as_start(true);
+        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
         let mut leaves = vec![ZERO; LEAVES];
-        self.for_each_in_partition(partition, |key, object| {
-            xor(&mut leaves[bucket_of(key) as usize], &entry_hash(key, object));
-        })?;
+        for item in snapshot.iterator_cf_opt(objects, opts, mode) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if let Some(object) = self.decode_checked(partition, &v) {
+                let key = &k[4..];
+                xor(&mut leaves[bucket_of(key) as usize], &entry_hash(key, &object));
+            }
+        }
         let cf = self.cf(super::CF_TREE)?;
         let mut batch = WriteBatch::default();
         for (b, leaf) in leaves.iter().enumerate() {
-            batch.put_cf(cf, leaf_key(partition, b as u8), leaf);
+            let key = leaf_key(partition, b as u8);
+            let mut correction = *leaf;
+            if let Some(v) = snapshot.get_cf(cf, key)? {
+                xor(&mut correction, &v);
+            }
+            if correction != ZERO {
+                batch.merge_cf(cf, key, correction);
+            }
         }
+        drop(snapshot);
         self.db.write(batch)?;
         self.touch(partition);
+        self.set_rebuilt_now(partition)?;
         Ok(())
     }
 
@@ -284,13 +322,35 @@ impl Storage {
     /// Tombstones of `partition` (from the index, not a data scan) with
     /// their newest write time.
     pub fn tombstones(&self, partition: u32, limit: usize) -> Result<Vec<(Vec<u8>, u64)>, StorageError> {
+        self.tombstones_after(partition, None, limit)
+    }
+
+    /// Like [`Storage::tombstones`], starting after key `after`: GC walks a
+    /// partition with this cursor, so old tombstones late in key order are
+    /// not starved by young ones early in it.
+    pub fn tombstones_after(
+        &self,
+        partition: u32,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, u64)>, StorageError> {
         let cf = self.cf(super::CF_TOMBSTONES)?;
         let prefix = partition.to_be_bytes();
+        let start = match after {
+            Some(k) => db_key(partition, k),
+            None => prefix.to_vec(),
+        };
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_prefix_same_as_start(true);
+        let mode = rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward);
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator_cf(cf, prefix) {
+        for item in self.db.iterator_cf_opt(cf, opts, mode) {
             let (k, v) = item?;
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
+            }
+            if after.is_some_and(|a| &k[4..] == a) {
+                continue;
             }
             let ms = <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
             out.push((k[4..].to_vec(), ms));

@@ -1,0 +1,199 @@
+//! Knowing that this node lost data, and being honest about it until it is
+//! repaired.
+//!
+//! R + W > N only guarantees that a read sees an acknowledged write if every
+//! replica that acknowledged it still holds it. A node whose volume was
+//! wiped or replaced acknowledged writes it no longer has; if its
+//! "not found" counted toward R, a quorum read could miss a write that W
+//! replicas acknowledged (e.g. W=2 on A and B, B wiped, R=2 from B and C).
+//!
+//! So at start every node says *hello* to its peers with its incarnation
+//! (a counter kept in its data, one more per start), and each peer records
+//! (in its `meta` column family) the highest incarnation it has seen this
+//! node serve. A node learns it lost data when it starts on a freshly
+//! created directory and a peer had seen it before (a wiped or replaced
+//! volume), or when a peer had already seen its incarnation (an older copy
+//! of its directory was restored; its actor epoch is then renewed too, as
+//! after an unclean start, since its dots past the copy are forgotten).
+//! Every partition it is a home of then becomes *unsynced*, listing the
+//! other homes. Its answers for
+//! an unsynced partition are merged but do not count toward R or PR
+//! (`Replica::read_one`). Anti-entropy strikes a peer off a partition's list
+//! once an exchange with it completed with every differing key pulled, so
+//! the partition is synced when this node holds everything each other home
+//! held. The list is persisted, so a restart during the refill resumes it.
+//!
+//! At a cluster's first start no peer has seen anyone, so nothing is
+//! unsynced. Until the hello round is over every answer of the node is
+//! non-authoritative and the peer port refuses to coordinate writes, so
+//! nothing is counted or minted before the node knows its history. Not
+//! detected: a restore while every peer that saw the node is unreachable,
+//! and a power cut (a lost WAL tail of `DW=0` writes; the epoch is renewed,
+//! so no dot repeats, and anti-entropy brings the tail back, but until then
+//! the node's answers count: `DW` is the knob for that).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::membership::Membership;
+use crate::rpc::client::{PeerClient, routes};
+use crate::storage::{Sighting, Storage, StorageError};
+
+/// How long a starting node waits for its peers' hello answers.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// "I am serving": sent by a node to every peer when it starts.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub from: String,
+    /// The sender's directory, incarnation and run.
+    pub me: Sighting,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HelloAnswer {
+    /// What the receiver had recorded of the sender before this hello.
+    pub seen: Option<Sighting>,
+    /// The receiver's own sighting.
+    pub me: Sighting,
+}
+
+/// The peer side of a hello.
+pub fn answer_hello(storage: &Storage, hello: &Hello) -> Result<HelloAnswer, StorageError> {
+    let seen = storage.peer_seen(&hello.from)?;
+    storage.mark_peer_seen(&hello.from, hello.me)?;
+    Ok(HelloAnswer { seen, me: storage.sighting() })
+}
+
+/// What a peer's record of this node says about this copy of its data.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing this copy lacks (never seen, or seen in this very run, or an
+    /// older incarnation of this directory).
+    Fine,
+    /// The node served from another directory: this one is new or foreign.
+    OtherDirectory,
+    /// This directory served a later (or the same, in another run)
+    /// incarnation: this is an older copy of it.
+    OlderCopy,
+}
+
+fn verdict(me: Sighting, seen: Option<Sighting>) -> Verdict {
+    match seen {
+        None => Verdict::Fine,
+        Some(s) if s.run == me.run => Verdict::Fine,
+        Some(s) if s.dir != me.dir => Verdict::OtherDirectory,
+        Some(s) if s.incarnation >= me.incarnation => Verdict::OlderCopy,
+        Some(_) => Verdict::Fine,
+    }
+}
+
+/// Says hello to every peer; marks this node's partitions unsynced when its
+/// directory is new and some peer had seen it before. Returns the number of
+/// partitions marked. Runs with the peer port already serving (peers that
+/// start at the same time greet each other), but until it returns a fresh
+/// directory's answers are all non-authoritative.
+pub async fn greet_peers(storage: &Storage, membership: &Membership, peers: &PeerClient) -> usize {
+    let me = storage.sighting();
+    let calls = membership.peer_ids().map(|peer| {
+        let hello = Hello { from: membership.self_id().to_string(), me };
+        async move {
+            let answer: Result<Result<HelloAnswer, String>, _> =
+                peers.call(peer, routes::HELLO, &hello, HELLO_TIMEOUT).await;
+            (peer.to_string(), answer)
+        }
+    });
+    let (mut evidence, mut newest) = (Vec::new(), 0u64);
+    let mut restored = false;
+    for (peer, answer) in futures::future::join_all(calls).await {
+        match answer {
+            Ok(Ok(answer)) => {
+                if let Err(error) = storage.mark_peer_seen(&peer, answer.me) {
+                    tracing::warn!(%peer, %error, "cannot record a peer as seen");
+                }
+                match verdict(me, answer.seen) {
+                    Verdict::Fine => {}
+                    Verdict::OtherDirectory => evidence.push(peer),
+                    Verdict::OlderCopy => {
+                        restored = true;
+                        newest = newest.max(answer.seen.map_or(0, |s| s.incarnation));
+                        evidence.push(peer);
+                    }
+                }
+            }
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "hello refused"),
+            Err(error) => tracing::debug!(%peer, %error, "hello not answered"),
+        }
+    }
+    if evidence.is_empty() {
+        storage.history_known();
+        return 0;
+    }
+    // This copy lacks writes peers saw it acknowledge. An older copy of the
+    // directory has also forgotten dots it minted: new epoch, as after an
+    // unclean start (a new directory has a new epoch already).
+    if restored && !storage.created_fresh() {
+        tracing::warn!(
+            incarnation = me.incarnation,
+            newest,
+            "peers have seen a newer copy of this node's data"
+        );
+        let renewed = storage.renew_epoch_after_restore().and_then(|()| storage.raise_incarnation(newest));
+        if let Err(error) = renewed {
+            tracing::error!(%error, "cannot renew the epoch; answers stay non-authoritative");
+            return 0;
+        }
+    }
+    let unsynced = homes_to_sync(membership);
+    let count = unsynced.len();
+    tracing::warn!(
+        partitions = count,
+        seen_by = ?evidence,
+        "this node's data is missing writes its peers have seen it acknowledge (new or restored volume); \
+         its answers do not count toward R/PR until anti-entropy has refilled each partition"
+    );
+    match storage.set_unsynced(unsynced) {
+        // Only once the marks are on disk may the blanket doubt go.
+        Ok(()) => storage.history_known(),
+        Err(error) => {
+            tracing::error!(%error, "cannot persist the unsynced partitions; answers stay non-authoritative")
+        }
+    }
+    count
+}
+
+/// Every partition this node is a home of, with its other homes.
+fn homes_to_sync(membership: &Membership) -> BTreeMap<u32, BTreeSet<String>> {
+    let ring = membership.ring();
+    let me = membership.self_id();
+    let homes_per = ring.replicas().min(ring.members().len());
+    (0..ring.partitions())
+        .filter_map(|p| {
+            let homes = &ring.preference_list(p)[..homes_per];
+            homes.iter().any(|h| h == me).then(|| {
+                let others: BTreeSet<String> = homes.iter().filter(|h| h.as_str() != me).cloned().collect();
+                (p, others)
+            })
+        })
+        .filter(|(_, others)| !others.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts() {
+        let me = Sighting { dir: 1, incarnation: 5, run: 9 };
+        let seen = |dir, incarnation, run| Some(Sighting { dir, incarnation, run });
+        assert_eq!(verdict(me, None), Verdict::Fine, "never seen: a new cluster");
+        assert_eq!(verdict(me, seen(1, 5, 9)), Verdict::Fine, "seen in this very run");
+        assert_eq!(verdict(me, seen(1, 4, 3)), Verdict::Fine, "the previous start of this directory");
+        assert_eq!(verdict(me, seen(2, 1, 3)), Verdict::OtherDirectory, "a wiped or replaced volume");
+        assert_eq!(verdict(me, seen(1, 7, 3)), Verdict::OlderCopy, "a snapshot from before two restarts");
+        assert_eq!(verdict(me, seen(1, 5, 3)), Verdict::OlderCopy, "a snapshot from before the last restart");
+    }
+}
