@@ -5,10 +5,8 @@ use std::process::{Command, Output};
 
 use crate::cluster::TestCluster;
 
-const BIN: &str = env!("CARGO_BIN_EXE_quorumkv");
-
 fn run(c: &TestCluster, args: &[&str]) -> Output {
-    Command::new(BIN)
+    crate::cluster::quorumkv_cmd()
         .args(args)
         .arg("--url")
         .arg(c.url(0, ""))
@@ -75,7 +73,7 @@ async fn a_node_whose_data_directory_is_in_use_exits_with_the_reason() {
     let path = c.dir.path().join("second.toml");
     std::fs::write(&path, config.to_toml()).unwrap();
     let o = tokio::task::block_in_place(|| {
-        Command::new(BIN).args(["serve", "--config"]).arg(&path).output().expect("run")
+        crate::cluster::quorumkv_cmd().args(["serve", "--config"]).arg(&path).output().expect("run")
     });
     assert!(!o.status.success(), "a second node on the same data directory must not serve");
     let err = stderr(&o);
@@ -86,13 +84,13 @@ async fn a_node_whose_data_directory_is_in_use_exits_with_the_reason() {
 /// `quorumkv serve` on a one-node dev config whose data directory is
 /// `data_dir`; returns the exit status and stderr.
 fn serve_with_data_dir(dir: &std::path::Path, data_dir: &std::path::Path) -> (bool, String) {
-    let init = Command::new(BIN)
+    let init = crate::cluster::quorumkv_cmd()
         .args(["dev", "--init-only", "--nodes", "1", "--port", "0", "--dir"])
         .arg(dir)
         .output()
         .expect("dev init");
     assert!(init.status.success(), "{}", stderr(&init));
-    let o = Command::new(BIN)
+    let o = crate::cluster::quorumkv_cmd()
         .args(["serve", "--config"])
         .arg(dir.join("node1.toml"))
         .arg("--data-dir")

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quorumkv::certs::{Ca, default_sans};
-use quorumkv::config::{Config, Defaults, LogFormat, MemberConfig, RepairConfig, TlsConfig};
+use quorumkv::config::{Config, Defaults, LogFormat, MemberConfig, ObjectLimits, RepairConfig, TlsConfig};
 use quorumkv::node::{Listeners, Node};
 use reqwest::{Client, Method, RequestBuilder, Response};
 
@@ -26,6 +26,7 @@ pub struct Options {
     pub request_timeout_ms: u64,
     pub read_repair: bool,
     pub repair: RepairConfig,
+    pub limits: ObjectLimits,
 }
 
 impl Default for Options {
@@ -36,8 +37,34 @@ impl Default for Options {
             request_timeout_ms: 2_000,
             read_repair: true,
             repair: RepairConfig::default(),
+            limits: ObjectLimits::default(),
         }
     }
+}
+
+/// The built binary as a command, without any `QUORUMKV_*` variable of the
+/// environment running the tests (they would silently change its config).
+pub fn quorumkv_cmd() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_quorumkv"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("QUORUMKV_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd
+}
+
+/// A port below the ephemeral range that is free now on 127.0.0.1 (and
+/// `+1000`, as `dev` uses it for the peer port), for child processes.
+pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..31_000u16);
+        let ok = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if ok(port) && ok(port + 1000) {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..31000");
 }
 
 /// Listeners on ports below Linux's ephemeral range (32768+): a stopped
@@ -110,16 +137,37 @@ impl TestCluster {
                 log_format: LogFormat::Text,
                 read_repair: opts.read_repair,
                 repair: opts.repair,
+                limits: opts.limits,
             });
         }
-        let mut nodes = Vec::new();
-        for (config, l) in configs.iter().zip(listeners) {
-            nodes.push(Some(Node::start_with(config.clone(), l).await.expect("node starts")));
-        }
+        // Started together, as a real cluster's nodes are: each greets its
+        // peers at start and would wait for one that is bound but not serving.
+        let starts = configs.iter().zip(listeners).map(|(config, l)| Node::start_with(config.clone(), l));
+        let nodes: Vec<Option<Node>> = futures::future::join_all(starts)
+            .await
+            .into_iter()
+            .map(|n| Some(n.expect("node starts")))
+            .collect();
         let ca_path = dir.path().join("ca.pem");
         let client = tls_client(&ca_path, None);
         let admin = tls_client(&ca_path, Some((&admin.cert, &admin.key)));
-        TestCluster { dir, configs, nodes, client, admin }
+        let c = TestCluster { dir, configs, nodes, client, admin };
+        // As a user would, before the first request: every node sees every
+        // peer (a hello that timed out under load marks a peer down until
+        // the failure detector's next probe).
+        for i in 0..c.nodes.len() {
+            c.wait_all_reachable_from(i).await;
+        }
+        c
+    }
+
+    /// Waits until running node `viewer` sees every other running node reachable.
+    pub async fn wait_all_reachable_from(&self, viewer: usize) {
+        for (j, node) in self.nodes.iter().enumerate() {
+            if j != viewer && node.is_some() {
+                self.wait_reachable(viewer, &self.configs[j].node_id, true).await;
+            }
+        }
     }
 
     pub fn ca(&self) -> PathBuf {
@@ -215,6 +263,11 @@ impl TestCluster {
         panic!("node {node}'s copy of {key} never got there: {last:?}");
     }
 
+    /// A running node (panics if stopped).
+    pub fn node(&self, node: usize) -> &Node {
+        self.nodes[node].as_ref().expect("node running")
+    }
+
     pub async fn stop(&mut self, node: usize) {
         if let Some(n) = self.nodes[node].take() {
             n.shutdown().await;
@@ -230,6 +283,12 @@ impl TestCluster {
             match Node::start(config.clone()).await {
                 Ok(n) => {
                     self.nodes[node] = Some(n);
+                    // Seen back by every running peer, as an operator would check.
+                    for viewer in 0..self.nodes.len() {
+                        if viewer != node && self.nodes[viewer].is_some() {
+                            self.wait_reachable(viewer, &self.configs[node].node_id, true).await;
+                        }
+                    }
                     return;
                 }
                 Err(e) => last = Some(e),

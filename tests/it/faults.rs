@@ -84,8 +84,11 @@ async fn a_corrupt_record_is_never_served_and_does_not_swallow_later_writes() {
     let c = TestCluster::start_with(Options { read_repair: false, ..Options::default() }).await;
     assert_eq!(c.put(0, "fragile", "v1", &[("w", "3")]).await.status(), 204);
     c.corrupt(0, "fragile");
-    // The corrupt copy is not served: the other replicas answer.
+    // The corrupt copy is not served, and does not count: R=3 cannot be
+    // met by two readable copies and one that is known to be damaged.
     let r = c.get(0, "fragile", &[("r", "3")]).await;
+    assert_eq!(r.status(), 503);
+    let r = c.get(0, "fragile", &[("r", "2")]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "v1");
     // A write through the node with the corrupt copy is coordinated by
@@ -159,10 +162,13 @@ async fn read_repair_restores_a_corrupted_copy() {
     assert_eq!(c.put(0, "bitrot", "good", &[("w", "3")]).await.status(), 204);
     c.corrupt(1, "bitrot");
     assert!(c.local(1, "bitrot").await.is_none(), "a corrupt copy is never served");
-    let r = c.get(0, "bitrot", &[("r", "3")]).await;
+    // The damaged copy does not count toward R, but the read repairs it.
+    let r = c.get(0, "bitrot", &[("r", "2")]).await;
     assert_eq!(r.text().await.unwrap(), "good");
     let repaired = c.wait_local(1, "bitrot", |copy| copy.is_some()).await.unwrap();
     assert_eq!(sibling_values(&repaired), vec!["Z29vZA=="]);
+    let r = c.get(0, "bitrot", &[("r", "3")]).await;
+    assert_eq!(r.status(), 200, "repaired, it counts again");
     c.shutdown().await;
 }
 

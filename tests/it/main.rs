@@ -6,7 +6,9 @@
 mod admin;
 mod bench;
 mod cluster;
+mod durability;
 mod faults;
+mod guards;
 mod input;
 mod kv;
 mod netcut;

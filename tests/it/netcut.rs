@@ -11,8 +11,6 @@ use quorumkv::config::{Config, Defaults, LogFormat, MemberConfig, RepairConfig, 
 
 use crate::cluster::{header, sibling_values};
 
-const BIN: &str = env!("CARGO_BIN_EXE_quorumkv");
-
 struct Nodes(Vec<Child>);
 impl Drop for Nodes {
     fn drop(&mut self) {
@@ -79,8 +77,15 @@ impl Drop for Cut {
     }
 }
 
+/// Below the ephemeral range, so no outgoing connection takes it meanwhile.
 fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..32_000u16);
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,10 +127,11 @@ async fn writes_on_both_sides_of_a_real_network_cut_become_siblings() {
             log_format: LogFormat::Text,
             read_repair: false,
             repair: RepairConfig { anti_entropy_interval_ms: 200, ..RepairConfig::default() },
+            limits: Default::default(),
         };
         let path = dir.path().join(format!("{id}.toml"));
         std::fs::write(&path, config.to_toml()).unwrap();
-        let child = Command::new(BIN)
+        let child = crate::cluster::quorumkv_cmd()
             .args(["serve", "--config"])
             .arg(&path)
             .env("QUORUMKV_LOG", "warn")

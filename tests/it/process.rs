@@ -1,12 +1,10 @@
 //! Tests that need the real binary in its own process: `kill -9`, config
 //! refusal, `dev --init-only`.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use crate::cluster::tls_client;
-
-const BIN: &str = env!("CARGO_BIN_EXE_quorumkv");
 
 struct Killed(Child);
 impl Drop for Killed {
@@ -16,9 +14,7 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::cluster::free_port;
 
 async fn wait_ready(client: &reqwest::Client, url: &str) {
     for _ in 0..200 {
@@ -40,7 +36,7 @@ async fn acknowledged_writes_survive_kill_dash_nine() {
     let client = tls_client(&cluster.ca, None);
     let spawn = || {
         Killed(
-            Command::new(BIN)
+            crate::cluster::quorumkv_cmd()
                 .args(["serve", "--config"])
                 .arg(&node.config)
                 .env("QUORUMKV_LOG", "warn")
@@ -76,7 +72,7 @@ async fn acknowledged_writes_survive_kill_dash_nine() {
 
 #[test]
 fn a_bad_config_is_refused_with_one_line() {
-    let out = Command::new(BIN)
+    let out = crate::cluster::quorumkv_cmd()
         .args(["serve", "--node-id", "x", "--client-listen", "127.0.0.1:1", "--peer-listen", "127.0.0.1:2"])
         .env_remove("QUORUMKV_CONFIG")
         .output()
@@ -91,7 +87,7 @@ fn a_bad_config_is_refused_with_one_line() {
 fn dev_init_only_writes_a_usable_cluster_map_and_reuses_it() {
     let dir = tempfile::tempdir().unwrap();
     let run = || {
-        let out = Command::new(BIN)
+        let out = crate::cluster::quorumkv_cmd()
             .args(["dev", "--init-only", "--nodes", "3", "--port", "18443", "--dir"])
             .arg(dir.path().join("dev"))
             .output()
