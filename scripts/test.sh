@@ -20,6 +20,9 @@ echo "== Kubernetes manifests"
 echo "== tests"
 cargo test --release --all-targets
 
+echo "== nemesis (kill -9, SIGSTOP, partitions, wiped and older data directories)"
+./scripts/nemesis.sh
+
 echo "== SDK and API fuzzing"
 ./scripts/test-sdk.sh
 

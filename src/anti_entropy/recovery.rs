@@ -23,14 +23,17 @@
 //! the partition is synced when this node holds everything each other home
 //! held. The list is persisted, so a restart during the refill resumes it.
 //!
+//! The same holds after an unclean start (a crash or power cut may have
+//! lost the WAL's unsynced tail, and a crash-consistent snapshot restored
+//! looks just like it): the partitions are unsynced until refilled, which
+//! with every other home up takes about a second.
+//!
 //! At a cluster's first start no peer has seen anyone, so nothing is
 //! unsynced. Until the hello round is over every answer of the node is
 //! non-authoritative and the peer port refuses to coordinate writes, so
 //! nothing is counted or minted before the node knows its history. Not
-//! detected: a restore while every peer that saw the node is unreachable,
-//! and a power cut (a lost WAL tail of `DW=0` writes; the epoch is renewed,
-//! so no dot repeats, and anti-entropy brings the tail back, but until then
-//! the node's answers count: `DW` is the knob for that).
+//! detected: a restore of a copy taken while the node was cleanly stopped,
+//! made while every peer that saw its later runs is unreachable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -127,7 +130,12 @@ pub async fn greet_peers(storage: &Storage, membership: &Membership, peers: &Pee
             Err(error) => tracing::debug!(%peer, %error, "hello not answered"),
         }
     }
-    if evidence.is_empty() {
+    // An unclean start may have lost the WAL's unsynced tail (a power cut;
+    // a crash-consistent snapshot restored looks the same): writes this
+    // node acknowledged with DW=0 may be gone, so it refills before its
+    // answers count again. With every other home up that is one exchange
+    // each, about a second; a clean restart skips it.
+    if evidence.is_empty() && !storage.unclean_start() {
         storage.history_known();
         return 0;
     }
@@ -151,7 +159,8 @@ pub async fn greet_peers(storage: &Storage, membership: &Membership, peers: &Pee
     tracing::warn!(
         partitions = count,
         seen_by = ?evidence,
-        "this node's data is missing writes its peers have seen it acknowledge (new or restored volume); \
+        unclean = storage.unclean_start(),
+        "this node's data may lack writes it acknowledged (a new, restored or uncleanly stopped volume); \
          its answers do not count toward R/PR until anti-entropy has refilled each partition"
     );
     match storage.set_unsynced(unsynced) {

@@ -171,7 +171,7 @@ tombstone_grace_secs = 3600
         if p and p.poll() is None:
             p.send_signal(sig)
 
-    def request(self, i, method, path, body=None, headers=None, timeout=5, admin=False, peer_port=None):
+    def request(self, i, method, path, body=None, headers=None, timeout=3, admin=False, peer_port=None):
         ip, port = self.client_urls[i]
         if peer_port:
             port = peer_port
@@ -521,6 +521,10 @@ def main():
             ok = sum(1 for o in during if o[3] == "acked")
             f["ops"] = len(during)
             f["availability"] = round(ok / len(during), 3) if during else None
+            f["unknown"] = sum(1 for o in during if o[3] == "unknown")
+            took = sorted(o[1] - o[0] for o in during)
+            f["p50_ms"] = round(1000 * took[len(took) // 2]) if took else None
+            f["p99_ms"] = round(1000 * took[int(len(took) * 0.99)]) if took else None
         print(json.dumps(report, indent=2, default=str))
         if args.json:
             with open(args.json, "w") as f:
