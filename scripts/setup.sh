@@ -2,7 +2,7 @@
 # Installs what a fresh Debian 12 machine lacks to build and test quorumkv:
 # libclang for librocksdb-sys' bindgen, Python's venv for the spec checks,
 # iptables for the network-cut test (it adds DROP rules on loopback), and
-# debootstrap + docker-compose for the container test.
+# debootstrap + docker-compose for the container test, strace for the DW test.
 set -euo pipefail
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
@@ -11,6 +11,8 @@ command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptab
 # The container test: a base image made with debootstrap, the compose file run by docker-compose.
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# The DW test counts the replicas' fsync/fdatasync calls under strace.
+command -v strace >/dev/null 2>&1 || need+=(strace)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   export DEBIAN_FRONTEND=noninteractive

@@ -53,6 +53,8 @@ pub struct NodeState {
     pub handoff: Arc<HandoffStats>,
     pub anti_entropy: Arc<AeStats>,
     pub metrics: Metrics,
+    /// Partitions this start found unsynced (a data loss it learned of).
+    pub unsynced_at_start: std::sync::atomic::AtomicU64,
     ready: AtomicBool,
 }
 
@@ -165,6 +167,7 @@ impl Node {
             handoff: handoff.stats.clone(),
             anti_entropy: anti_entropy.stats.clone(),
             metrics,
+            unsynced_at_start: Default::default(),
             ready: AtomicBool::new(false),
         });
 
@@ -172,9 +175,11 @@ impl Node {
         let peer_addr = listener_addr(&listeners.peer)?;
         let handles = [Handle::new(), Handle::new()];
         // A replicated object is bounded by `max_object_bytes` for client
-        // writes, but merges of concurrent writes may pass it (they are never
-        // refused): room for twice that, plus a batch's worth.
-        let peer_body_limit = config.limits.max_object_bytes.saturating_mul(2).saturating_add(8 << 20);
+        // writes, but merges of concurrent writes by up to N coordinators
+        // may pass it (merges are never refused): room for N of them, plus
+        // a batch's worth.
+        let peer_body_limit =
+            config.limits.max_object_bytes.saturating_mul(config.max_n.max(2)).saturating_add(8 << 20);
         let peer_app = rpc::server::router(state.clone(), peer_body_limit);
         let client_app = api::router(state.clone());
         let mut servers = vec![tokio::spawn(
@@ -190,8 +195,21 @@ impl Node {
         // other), before the public port: a node that lost its data learns
         // it from its peers here; until then a fresh directory's answers
         // do not count.
-        crate::anti_entropy::recovery::greet_peers(&storage, state.coordinator.membership(), &detector_peers)
-            .await;
+        let greeted = crate::anti_entropy::recovery::greet_peers(
+            &storage,
+            state.coordinator.membership(),
+            &detector_peers,
+        )
+        .await;
+        if let Ok(count) = greeted {
+            state.unsynced_at_start.store(count as u64, Ordering::Relaxed);
+        }
+        if let Err(source) = greeted {
+            // Not serving with a history it could not settle: stop the peer port.
+            handles[1].shutdown();
+            workers.cancel();
+            return Err(NodeError::Storage { path: config.data_dir.display().to_string(), source });
+        }
         servers.push(tokio::spawn(
             tls_server(listeners.client, public_tls)
                 .handle(handles[0].clone())
@@ -205,6 +223,7 @@ impl Node {
             workers.child_token(),
         ));
         tokio::spawn(handoff.run(workers.child_token()));
+        tokio::spawn(state.coordinator.replica().clone().keep_lease_ahead(workers.child_token()));
         // Runs even with anti-entropy off while partitions are unsynced.
         tokio::spawn(anti_entropy.run(workers.child_token()));
         state.ready.store(true, Ordering::Release);

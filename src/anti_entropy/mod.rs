@@ -41,6 +41,9 @@ const KEYS_PER_CALL: usize = 128;
 /// and stall every exchange behind it. One object larger than this
 /// travels alone.
 const BYTES_PER_CALL: usize = 1 << 20;
+/// The root an unsynced partition answers: equal to no real root, so the
+/// peer descends, and its pulls find this copy non-authoritative.
+const UNSYNCED_ROOT: Hash = [0xff; 16];
 /// Pause between exchanges while this node has unsynced partitions (it
 /// lost data and its answers do not count until it is refilled).
 const RECOVERY_INTERVAL: Duration = Duration::from_millis(100);
@@ -103,7 +106,23 @@ pub enum AeError {
 
 /// Answers a peer's anti-entropy request from this node's storage.
 pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, StorageError> {
+    // A dirty tree is wrong (a corrupt record's old hash is unknown), and
+    // an unsynced partition's copy may lack writes: neither may make a peer
+    // believe its copy matches. A dirty tree is rebuilt before it answers;
+    // an unsynced partition answers a root that matches nothing.
+    let trusted_root = |p: u32| -> Result<Hash, StorageError> {
+        if storage.dirty_partitions().contains(&p) {
+            storage.rebuild_tree(p)?;
+        }
+        if storage.is_unsynced(p) {
+            return Ok(UNSYNCED_ROOT);
+        }
+        storage.tree_root(p)
+    };
     Ok(match request {
+        AeRequest::Roots { partitions } => {
+            AeResponse::Hashes(partitions.iter().map(|p| trusted_root(*p)).collect::<Result<_, _>>()?)
+        }
         AeRequest::Fetch { partition, keys, budget } => {
             let unsynced = storage.is_unsynced(partition);
             let mut out = Vec::new();
@@ -124,10 +143,8 @@ pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, Stora
             }
             AeResponse::Objects(out)
         }
-        AeRequest::Roots { partitions } => {
-            AeResponse::Hashes(partitions.iter().map(|p| storage.tree_root(*p)).collect::<Result<_, _>>()?)
-        }
         AeRequest::Tree { partition, groups } => {
+            trusted_root(partition)?;
             let leaves = storage.tree_leaves(partition)?;
             if groups.is_empty() {
                 AeResponse::Hashes(tree::inner_of(&leaves))
@@ -266,7 +283,9 @@ impl AntiEntropy {
                 () = tokio::time::sleep(wait) => {}
             }
             let round = async {
-                if self.config.anti_entropy {
+                // While recovering, dirty trees must be right even with
+                // anti-entropy off: the refill compares them.
+                if self.config.anti_entropy || !recovering.is_empty() {
                     self.rebuild_trees().await;
                 }
                 let mut sorted: Vec<String> = if recovering.is_empty() {
@@ -325,7 +344,7 @@ impl AntiEntropy {
     async fn rebuild_trees(&self) {
         let mut due = self.storage().dirty_partitions();
         let every = self.config.tree_rebuild_secs;
-        if every > 0 {
+        if every > 0 && self.config.anti_entropy {
             let every_ms = every.saturating_mul(1000);
             let ring = self.membership.ring();
             let mine = ring.partitions_of(self.membership.self_id());

@@ -53,6 +53,11 @@ pub struct Hello {
     pub from: String,
     /// The sender's directory, incarnation and run.
     pub me: Sighting,
+    /// Second round: the sender has persisted what the first round told
+    /// it, so the receiver may now replace its record. Until then a record
+    /// is only ever added, never replaced, so no evidence of lost data is
+    /// erased by a hello whose answer was lost or by nodes starting together.
+    pub confirm: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -66,7 +71,9 @@ pub struct HelloAnswer {
 /// The peer side of a hello.
 pub fn answer_hello(storage: &Storage, hello: &Hello) -> Result<HelloAnswer, StorageError> {
     let seen = storage.peer_seen(&hello.from)?;
-    storage.mark_peer_seen(&hello.from, hello.me)?;
+    if hello.confirm || seen.is_none() {
+        storage.mark_peer_seen(&hello.from, hello.me)?;
+    }
     Ok(HelloAnswer { seen, me: storage.sighting() })
 }
 
@@ -98,36 +105,23 @@ fn verdict(me: Sighting, seen: Option<Sighting>) -> Verdict {
 /// partitions marked. Runs with the peer port already serving (peers that
 /// start at the same time greet each other), but until it returns a fresh
 /// directory's answers are all non-authoritative.
-pub async fn greet_peers(storage: &Storage, membership: &Membership, peers: &PeerClient) -> usize {
+pub async fn greet_peers(
+    storage: &Storage,
+    membership: &Membership,
+    peers: &PeerClient,
+) -> Result<usize, StorageError> {
     let me = storage.sighting();
-    let calls = membership.peer_ids().map(|peer| {
-        let hello = Hello { from: membership.self_id().to_string(), me };
-        async move {
-            let answer: Result<Result<HelloAnswer, String>, _> =
-                peers.call(peer, routes::HELLO, &hello, HELLO_TIMEOUT).await;
-            (peer.to_string(), answer)
-        }
-    });
+    let answers = hello_round(membership, peers, me, false).await;
     let (mut evidence, mut newest) = (Vec::new(), 0u64);
-    let mut restored = false;
-    for (peer, answer) in futures::future::join_all(calls).await {
-        match answer {
-            Ok(Ok(answer)) => {
-                if let Err(error) = storage.mark_peer_seen(&peer, answer.me) {
-                    tracing::warn!(%peer, %error, "cannot record a peer as seen");
-                }
-                match verdict(me, answer.seen) {
-                    Verdict::Fine => {}
-                    Verdict::OtherDirectory => evidence.push(peer),
-                    Verdict::OlderCopy => {
-                        restored = true;
-                        newest = newest.max(answer.seen.map_or(0, |s| s.incarnation));
-                        evidence.push(peer);
-                    }
-                }
-            }
-            Ok(Err(error)) => tracing::debug!(%peer, %error, "hello refused"),
-            Err(error) => tracing::debug!(%peer, %error, "hello not answered"),
+    for (peer, answer) in &answers {
+        // A peer seen for the first time is recorded; a known one is not
+        // overwritten by what it says of itself (its own hello does that).
+        if storage.peer_seen(peer)?.is_none() {
+            storage.mark_peer_seen(peer, answer.me)?;
+        }
+        if verdict(me, answer.seen) != Verdict::Fine {
+            newest = newest.max(answer.seen.map_or(0, |s| s.incarnation));
+            evidence.push(peer.clone());
         }
     }
     // An unclean start may have lost the WAL's unsynced tail (a power cut;
@@ -137,22 +131,21 @@ pub async fn greet_peers(storage: &Storage, membership: &Membership, peers: &Pee
     // each, about a second; a clean restart skips it.
     if evidence.is_empty() && !storage.unclean_start() {
         storage.history_known();
-        return 0;
+        hello_round(membership, peers, me, true).await;
+        return Ok(0);
     }
-    // This copy lacks writes peers saw it acknowledge. An older copy of the
-    // directory has also forgotten dots it minted: new epoch, as after an
-    // unclean start (a new directory has a new epoch already).
-    if restored && !storage.created_fresh() {
+    // This copy lacks writes peers saw it acknowledge. A directory that is
+    // not new has also forgotten dots it minted (an older copy, or another
+    // directory of this node brought back): new epoch, as after an unclean
+    // start (a new directory has a new epoch already).
+    if !evidence.is_empty() && !storage.created_fresh() {
         tracing::warn!(
             incarnation = me.incarnation,
             newest,
-            "peers have seen a newer copy of this node's data"
+            "peers have seen this node serve data this copy lacks"
         );
-        let renewed = storage.renew_epoch_after_restore().and_then(|()| storage.raise_incarnation(newest));
-        if let Err(error) = renewed {
-            tracing::error!(%error, "cannot renew the epoch; answers stay non-authoritative");
-            return 0;
-        }
+        storage.renew_epoch_after_restore()?;
+        storage.raise_incarnation(newest)?;
     }
     let unsynced = homes_to_sync(membership);
     let count = unsynced.len();
@@ -163,14 +156,38 @@ pub async fn greet_peers(storage: &Storage, membership: &Membership, peers: &Pee
         "this node's data may lack writes it acknowledged (a new, restored or uncleanly stopped volume); \
          its answers do not count toward R/PR until anti-entropy has refilled each partition"
     );
-    match storage.set_unsynced(unsynced) {
-        // Only once the marks are on disk may the blanket doubt go.
-        Ok(()) => storage.history_known(),
-        Err(error) => {
-            tracing::error!(%error, "cannot persist the unsynced partitions; answers stay non-authoritative")
+    // Only once the marks are on disk may the blanket doubt go, and only
+    // then may the peers replace their record of this node.
+    storage.set_unsynced(unsynced)?;
+    storage.history_known();
+    hello_round(membership, peers, storage.sighting(), true).await;
+    Ok(count)
+}
+
+/// One hello to every peer at once; the answers of those that answered.
+async fn hello_round(
+    membership: &Membership,
+    peers: &PeerClient,
+    me: Sighting,
+    confirm: bool,
+) -> Vec<(String, HelloAnswer)> {
+    let calls = membership.peer_ids().map(|peer| {
+        let hello = Hello { from: membership.self_id().to_string(), me, confirm };
+        async move {
+            let answer: Result<Result<HelloAnswer, String>, _> =
+                peers.call(peer, routes::HELLO, &hello, HELLO_TIMEOUT).await;
+            (peer.to_string(), answer)
+        }
+    });
+    let mut out = Vec::new();
+    for (peer, answer) in futures::future::join_all(calls).await {
+        match answer {
+            Ok(Ok(answer)) => out.push((peer, answer)),
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "hello refused"),
+            Err(error) => tracing::debug!(%peer, %error, "hello not answered"),
         }
     }
-    count
+    out
 }
 
 /// Every partition this node is a home of, with its other homes.

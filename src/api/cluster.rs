@@ -57,6 +57,7 @@ pub async fn cluster(State(state): State<Arc<NodeState>>) -> Json<serde_json::Va
         // node lost its data and is being refilled): its answers for them
         // do not count toward R/PR.
         "unsynced_partitions": storage.unsynced().len(),
+        "unsynced_at_start": state.unsynced_at_start.load(Ordering::Relaxed),
     });
     Json(json!({
         "node": membership.self_id(),

@@ -54,6 +54,7 @@ impl ApiError {
             ApiError::Coordinator(CoordinatorError::Limit(LimitError::ObjectBytes { .. })) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            ApiError::Coordinator(CoordinatorError::ForgedContext(_)) => StatusCode::BAD_REQUEST,
             ApiError::NotReady | ApiError::Coordinator(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -75,6 +76,7 @@ impl ApiError {
             ApiError::Coordinator(CoordinatorError::QuorumNotMet { .. }) => "quorum_not_met",
             ApiError::Coordinator(CoordinatorError::DigestMismatch) => "value_corrupted_in_transit",
             ApiError::Coordinator(CoordinatorError::CorruptLocal) => "replica_corrupt",
+            ApiError::Coordinator(CoordinatorError::ForgedContext(_)) => "invalid_causal_context",
             ApiError::Coordinator(CoordinatorError::Limit(LimitError::Siblings { .. })) => {
                 "too_many_siblings"
             }

@@ -93,6 +93,9 @@ pub enum CoordinatorError {
     /// The write would take the object past a configured limit.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// The causal context names a counter the coordinator never minted.
+    #[error("{0}")]
+    ForgedContext(String),
 }
 
 /// What an answer rests on, sent to clients as `Quorum-Report`.
@@ -448,6 +451,7 @@ impl Coordinator {
             Ok(object) => object,
             Err(ReplicaError::CorruptLocal) => return Err(CoordinatorError::CorruptLocal),
             Err(ReplicaError::Limit(limit)) => return Err(CoordinatorError::Limit(limit)),
+            Err(ReplicaError::ForgedContext(why)) => return Err(CoordinatorError::ForgedContext(why)),
             Err(error) => {
                 tracing::error!(%error, "local write failed");
                 return Err(w_fail(0));
@@ -457,19 +461,24 @@ impl Coordinator {
         let local = Reply { node: self_id, primary: local_is_home, result: Ok(sync) };
         let mut calls: Vec<Call<bool>> = vec![futures::future::ready(local).boxed()];
         let deadline = Instant::now() + self.timeout;
-        // Every target's slot is waited for at once: a saturated peer's
-        // queue delays only its own copy, never the others'.
-        let copies = plan
-            .targets
-            .into_iter()
-            .map(|t| self.replicate_call(t, partition, &key, &object, sync, deadline));
-        calls.extend(futures::future::join_all(copies).await);
+        // Each copy waits for its own peer's slot inside its call, so a
+        // saturated peer delays only its copy, never the others' sending.
+        let mut slotted = Vec::new();
+        for target in plan.targets {
+            let (call, has_slot) = self.replicate_call(target, partition, &key, &object, sync, deadline);
+            calls.push(call);
+            slotted.push(has_slot);
+        }
         let gathered = gather(calls, deadline, |ok| {
             ok.len() >= c.w
                 && ok.iter().filter(|r| r.primary).count() >= c.pw
                 && ok.iter().filter(|r| matches!(r.result, Ok(true))).count() >= c.dw
         })
         .await;
+        // Backpressure for W < N: the client is answered once every copy
+        // holds a slot of its peer's queue (or gave up on it), not only the
+        // W that answered first; bounded by the deadline.
+        let _ = tokio::time::timeout_at(deadline, futures::future::join_all(slotted)).await;
         let acked = gathered.ok.len();
         let primaries = gathered.primaries();
         let fallback = acked - primaries;
@@ -500,7 +509,7 @@ impl Coordinator {
     /// One copy of a write: to `target.node` (with a hint when it stands in
     /// for a home), then to its spare fallback if that call fails. The slot
     /// is taken before the client is answered, even when W is already met.
-    async fn replicate_call(
+    fn replicate_call(
         &self,
         target: Target,
         partition: u32,
@@ -508,19 +517,29 @@ impl Coordinator {
         object: &Object,
         sync: bool,
         deadline: Instant,
-    ) -> Call<bool> {
+    ) -> (Call<bool>, tokio::sync::oneshot::Receiver<()>) {
         let bytes = key.len() + size_hint(object);
         let req = |hint| ReplicateRequest { partition, key: key.clone(), object: object.clone(), sync, hint };
         let first = req(target.hint_for.clone());
         let spare_req = req(Some(target.node.clone()));
-        // With a spare to fall back to, a full queue is waited on only
-        // briefly: the copy goes to the spare (as a hint) instead.
-        let patience =
-            if target.spare.is_some() { deadline.min(Instant::now() + SLOT_PATIENCE) } else { deadline };
-        let slot = self.peer_slot(&target.node, patience).await;
+        let (slotted, has_slot) = tokio::sync::oneshot::channel();
         let this = self.clone();
-        async move {
+        let call = async move {
             let primary = target.is_home();
+            // With a spare to fall back to, a full queue is waited on only
+            // briefly: the copy goes to the spare (as a hint) instead.
+            let patience =
+                if target.spare.is_some() { deadline.min(Instant::now() + SLOT_PATIENCE) } else { deadline };
+            let slot = this.peer_slot(&target.node, patience).await;
+            let mut slotted = Some(slotted);
+            let mut signal = || {
+                if let Some(tx) = slotted.take() {
+                    let _ = tx.send(());
+                }
+            };
+            if slot.is_ok() || target.spare.is_none() {
+                signal();
+            }
             let result = match slot {
                 Ok((q, _permit)) => q.replicate.call(first, bytes).await.map(|r| r.durable),
                 Err(e) => Err(e),
@@ -529,7 +548,9 @@ impl Coordinator {
                 (Ok(durable), _) => Reply { node: target.node, primary, result: Ok(durable) },
                 (Err(error), Some(spare)) => {
                     tracing::debug!(peer = %target.node, %error, %spare, "replica write failed; using a fallback");
-                    let result = match this.peer_slot(&spare, deadline).await {
+                    let slot = this.peer_slot(&spare, deadline).await;
+                    signal();
+                    let result = match slot {
                         Ok((q, _permit)) => q.replicate.call(spare_req, bytes).await.map(|r| r.durable),
                         Err(e) => Err(e),
                     };
@@ -538,6 +559,7 @@ impl Coordinator {
                 (Err(error), None) => Reply { node: target.node, primary, result: Err(error) },
             }
         }
-        .boxed()
+        .boxed();
+        (call, has_slot)
     }
 }

@@ -76,6 +76,10 @@ pub enum ReplicaError {
     /// was stored.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// The client's causal context names a counter of this node that it
+    /// never minted (see `stamp::StampError::Unminted`).
+    #[error("{0}")]
+    ForgedContext(String),
 }
 
 /// A client write refused because the object would grow past a limit.
@@ -102,7 +106,8 @@ fn check_limits(object: &Object, limits: &ObjectLimits) -> Result<(), LimitError
     if siblings > limits.max_siblings {
         return Err(LimitError::Siblings { siblings, limit: limits.max_siblings });
     }
-    let bytes = object_bytes(object);
+    // Values only, as configured: one value of `max_value_bytes` always fits.
+    let bytes: usize = object.siblings().iter().map(|s| s.value.value.len()).sum();
     if bytes > limits.max_object_bytes {
         return Err(LimitError::ObjectBytes { bytes, siblings, limit: limits.max_object_bytes });
     }
@@ -149,6 +154,22 @@ impl Replica {
         &self.storage
     }
 
+    /// Keeps the dot lease ahead of the clock, once a second, until
+    /// `shutdown` (the fsync happens here, not on the write path).
+    pub async fn keep_lease_ahead(self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            let this = self.clone();
+            let renewed = tokio::task::spawn_blocking(move || this.stamper.keep_ahead(&this.storage)).await;
+            if let Ok(Err(error)) = renewed {
+                tracing::error!(%error, "cannot renew the dot lease; writes renew it themselves");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
     /// Runs a storage call inline, or on the blocking pool when it syncs.
     async fn storage_call<T: Send + 'static>(
         &self,
@@ -176,7 +197,8 @@ impl Replica {
         match r.hint.as_deref() {
             Some(home) if home != &*self.node_id => {
                 let object = self.storage.hint_get(home, r.partition, &r.key)?;
-                Ok(ReadResponse { object, authoritative: true })
+                // A hint may be stale too after a lost tail or a restore.
+                Ok(ReadResponse { object, authoritative: !self.storage.recovering() })
             }
             _ => {
                 let unsynced = self.storage.is_unsynced(r.partition);
@@ -284,6 +306,8 @@ impl Replica {
     ) -> Result<(), ReplicaError> {
         // A delete only replaces what it covers: never refused by a limit.
         let deleting = value.deleted;
+        // A refused counter leaves `object` changed but unwritten: the
+        // caller stores nothing when this returns an error.
         let mut minted = Ok(());
         object.update_with(
             context,
@@ -297,7 +321,13 @@ impl Replica {
             },
             value,
         );
-        minted?;
+        match minted {
+            Ok(()) => {}
+            Err(stamp::StampError::Storage(e)) => return Err(e.into()),
+            Err(e @ stamp::StampError::Unminted { .. }) => {
+                return Err(ReplicaError::ForgedContext(e.to_string()));
+            }
+        }
         if !deleting {
             check_limits(object, &self.limits)?;
         }

@@ -137,9 +137,10 @@ struct Run {
     /// Acknowledged live writes: (value id, dot). (A delete's effect is its
     /// context, kept in `superseded`; GC may reap the tombstone itself.)
     acked: Vec<(usize, Dot)>,
-    /// Union of the contexts of every write: a dot covered here may have
-    /// been superseded on purpose.
-    superseded: Vec<VersionVector>,
+    /// Dots a client saw as siblings and then wrote over with that read's
+    /// context: the only way a value may leave on purpose. (Not "covered by
+    /// some context": a bogus merge could put a dot in a clock unseen.)
+    superseded: Vec<Dot>,
     max_clock: usize,
     /// Writes made, and events that give a node a new actor.
     writes: usize,
@@ -148,6 +149,8 @@ struct Run {
     /// took back (W copies, all reverted: beyond what any quorum promises).
     /// A write that vanishes through a merge is never exempt.
     exempt: Vec<Dot>,
+    /// The first step at which an acknowledged write vanished otherwise.
+    lost_at: Option<(usize, Dot)>,
 }
 
 fn run(ops: Vec<Op>) -> Run {
@@ -161,6 +164,7 @@ fn run(ops: Vec<Op>) -> Run {
         writes: 0,
         actor_changes: 0,
         exempt: Vec::new(),
+        lost_at: None,
     };
     // The wall clock moves on slowly, so counters run ahead of it and only
     // the stamper's rules keep them apart; a restore jumps it (restoring a
@@ -179,7 +183,7 @@ fn run(ops: Vec<Op>) -> Run {
         match op {
             Op::Write { at, read, acks, deleted } => {
                 r.writes += 1;
-                let ctx = read_context(&r.nodes, &read);
+                let (ctx, seen) = read_context(&r.nodes, &read);
                 let actor = r.nodes[at].actor(at);
                 let mut object = r.nodes[at].state.clone().unwrap_or_default();
                 let node = &mut r.nodes[at];
@@ -190,13 +194,13 @@ fn run(ops: Vec<Op>) -> Run {
                     Value { id: step, deleted },
                 );
                 r.nodes[at].state = Some(object.clone());
-                replicate(&mut r, at, &object, &acks, step, (!deleted).then_some(dot), ctx);
+                replicate(&mut r, at, &object, &acks, step, (!deleted).then_some(dot), seen);
             }
             Op::Fallback { at, read, acks } => {
                 // The fallback's object is its hint (empty once forgotten),
                 // under its current fallback actor.
                 r.writes += 1;
-                let ctx = read_context(&r.nodes, &read);
+                let (ctx, seen) = read_context(&r.nodes, &read);
                 let actor = r.nodes[at].fallback_actor(at);
                 let mut object = r.nodes[at].hint.clone().unwrap_or_default();
                 let node = &mut r.nodes[at];
@@ -207,7 +211,7 @@ fn run(ops: Vec<Op>) -> Run {
                     Value { id: step, deleted: false },
                 );
                 r.nodes[at].hint = Some(object.clone());
-                replicate(&mut r, at, &object, &acks, step, Some(dot), ctx);
+                replicate(&mut r, at, &object, &acks, step, Some(dot), seen);
             }
             Op::Deliver { from, to } => {
                 if let Some(hint) = r.nodes[from].hint.take() {
@@ -255,36 +259,41 @@ fn run(ops: Vec<Op>) -> Run {
                 r.max_clock = r.max_clock.max(s.clock().iter().count());
             }
         }
+        // Checked after every step: an acknowledged write may vanish only
+        // by a revert of every copy (then it is exempt from here on); if a
+        // merge, a sync, a write or a reap makes it vanish, that is a loss.
+        let held = |d: &Dot| {
+            r.nodes.iter().any(|n| {
+                [&n.state, &n.hint].into_iter().flatten().any(|s| s.siblings().iter().any(|x| &x.dot == d))
+            })
+        };
+        let gone: Vec<Dot> = r
+            .acked
+            .iter()
+            .map(|(_, d)| d)
+            .filter(|d| !held(d) && !r.superseded.contains(d) && !r.exempt.contains(d))
+            .cloned()
+            .collect();
         if reverting {
-            let held = |d: &Dot| {
-                r.nodes.iter().any(|n| {
-                    [&n.state, &n.hint]
-                        .into_iter()
-                        .flatten()
-                        .any(|s| s.siblings().iter().any(|x| &x.dot == d))
-                })
-            };
-            let gone: Vec<Dot> = r
-                .acked
-                .iter()
-                .map(|(_, d)| d)
-                .filter(|d| !held(d) && !r.superseded.iter().any(|c| c.covers(d)) && !r.exempt.contains(d))
-                .cloned()
-                .collect();
             r.exempt.extend(gone);
+        } else if let Some(d) = gone.into_iter().next() {
+            r.lost_at.get_or_insert((step, d));
         }
     }
     r
 }
 
-fn read_context(nodes: &[Node], read: &[Index]) -> VersionVector {
-    let mut ctx = VersionVector::new();
+/// A client's read of some replicas: the merged object's clock (its
+/// context) and the dots of the siblings it saw.
+fn read_context(nodes: &[Node], read: &[Index]) -> (VersionVector, Vec<Dot>) {
+    let mut merged = DvvSet::new();
     for i in read {
         if let Some(s) = &i.get(nodes).state {
-            ctx.merge(s.clock());
+            merged.merge(s);
         }
     }
-    ctx
+    let seen = merged.siblings().iter().map(|s| s.dot.clone()).collect();
+    (merged.clock().clone(), seen)
 }
 
 /// Sends the object to the replicas in `acks`; the write is acknowledged
@@ -296,18 +305,17 @@ fn replicate(
     acks: &[Index],
     step: usize,
     live: Option<Dot>,
-    ctx: VersionVector,
+    seen: Vec<Dot>,
 ) {
-    let mut copies = 1; // the coordinator's own copy (or hint)
+    // Acknowledged once stored by the coordinator (W=1) and sent to `acks`.
     for i in acks {
         let to = i.index(NODES);
         if to != at {
             merge_into(&mut r.nodes[to], &Some(object.clone()));
-            copies += 1;
         }
     }
-    r.superseded.push(ctx);
-    if let Some(dot) = live.filter(|_| copies > 0) {
+    r.superseded.extend(seen);
+    if let Some(dot) = live {
         r.acked.push((step, dot));
     }
 }
@@ -318,6 +326,7 @@ proptest! {
     #[test]
     fn no_acknowledged_write_is_lost_and_clocks_stay_bounded(ops in vec(op(), 1..60)) {
         let mut r = run(ops);
+        prop_assert_eq!(r.lost_at.clone(), None, "an acknowledged write vanished without a revert of every copy");
         // Heal: everybody syncs with everybody.
         let mut all = DvvSet::new();
         for n in &r.nodes {
@@ -332,7 +341,7 @@ proptest! {
             if r.exempt.contains(dot) {
                 continue;
             }
-            let covered = r.superseded.iter().any(|ctx| ctx.covers(dot));
+            let covered = r.superseded.contains(dot);
             prop_assert!(
                 held.contains(&dot) || covered,
                 "acknowledged write {} ({:?}) lost: neither held nor superseded by a context", id, dot

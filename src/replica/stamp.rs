@@ -31,9 +31,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::storage::{Storage, StorageError};
 
-/// How far past the current counter a renewed lease reaches. A lease is
-/// renewed (one synced write of a few bytes) when less than half of this
-/// is left, so under steady load about once every 30 s.
+/// How far past the current counter a renewed lease reaches. A background
+/// tick ([`Stamper::keep_ahead`], every second) renews it (one synced write
+/// of a few bytes, on the blocking pool) when less than half is left, so a
+/// write renews it inline only if the counter jumps past the whole lease.
 const LEASE_AHEAD_US: u64 = 60_000_000;
 
 /// Wall-clock microseconds since the Unix epoch.
@@ -48,6 +49,18 @@ pub fn now_us() -> u64 {
 /// Pure, so the model tests can drive it with a clock of their own.
 pub fn next_counter(last: u64, now: u64, least: u64) -> u64 {
     now.max(last.saturating_add(1)).max(least)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StampError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The object or the client's context claims a counter of this node's
+    /// own actor beyond any it handed out: a forged (or corrupted) context.
+    /// Minting past it would push this node's clock far ahead for every
+    /// key, so the write is refused.
+    #[error("the causal context names counter {claimed} of this node's actor, which it never minted")]
+    Unminted { claimed: u64 },
 }
 
 #[derive(Debug)]
@@ -67,9 +80,14 @@ impl Stamper {
     }
 
     /// A counter never handed out before by this node, at least `least`.
-    pub fn mint(&self, storage: &Storage, least: u64) -> Result<u64, StorageError> {
+    /// `least` is one past what the object and the context know of this
+    /// node's actor, so it can only legitimately be `last + 1` or less.
+    pub fn mint(&self, storage: &Storage, least: u64) -> Result<u64, StampError> {
         let now = now_us();
-        let mut prev = self.last.load(Ordering::Relaxed);
+        let mut prev = self.last.load(Ordering::Acquire);
+        if least > prev.saturating_add(1) {
+            return Err(StampError::Unminted { claimed: least - 1 });
+        }
         let counter = loop {
             let next = next_counter(prev, now, least);
             match self.last.compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Relaxed) {
@@ -77,10 +95,20 @@ impl Stamper {
                 Err(seen) => prev = seen,
             }
         };
-        if counter.saturating_add(LEASE_AHEAD_US / 2) > self.lease.load(Ordering::Acquire) {
+        if counter > self.lease.load(Ordering::Acquire) {
             self.renew(storage, counter)?;
         }
         Ok(counter)
+    }
+
+    /// Renews the lease when less than half of it is left: called from a
+    /// background tick, so the write path does not wait for the fsync.
+    pub fn keep_ahead(&self, storage: &Storage) -> Result<(), StorageError> {
+        let next = next_counter(self.last.load(Ordering::Acquire), now_us(), 0);
+        if next.saturating_add(LEASE_AHEAD_US / 2) > self.lease.load(Ordering::Acquire) {
+            self.renew(storage, next)?;
+        }
+        Ok(())
     }
 
     /// Persists a lease past `counter`. The caller may only use `counter`
@@ -88,7 +116,7 @@ impl Stamper {
     fn renew(&self, storage: &Storage, counter: u64) -> Result<(), StorageError> {
         let _one = self.renewing.lock().unwrap_or_else(|p| p.into_inner());
         if counter.saturating_add(LEASE_AHEAD_US / 2) <= self.lease.load(Ordering::Acquire) {
-            return Ok(()); // another writer renewed meanwhile
+            return Ok(()); // renewed meanwhile
         }
         let lease = counter.saturating_add(LEASE_AHEAD_US);
         storage.set_dot_lease(lease)?;
@@ -114,17 +142,35 @@ mod tests {
     }
 
     #[test]
+    fn the_background_tick_keeps_the_lease_ahead_of_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), 1 << 20).unwrap();
+        let stamper = Stamper::open(&s).unwrap();
+        assert_eq!(s.dot_lease().unwrap(), 0);
+        stamper.keep_ahead(&s).unwrap();
+        let lease = s.dot_lease().unwrap();
+        assert!(lease > now_us() + LEASE_AHEAD_US / 2, "renewed ahead of the clock");
+        // Minting below the lease needs no renewal (no fsync on the write path).
+        let c = stamper.mint(&s, 0).unwrap();
+        assert!(c < lease);
+        assert_eq!(s.dot_lease().unwrap(), lease);
+    }
+
+    #[test]
     fn a_restart_starts_above_every_counter_used() {
         let dir = tempfile::tempdir().unwrap();
         let used = {
             let s = Storage::open(dir.path(), 1 << 20).unwrap();
             let stamper = Stamper::open(&s).unwrap();
-            // A counter far ahead of the wall clock (an object that knew a
-            // later counter, or a clock that will be stepped back).
+            // A counter no object can know yet is refused.
             let ahead = now_us() + 3_600_000_000;
-            let used = stamper.mint(&s, ahead).unwrap();
-            assert!(used >= ahead);
+            assert!(matches!(stamper.mint(&s, ahead), Err(StampError::Unminted { .. })));
+            let used = stamper.mint(&s, 0).unwrap();
+            let used = stamper.mint(&s, used + 1).unwrap();
             assert!(s.dot_lease().unwrap() > used, "the lease on disk covers it");
+            let lease = s.dot_lease().unwrap();
+            stamper.keep_ahead(&s).unwrap();
+            assert_eq!(s.dot_lease().unwrap(), lease, "enough of the lease is left");
             used
         };
         let s = Storage::open(dir.path(), 1 << 20).unwrap();

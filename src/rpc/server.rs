@@ -103,11 +103,20 @@ async fn ae_exchange(State(state): State<Arc<NodeState>>, body: Bytes) -> Respon
     reply(&answer)
 }
 
-async fn hello(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
+async fn hello(
+    State(state): State<Arc<NodeState>>,
+    caller: Option<axum::Extension<super::identity::Caller>>,
+    body: Bytes,
+) -> Response {
     let hello: anti_entropy::recovery::Hello = match decode(&body) {
         Ok(r) => r,
         Err(rejection) => return rejection.into_response(),
     };
+    // A node speaks for itself only: its certificate must name `from`.
+    let named = matches!(caller.as_deref(), Some(super::identity::Caller::Node(id)) if *id == hello.from);
+    if !named {
+        return (StatusCode::FORBIDDEN, "a hello must come from the node it names").into_response();
+    }
     let storage = state.coordinator.replica().storage().clone();
     let answer =
         tokio::task::spawn_blocking(move || anti_entropy::recovery::answer_hello(&storage, &hello)).await;

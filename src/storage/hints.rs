@@ -155,11 +155,19 @@ impl Storage {
     /// Every hint this node holds for `key`, whatever its target: a
     /// fallback write merges them all, so its object holds every version
     /// this node minted for the key and still remembers.
+    /// A hint that fails its integrity check is a forgotten one: the
+    /// fallback generation moves on before the caller mints.
     pub fn hints_of_key(&self, partition: u32, key: &[u8]) -> Result<Vec<Object>, StorageError> {
+        let cf = self.cf(super::CF_HINTS)?;
         let mut out = Vec::new();
         for (target, count) in self.hint_counts() {
-            if count > 0 {
-                out.extend(self.hint_get(&target, partition, key)?);
+            if count == 0 {
+                continue;
+            }
+            let Some(v) = self.db.get_pinned_cf(cf, hint_key(&target, partition, key))? else { continue };
+            match split_value(&v).and_then(|(_, rec)| self.decode_checked(partition, rec)) {
+                Some(object) => out.push(object),
+                None => self.bump_fallback_generation(),
             }
         }
         Ok(out)
@@ -225,10 +233,11 @@ impl Storage {
             let _guard = self.lock_for(&k);
             let same = self.db.get_pinned_cf(cf, &k)?.is_some_and(|v| v.as_ref() == h.raw.as_slice());
             if same {
-                self.db.delete_cf(cf, &k)?;
-                // Under the key's lock: no fallback write can mint with the
-                // old generation for a key whose hint is now forgotten.
+                // Before the delete: a fallback write that no longer sees
+                // this hint (it reads the hints, then the generation) must
+                // see the new generation.
                 self.bump_fallback_generation();
+                self.db.delete_cf(cf, &k)?;
                 removed += 1;
             }
         }

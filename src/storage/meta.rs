@@ -271,11 +271,11 @@ impl Storage {
     /// `Replica::coordinate_as_fallback`): changes whenever this node
     /// forgets a hint, so an actor never mints for a key it has forgotten.
     pub fn fallback_generation(&self) -> u64 {
-        self.fallback_generation.load(Ordering::Acquire)
+        self.fallback_generation.load(Ordering::SeqCst)
     }
 
     pub(super) fn bump_fallback_generation(&self) {
-        self.fallback_generation.fetch_add(1, Ordering::AcqRel);
+        self.fallback_generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Written (synced) when the database closes after a clean shutdown;
@@ -290,22 +290,31 @@ impl Storage {
     /// Marks `partitions` unsynced: each must complete an exchange with
     /// every listed peer before this node's answers for it count again.
     pub fn set_unsynced(&self, partitions: BTreeMap<u32, BTreeSet<String>>) -> Result<(), StorageError> {
+        // Written (synced) before the in-memory state changes, and without
+        // holding its lock: reads check it on every answer. Only the
+        // start-up greeting and the anti-entropy worker call this, one at a
+        // time.
         let cf = self.cf(CF_META)?;
         let mut batch = WriteBatch::default();
-        let mut state = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
-        for (p, peers) in partitions {
-            let key = unsynced_key(p);
+        for (p, peers) in &partitions {
+            let key = unsynced_key(*p);
             if peers.is_empty() {
                 batch.delete_cf(cf, key);
-                state.remove(&p);
                 continue;
             }
             let mut value = vec![FORMAT];
-            value.extend(postcard::to_stdvec(&peers).map_err(|e| StorageError::CorruptMeta(e.to_string()))?);
+            value.extend(postcard::to_stdvec(peers).map_err(|e| StorageError::CorruptMeta(e.to_string()))?);
             batch.put_cf(cf, key, value);
-            state.insert(p, peers);
         }
         self.db.write_opt(batch, &write_options(true))?;
+        let mut state = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
+        for (p, peers) in partitions {
+            if peers.is_empty() {
+                state.remove(&p);
+            } else {
+                state.insert(p, peers);
+            }
+        }
         let pending = self.history_pending.load(Ordering::Acquire);
         self.any_unsynced.store(pending || !state.is_empty(), Ordering::Release);
         Ok(())
@@ -342,6 +351,12 @@ impl Storage {
         self.any_unsynced.load(Ordering::Acquire)
             && (self.history_pending.load(Ordering::Acquire)
                 || self.unsynced.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&partition))
+    }
+
+    /// This node's history is not settled yet, or some partition is still
+    /// unsynced: its hints may be stale too.
+    pub fn recovering(&self) -> bool {
+        self.any_unsynced.load(Ordering::Acquire)
     }
 
     /// The hello round of this start is not over (see `history_known`).

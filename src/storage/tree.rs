@@ -257,6 +257,14 @@ impl Storage {
     pub fn rebuild_tree(&self, partition: u32) -> Result<(), StorageError> {
         // Cleared first: damage found after the snapshot marks it again.
         self.clear_dirty(partition)?;
+        let rebuilt = self.rebuild_tree_from_snapshot(partition);
+        if rebuilt.is_err() {
+            self.mark_dirty(partition);
+        }
+        rebuilt
+    }
+
+    fn rebuild_tree_from_snapshot(&self, partition: u32) -> Result<(), StorageError> {
         let snapshot = self.db.snapshot();
         let objects = self.objects()?;
         let prefix = partition.to_be_bytes();

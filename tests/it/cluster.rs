@@ -298,6 +298,21 @@ impl TestCluster {
         panic!("node {node} did not restart: {last:?}");
     }
 
+    /// Starts the stopped `nodes` at the same time, as after a full-cluster
+    /// restart (they greet each other while starting).
+    pub async fn restart_together(&mut self, nodes: &[usize]) {
+        let starts = nodes.iter().map(|i| Node::start(self.configs[*i].clone()));
+        let started = futures::future::join_all(starts).await;
+        for (i, n) in nodes.iter().zip(started) {
+            self.nodes[*i] = Some(n.expect("node restarts"));
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].is_some() {
+                self.wait_all_reachable_from(i).await;
+            }
+        }
+    }
+
     /// Removes `node`'s data directory (the node must be stopped).
     pub fn wipe(&self, node: usize) {
         assert!(self.nodes[node].is_none(), "node {node} is running");

@@ -174,20 +174,28 @@ async fn a_wiped_replica_does_not_count_toward_r_until_it_is_refilled() {
         assert_eq!(c.put(0, &format!("precious-{i}"), "v", &[("w", "2")]).await.status(), 204);
     }
     c.restart(2).await;
-    // B (node2) loses its volume and comes back empty.
+    // A is down too, so B cannot refill from it; then B loses its volume.
+    c.stop(0).await;
     c.stop(1).await;
     c.wipe(1);
     c.restart(1).await;
-    // B cannot reach A: a read through B with R=2 can only hear B and C.
-    c.cut(0, 1);
     let view = c.cluster_view(1).await;
-    assert!(view["stats"]["unsynced_partitions"].as_u64().unwrap() > 0, "B knows it lost data: {view}");
+    assert!(
+        view["stats"]["unsynced_at_start"].as_u64().unwrap() > 0,
+        "C told B it had served before: {view}"
+    );
+    assert!(
+        view["stats"]["unsynced_partitions"].as_u64().unwrap() > 0,
+        "and A is needed to refill it: {view}"
+    );
+    // A read through B with R=2 can only hear B and C, and neither holds
+    // the writes: an honest 503, not a 404 of an acknowledged write.
     for i in 0..20 {
         let r = c.get(1, &format!("precious-{i}"), &[("r", "2")]).await;
-        assert_eq!(r.status(), 503, "B's and C's \"nothing\" must not make a 404 of an acknowledged write");
+        assert_eq!(r.status(), 503, "precious-{i}");
     }
-    // Healed: A answers, and B is refilled from its peers.
-    c.heal();
+    // A is back: it answers, and B is refilled from its peers.
+    c.restart(0).await;
     for i in 0..20 {
         let r = c.get(1, &format!("precious-{i}"), &[("r", "2")]).await;
         assert_eq!(r.status(), 200);
@@ -202,6 +210,50 @@ async fn a_wiped_replica_does_not_count_toward_r_until_it_is_refilled() {
     for i in 0..20 {
         assert!(c.local(1, &format!("precious-{i}")).await.is_some(), "B holds precious-{i} again");
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_is_recognised_when_the_whole_cluster_restarts_together() {
+    let mut c = TestCluster::start(3).await;
+    assert_eq!(c.put(0, "k", "v", &[("w", "3")]).await.status(), 204);
+    for n in 0..3 {
+        c.stop(n).await;
+    }
+    c.wipe(1);
+    c.restart_together(&[0, 1, 2]).await;
+    let wiped = c.cluster_view(1).await["stats"]["unsynced_at_start"].as_u64().unwrap();
+    assert!(wiped > 0, "the peers' records of node2 were not erased by its own answers");
+    for n in [0, 2] {
+        assert_eq!(c.cluster_view(n).await["stats"]["unsynced_at_start"], 0, "node{} kept its data", n + 1);
+    }
+    c.wait_local(1, "k", |v| v.is_some()).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_naming_counters_a_node_never_minted_is_refused() {
+    let c = TestCluster::start(3).await;
+    let key = key_homed_first_on(&c, "node1", "forged").await;
+    assert_eq!(c.put(0, &key, "v", &[("w", "3")]).await.status(), 204);
+    let real = header(&c.get(0, &key, &[("r", "3")]).await, "causal-context");
+    let vv = quorumkv::version::VersionVector::from_token(&real).unwrap();
+    let forged: quorumkv::version::VersionVector =
+        vv.iter().map(|(actor, _)| (actor.to_string(), 1u64 << 62)).collect();
+    let r = c.put(0, &key, "evil", &[("w", "3"), ("causal-context", &forged.to_token())]).await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_causal_context");
+    // Nothing was stored, and the node's counters are not pushed ahead:
+    // a read-modify-write with a real context still works.
+    let r = c.get(1, &key, &[("r", "3")]).await;
+    assert_eq!(r.text().await.unwrap(), "v");
+    let ctx = header(&c.get(0, &key, &[("r", "3")]).await, "causal-context");
+    assert_eq!(c.put(0, &key, "v2", &[("w", "3"), ("causal-context", &ctx)]).await.status(), 204);
+    let ctx = header(&c.get(0, &key, &[("r", "3")]).await, "causal-context");
+    let counters: Vec<u64> =
+        quorumkv::version::VersionVector::from_token(&ctx).unwrap().iter().map(|(_, c)| c).collect();
+    assert!(counters.iter().all(|c| *c < (1u64 << 61)), "{counters:?}");
     c.shutdown().await;
 }
 

@@ -110,3 +110,76 @@ fn dev_init_only_writes_a_usable_cluster_map_and_reuses_it() {
     assert_eq!(run(), first, "a second run reuses the files");
     assert_eq!(std::fs::read(dir.path().join("dev/ca.pem")).unwrap(), ca_before);
 }
+
+/// Runs a 3-node dev cluster whose every node is traced by `strace`, writes
+/// `writes` keys with `headers`, stops it, and returns the fsync and
+/// fdatasync calls all three processes made.
+async fn traced_syncs(dir: &std::path::Path, port: u16, prefix: &str, headers: &[(&str, &str)]) -> usize {
+    let cluster = quorumkv::dev::init(dir, 3, port, Default::default()).unwrap();
+    let client = tls_client(&cluster.ca, None);
+    let mut nodes = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let trace = dir.join(format!("{prefix}-node{i}.strace"));
+        let child = std::process::Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=fsync,fdatasync", "-o"])
+            .arg(&trace)
+            .arg(env!("CARGO_BIN_EXE_quorumkv"))
+            .args(["serve", "--config"])
+            .arg(&node.config)
+            .env("QUORUMKV_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("strace (apt install strace)");
+        nodes.push((Killed(child), trace));
+    }
+    for node in &cluster.nodes {
+        wait_ready(&client, &format!("{}/health/ready", node.client_url)).await;
+    }
+    for i in 0..100 {
+        let mut req = client.put(format!("{}/keys/{prefix}-{i}", cluster.nodes[i % 3].client_url)).body("v");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 204);
+    }
+    let mut syncs = 0;
+    for (mut child, trace) in nodes {
+        // SIGTERM to the traced node (strace's child): it shuts down, and
+        // strace exits with it, its output complete.
+        let pid = child.0.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for node_pid in children.split_whitespace() {
+            let _ = std::process::Command::new("kill").args(["-TERM", node_pid]).status();
+        }
+        let _ = child.0.wait();
+        let text = std::fs::read_to_string(&trace).unwrap_or_default();
+        syncs += text.lines().filter(|l| l.contains("fsync(") || l.contains("fdatasync(")).count();
+    }
+    syncs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dw_makes_every_replica_sync_its_wal() {
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        panic!("strace is missing: scripts/setup.sh installs it");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut port = free_port();
+    while (0..3).any(|i| {
+        std::net::TcpListener::bind(("127.0.0.1", port + i)).is_err()
+            || std::net::TcpListener::bind(("127.0.0.1", port + 1000 + i)).is_err()
+    }) {
+        port = free_port();
+    }
+    // The same cluster twice: 100 writes W=3 without DW, then with DW=3.
+    let plain = traced_syncs(&dir.path().join("c"), port, "plain", &[("w", "3")]).await;
+    let durable = traced_syncs(&dir.path().join("c"), port, "durable", &[("w", "3"), ("dw", "3")]).await;
+    // Each of the 100 sequential writes syncs the WAL on all three replicas
+    // (the coordinator's own write and two replica batches): about 300 more.
+    assert!(
+        durable >= plain + 250,
+        "DW=3 should add ~300 fsync/fdatasync calls across the replicas: {plain} without, {durable} with"
+    );
+}
