@@ -111,7 +111,7 @@ pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, Stora
     // believe its copy matches. A dirty tree is rebuilt before it answers;
     // an unsynced partition answers a root that matches nothing.
     let trusted_root = |p: u32| -> Result<Hash, StorageError> {
-        if storage.dirty_partitions().contains(&p) {
+        if storage.is_dirty(p) {
             storage.rebuild_tree(p)?;
         }
         if storage.is_unsynced(p) {
@@ -286,7 +286,7 @@ impl AntiEntropy {
                 // While recovering, dirty trees must be right even with
                 // anti-entropy off: the refill compares them.
                 if self.config.anti_entropy || !recovering.is_empty() {
-                    self.rebuild_trees().await;
+                    self.rebuild_trees(recovering.is_empty()).await;
                 }
                 let mut sorted: Vec<String> = if recovering.is_empty() {
                     self.membership.peer_ids().map(str::to_string).collect()
@@ -339,12 +339,13 @@ impl AntiEntropy {
     }
 
     /// Rebuilds the trees marked dirty, then those older than
-    /// `tree_rebuild_secs` (a few per round, oldest first). Both the marks
-    /// and the rebuild times are persisted, so restarts postpone nothing.
-    async fn rebuild_trees(&self) {
+    /// `tree_rebuild_secs` (a few per round, oldest first; not during the
+    /// 100 ms rounds of a refill, which need only the dirty ones). Both the
+    /// marks and the rebuild times are persisted, so restarts postpone nothing.
+    async fn rebuild_trees(&self, periodic: bool) {
         let mut due = self.storage().dirty_partitions();
         let every = self.config.tree_rebuild_secs;
-        if every > 0 && self.config.anti_entropy {
+        if every > 0 && periodic && self.config.anti_entropy {
             let every_ms = every.saturating_mul(1000);
             let ring = self.membership.ring();
             let mine = ring.partitions_of(self.membership.self_id());

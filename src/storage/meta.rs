@@ -1,15 +1,18 @@
 //! The `meta` column family beyond the epoch: small facts about this node's
 //! own history that must survive a restart.
 //!
+//! - the directory's random id, its *incarnation* (one more per open) and
+//!   the clean-shutdown marker (consumed at open);
 //! - the *dot lease*: the highest version counter this node may mint
 //!   before it has to persist a higher one (see `replica::stamp`);
-//! - the peers that have seen this node serve (a node whose directory was
-//!   wiped learns from them that it lost data);
+//! - what this node has seen of each peer ([`Sighting`]): how a peer whose
+//!   directory was wiped or restored learns that it lost data;
 //! - the partitions still *unsynced* after a data loss, with the homes each
 //!   still has to complete an anti-entropy exchange with. Until a partition
-//!   is synced this node's answers for it do not count toward R or PR.
+//!   is synced this node's answers for it do not count toward R or PR;
+//! - the trees marked for a rebuild, and each tree's last rebuild time.
 //!
-//! Each value is `[format 1][payload]`.
+//! Each value is `[format 1][payload]`; numbers are u64 big-endian.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -28,6 +31,36 @@ const REBUILT_PREFIX: &[u8] = b"rebuilt/";
 const FORMAT: u8 = 1;
 const META_INCARNATION: &[u8] = b"incarnation";
 const META_DIR_ID: &[u8] = b"dir_id";
+const META_CLEAN: &[u8] = b"clean_shutdown";
+
+/// `[format][u64 BE]`, the value of every numeric entry.
+fn number(n: u64) -> Vec<u8> {
+    let mut value = vec![FORMAT];
+    value.extend_from_slice(&n.to_be_bytes());
+    value
+}
+
+/// The inverse of [`number`]; `what` names the entry in the error.
+fn read_number(what: &str, value: &[u8]) -> Result<u64, StorageError> {
+    match value {
+        [FORMAT, rest @ ..] => rest.try_into().map(u64::from_be_bytes).map_err(|_| corrupt(what)),
+        _ => Err(corrupt(what)),
+    }
+}
+
+fn synced() -> rocksdb::WriteOptions {
+    write_options(true)
+}
+
+fn meta_cf(db: &rocksdb::DB) -> Result<&rocksdb::ColumnFamily, StorageError> {
+    db.cf_handle(CF_META).ok_or(StorageError::MissingColumnFamily(CF_META))
+}
+
+fn seen_key(peer: &str) -> Vec<u8> {
+    let mut k = SEEN_PREFIX.to_vec();
+    k.extend_from_slice(peer.as_bytes());
+    k
+}
 
 /// One node's run as its peers remember it: which directory (a random id
 /// made with it), which incarnation of it (one more per start), which run
@@ -43,51 +76,31 @@ pub struct Sighting {
 
 /// The directory's random id, made when it is first opened.
 pub(super) fn load_or_create_dir_id(db: &rocksdb::DB) -> Result<u64, StorageError> {
-    let cf = db.cf_handle(CF_META).ok_or(StorageError::MissingColumnFamily(CF_META))?;
-    if let Some(v) = db.get_cf(&cf, META_DIR_ID)? {
-        return match v.as_slice() {
-            [FORMAT, rest @ ..] => rest.try_into().map(u64::from_be_bytes).map_err(|_| corrupt("dir_id")),
-            _ => Err(corrupt("dir_id")),
-        };
+    let cf = meta_cf(db)?;
+    if let Some(v) = db.get_cf(cf, META_DIR_ID)? {
+        return read_number("dir_id", &v);
     }
     let id: u64 = rand::random();
-    let mut value = vec![FORMAT];
-    value.extend_from_slice(&id.to_be_bytes());
-    let mut opts = rocksdb::WriteOptions::default();
-    opts.set_sync(true);
-    db.put_cf_opt(&cf, META_DIR_ID, value, &opts)?;
+    db.put_cf_opt(cf, META_DIR_ID, number(id), &synced())?;
     Ok(id)
 }
-const META_CLEAN: &[u8] = b"clean_shutdown";
 
 /// At open: the next incarnation (persisted, synced) and whether the last
 /// run shut down cleanly (the marker is consumed).
 pub(super) fn open_incarnation(db: &rocksdb::DB) -> Result<(u64, bool), StorageError> {
-    let cf = db.cf_handle(CF_META).ok_or(StorageError::MissingColumnFamily(CF_META))?;
-    let last = match db.get_cf(&cf, META_INCARNATION)? {
+    let cf = meta_cf(db)?;
+    let last = match db.get_cf(cf, META_INCARNATION)? {
         None => 0,
-        Some(v) => match v.as_slice() {
-            [FORMAT, rest @ ..] => {
-                rest.try_into().map(u64::from_be_bytes).map_err(|_| corrupt("incarnation"))?
-            }
-            _ => return Err(corrupt("incarnation")),
-        },
+        Some(v) => read_number("incarnation", &v)?,
     };
-    let clean = db.get_cf(&cf, META_CLEAN)?.is_some();
-    let mut opts = rocksdb::WriteOptions::default();
-    opts.set_sync(true);
-    db.delete_cf_opt(&cf, META_CLEAN, &opts)?;
+    let clean = db.get_cf(cf, META_CLEAN)?.is_some();
+    db.delete_cf_opt(cf, META_CLEAN, &synced())?;
     store_incarnation(db, last + 1)?;
     Ok((last + 1, clean))
 }
 
 fn store_incarnation(db: &rocksdb::DB, incarnation: u64) -> Result<(), StorageError> {
-    let cf = db.cf_handle(CF_META).ok_or(StorageError::MissingColumnFamily(CF_META))?;
-    let mut value = vec![FORMAT];
-    value.extend_from_slice(&incarnation.to_be_bytes());
-    let mut opts = rocksdb::WriteOptions::default();
-    opts.set_sync(true);
-    db.put_cf_opt(&cf, META_INCARNATION, value, &opts)?;
+    db.put_cf_opt(meta_cf(db)?, META_INCARNATION, number(incarnation), &synced())?;
     Ok(())
 }
 
@@ -108,9 +121,8 @@ pub(super) fn dirty_keys(partitions: &BTreeSet<u32>) -> Vec<Vec<u8>> {
 
 /// Every partition whose dirty mark was persisted.
 pub(super) fn load_dirty(db: &rocksdb::DB) -> Result<BTreeSet<u32>, StorageError> {
-    let cf = db.cf_handle(CF_META).ok_or(StorageError::MissingColumnFamily(CF_META))?;
     let mut out = BTreeSet::new();
-    for item in db.prefix_iterator_cf(&cf, DIRTY_PREFIX) {
+    for item in db.prefix_iterator_cf(meta_cf(db)?, DIRTY_PREFIX) {
         let (k, _) = item?;
         if !k.starts_with(DIRTY_PREFIX) {
             break;
@@ -128,9 +140,8 @@ fn corrupt(what: &str) -> StorageError {
 
 /// Reads every `unsynced/` entry (at open).
 pub(super) fn load_unsynced(db: &rocksdb::DB) -> Result<BTreeMap<u32, BTreeSet<String>>, StorageError> {
-    let cf = db.cf_handle(CF_META).ok_or(StorageError::MissingColumnFamily(CF_META))?;
     let mut out = BTreeMap::new();
-    for item in db.prefix_iterator_cf(&cf, UNSYNCED_PREFIX) {
+    for item in db.prefix_iterator_cf(meta_cf(db)?, UNSYNCED_PREFIX) {
         let (k, v) = item?;
         if !k.starts_with(UNSYNCED_PREFIX) {
             break;
@@ -160,9 +171,7 @@ impl Storage {
     /// Records that the partition's tree was just rebuilt from its data.
     pub(super) fn set_rebuilt_now(&self, partition: u32) -> Result<(), StorageError> {
         let cf = self.cf(CF_META)?;
-        let mut value = vec![FORMAT];
-        value.extend_from_slice(&crate::replica::now_ms().to_be_bytes());
-        self.db.put_cf(cf, partition_key(REBUILT_PREFIX, partition), value)?;
+        self.db.put_cf(cf, partition_key(REBUILT_PREFIX, partition), number(crate::replica::now_ms()))?;
         Ok(())
     }
 
@@ -173,13 +182,7 @@ impl Storage {
     pub fn rebuilt_at_ms(&self, partition: u32) -> Result<u64, StorageError> {
         let cf = self.cf(CF_META)?;
         match self.db.get_cf(cf, partition_key(REBUILT_PREFIX, partition))? {
-            Some(v) => match v.as_slice() {
-                [FORMAT, rest @ ..] => {
-                    let bytes: [u8; 8] = rest.try_into().map_err(|_| corrupt("rebuilt"))?;
-                    Ok(u64::from_be_bytes(bytes))
-                }
-                _ => Err(corrupt("rebuilt")),
-            },
+            Some(v) => read_number("rebuilt", &v),
             None => {
                 self.set_rebuilt_now(partition)?;
                 Ok(crate::replica::now_ms())
@@ -198,32 +201,21 @@ impl Storage {
         let cf = self.cf(CF_META)?;
         match self.db.get_cf(cf, META_DOT_LEASE)? {
             None => Ok(0),
-            Some(v) => match v.as_slice() {
-                [FORMAT, rest @ ..] => {
-                    let bytes: [u8; 8] = rest.try_into().map_err(|_| corrupt("dot_lease"))?;
-                    Ok(u64::from_be_bytes(bytes))
-                }
-                _ => Err(corrupt("dot_lease")),
-            },
+            Some(v) => read_number("dot_lease", &v),
         }
     }
 
     /// Persists a new dot lease, synced: a counter is only used once the
     /// lease covering it is on disk.
     pub fn set_dot_lease(&self, lease: u64) -> Result<(), StorageError> {
-        let cf = self.cf(CF_META)?;
-        let mut value = vec![FORMAT];
-        value.extend_from_slice(&lease.to_be_bytes());
-        self.db.put_cf_opt(cf, META_DOT_LEASE, value, &write_options(true))?;
+        self.db.put_cf_opt(self.cf(CF_META)?, META_DOT_LEASE, number(lease), &synced())?;
         Ok(())
     }
 
     /// What this node last recorded of `peer` serving (`None`: never seen).
     pub fn peer_seen(&self, peer: &str) -> Result<Option<Sighting>, StorageError> {
         let cf = self.cf(CF_META)?;
-        let mut k = SEEN_PREFIX.to_vec();
-        k.extend_from_slice(peer.as_bytes());
-        Ok(self.db.get_pinned_cf(cf, k)?.and_then(|v| match v.as_ref() {
+        Ok(self.db.get_pinned_cf(cf, seen_key(peer))?.and_then(|v| match v.as_ref() {
             [FORMAT, rest @ ..] => postcard::from_bytes(rest).ok(),
             _ => None,
         }))
@@ -238,11 +230,9 @@ impl Storage {
             return Ok(());
         }
         let cf = self.cf(CF_META)?;
-        let mut k = SEEN_PREFIX.to_vec();
-        k.extend_from_slice(peer.as_bytes());
         let mut value = vec![FORMAT];
         value.extend(postcard::to_stdvec(&seen).map_err(|e| StorageError::CorruptMeta(e.to_string()))?);
-        self.db.put_cf_opt(cf, k, value, &write_options(true))?;
+        self.db.put_cf_opt(cf, seen_key(peer), value, &synced())?;
         Ok(())
     }
 
@@ -282,8 +272,7 @@ impl Storage {
     /// its absence at open means the last run ended in a crash or power
     /// cut, which may have lost the WAL's unsynced tail.
     pub(super) fn mark_clean_shutdown(&self) -> Result<(), StorageError> {
-        let cf = self.cf(CF_META)?;
-        self.db.put_cf_opt(cf, META_CLEAN, [FORMAT], &write_options(true))?;
+        self.db.put_cf_opt(self.cf(CF_META)?, META_CLEAN, [FORMAT], &synced())?;
         Ok(())
     }
 
@@ -306,7 +295,7 @@ impl Storage {
             value.extend(postcard::to_stdvec(peers).map_err(|e| StorageError::CorruptMeta(e.to_string()))?);
             batch.put_cf(cf, key, value);
         }
-        self.db.write_opt(batch, &write_options(true))?;
+        self.db.write_opt(batch, &synced())?;
         let mut state = self.unsynced.lock().unwrap_or_else(|p| p.into_inner());
         for (p, peers) in partitions {
             if peers.is_empty() {

@@ -189,6 +189,10 @@ impl Storage {
         self.dirty.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
     }
 
+    pub fn is_dirty(&self, partition: u32) -> bool {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).contains(&partition)
+    }
+
     /// Invalidates the cached root of `partition`. Called after the write
     /// reached RocksDB, so a root computed from leaves read before the
     /// write always carries an older generation and is never reused.
