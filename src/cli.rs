@@ -82,6 +82,8 @@ pub struct ServeArgs {
     pub max_value_bytes: Option<usize>,
     #[arg(long, env = "QUORUMKV_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    #[arg(long, env = "QUORUMKV_DRAIN_DELAY_MS")]
+    pub drain_delay_ms: Option<u64>,
     #[arg(long, env = "QUORUMKV_BLOCK_CACHE_BYTES")]
     pub block_cache_bytes: Option<usize>,
     #[arg(long, env = "QUORUMKV_LOG_FORMAT", value_enum)]
@@ -135,6 +137,7 @@ impl ServeArgs {
         set(&mut table, "max_n", int(self.max_n));
         set(&mut table, "max_value_bytes", int(self.max_value_bytes));
         set(&mut table, "request_timeout_ms", self.request_timeout_ms.map(|v| v as i64));
+        set(&mut table, "drain_delay_ms", self.drain_delay_ms.map(|v| v as i64));
         set(&mut table, "block_cache_bytes", int(self.block_cache_bytes));
         set(
             &mut table,

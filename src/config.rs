@@ -98,6 +98,11 @@ pub struct Config {
     /// Deadline of a whole client request (quorum wait included), in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// On SIGTERM, how long the node keeps serving while `/health/ready`
+    /// answers 503, before it stops accepting: one readiness-probe period,
+    /// so load balancers stop routing to it before connections are refused.
+    #[serde(default = "default_drain_delay_ms")]
+    pub drain_delay_ms: u64,
     /// RocksDB block cache size; bounds the node's read-cache memory.
     #[serde(default = "default_block_cache_bytes")]
     pub block_cache_bytes: usize,
@@ -190,6 +195,9 @@ fn default_max_n() -> usize {
 }
 fn default_max_value_bytes() -> usize {
     16 * 1024 * 1024
+}
+fn default_drain_delay_ms() -> u64 {
+    5_000
 }
 fn default_request_timeout_ms() -> u64 {
     5_000

@@ -111,6 +111,8 @@ pub fn init(
             defaults: dev_defaults(nodes),
             max_value_bytes: 16 * 1024 * 1024,
             request_timeout_ms: 5_000,
+            // A laptop has no load balancer to wait for; a second shows the phase.
+            drain_delay_ms: 1_000,
             block_cache_bytes: 128 * 1024 * 1024,
             log_format,
             read_repair: true,

@@ -55,12 +55,19 @@ pub struct NodeState {
     pub metrics: Metrics,
     /// Partitions this start found unsynced (a data loss it learned of).
     pub unsynced_at_start: std::sync::atomic::AtomicU64,
+    /// Started: the public port's handlers may serve.
     ready: AtomicBool,
+    /// Shutting down: still serving, but readiness answers 503.
+    draining: AtomicBool,
 }
 
 impl NodeState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 }
 
@@ -94,6 +101,7 @@ pub struct Node {
     _workers_guard: tokio_util::sync::DropGuard,
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
+    drain_delay: Duration,
 }
 
 impl Node {
@@ -169,6 +177,7 @@ impl Node {
             metrics,
             unsynced_at_start: Default::default(),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         });
 
         let client_addr = listener_addr(&listeners.client)?;
@@ -237,6 +246,7 @@ impl Node {
             workers,
             client_addr,
             peer_addr,
+            drain_delay: Duration::from_millis(config.drain_delay_ms),
         })
     }
 
@@ -252,10 +262,18 @@ impl Node {
         &self.state
     }
 
-    /// Stops accepting, drains in-flight requests for up to [`DRAIN`], and
-    /// waits (bounded) for the last reference to the database to go.
+    /// Announces the shutdown (readiness 503) while still serving for
+    /// `drain_delay_ms`, then stops accepting, drains in-flight requests for
+    /// up to [`DRAIN`], and waits (bounded) for the last reference to the
+    /// database to go. Requests keep being served through the first phase
+    /// (the clients a load balancer has not yet moved are not refused) and
+    /// background work keeps running (a coordinator's hints stay deliverable).
     pub async fn shutdown(self) {
-        self.state.ready.store(false, Ordering::Release);
+        self.state.draining.store(true, Ordering::Release);
+        if !self.drain_delay.is_zero() {
+            tracing::info!(delay_ms = self.drain_delay.as_millis() as u64, "draining: readiness now 503");
+            tokio::time::sleep(self.drain_delay).await;
+        }
         self.workers.cancel();
         for handle in &self.handles {
             handle.graceful_shutdown(Some(DRAIN));

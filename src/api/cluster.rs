@@ -85,7 +85,9 @@ pub async fn live() -> Json<serde_json::Value> {
 }
 
 pub async fn ready(State(state): State<Arc<NodeState>>) -> Response {
-    if state.is_ready() {
+    if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response()
+    } else if state.is_ready() {
         Json(json!({ "status": "ready" })).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "starting" }))).into_response()

@@ -133,6 +133,8 @@ impl TestCluster {
                 defaults: Defaults { n, r: (n / 2 + 1).min(2), w: (n / 2 + 1).min(2), ..Defaults::default() },
                 max_value_bytes: opts.max_value_bytes,
                 request_timeout_ms: opts.request_timeout_ms,
+                // In-process stops stand for a node going down: no drain phase.
+                drain_delay_ms: 0,
                 block_cache_bytes: 8 << 20,
                 log_format: LogFormat::Text,
                 read_repair: opts.read_repair,

@@ -123,6 +123,7 @@ async fn writes_on_both_sides_of_a_real_network_cut_become_siblings() {
             defaults: Defaults::default(),
             max_value_bytes: 1 << 20,
             request_timeout_ms: 2_000,
+            drain_delay_ms: 0,
             block_cache_bytes: 8 << 20,
             log_format: LogFormat::Text,
             read_repair: false,

@@ -1,5 +1,5 @@
-//! Tests that need the real binary in its own process: `kill -9`, config
-//! refusal, `dev --init-only`.
+//! Tests that need the real binary in its own process: `kill -9`, SIGTERM
+//! under load, config refusal, `dev --init-only`.
 
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -182,4 +182,132 @@ async fn dw_makes_every_replica_sync_its_wal() {
         durable >= plain + 250,
         "DW=3 should add ~300 fsync/fdatasync calls across the replicas: {plain} without, {durable} with"
     );
+}
+
+/// SIGTERM under load, as a rolling restart delivers it: the node keeps
+/// answering while `/health/ready` says 503 (so a load balancer can move
+/// the clients), a request still in flight when it stops accepting is
+/// completed, every answer is a success, the process exits cleanly, and
+/// every acknowledged write is there after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_in_flight_requests_and_loses_nothing() {
+    use futures::StreamExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = quorumkv::dev::init(&dir.path().join("c"), 1, free_port(), Default::default()).unwrap();
+    let node = cluster.nodes[0].clone();
+    let client = tls_client(&cluster.ca, None);
+    let spawn = |drain_ms: &str| {
+        Killed(
+            crate::cluster::quorumkv_cmd()
+                .args(["serve", "--config"])
+                .arg(&node.config)
+                .env("QUORUMKV_LOG", "warn")
+                .env("QUORUMKV_DRAIN_DELAY_MS", drain_ms)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn quorumkv"),
+        )
+    };
+    let mut child = spawn("1500");
+    let ready_url = format!("{}/health/ready", node.client_url);
+    wait_ready(&client, &ready_url).await;
+
+    let acked = Arc::new(AtomicUsize::new(0));
+    let draining = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, url, acked, draining) =
+                (client.clone(), node.client_url.clone(), acked.clone(), draining.clone());
+            tokio::spawn(async move {
+                // (key index, acknowledged while draining), and every non-204 answer.
+                let (mut ok, mut bad) = (Vec::new(), Vec::new());
+                for i in 0..20_000 {
+                    let sent = client
+                        .put(format!("{url}/keys/term-{w}-{i}"))
+                        .header("w", "1")
+                        .body(format!("v{w}-{i}"))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 204 => {
+                            ok.push((i, draining.load(Ordering::Acquire)));
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => bad.push(r.status()),
+                        // The listener is closed: the node is gone.
+                        Err(_) => break,
+                    }
+                }
+                (w, ok, bad)
+            })
+        })
+        .collect();
+    for _ in 0..600 {
+        if acked.load(Ordering::Relaxed) >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(acked.load(Ordering::Relaxed) >= 200, "the load is running");
+    let pid = child.0.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+
+    // Readiness turns 503 "draining" while the port still answers.
+    let mut saw_draining = false;
+    for _ in 0..100 {
+        match client.get(&ready_url).send().await {
+            Ok(r) if r.status() == 503 => {
+                let body: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(body["status"], "draining");
+                saw_draining = true;
+                break;
+            }
+            Ok(r) => assert_eq!(r.status(), 200),
+            Err(e) => panic!("the port closed before readiness reported draining: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_draining, "readiness never answered 503 after SIGTERM");
+    draining.store(true, Ordering::Release);
+
+    // A slow upload that is still in flight when the node stops accepting:
+    // it spans the rest of the drain delay and must still be answered.
+    let chunks = futures::stream::iter(0..10).then(|i| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok::<_, std::io::Error>(bytes::Bytes::from(format!("chunk{i};")))
+    });
+    let slow = client
+        .put(format!("{}/keys/term-slow", node.client_url))
+        .header("w", "1")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("the in-flight request is answered");
+    assert_eq!(slow.status(), 204, "the in-flight request completed");
+
+    let mut during_drain = 0;
+    let mut written = Vec::new();
+    for writer in writers {
+        let (w, ok, bad) = writer.await.unwrap();
+        assert!(bad.is_empty(), "writer {w} got error answers while the node drained: {bad:?}");
+        during_drain += ok.iter().filter(|(_, d)| *d).count();
+        written.extend(ok.into_iter().map(|(i, _)| (w, i)));
+    }
+    assert!(during_drain > 0, "writes kept being acknowledged while readiness was 503");
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "SIGTERM is a clean exit: {status}");
+    drop(child);
+
+    let _child = spawn("0");
+    wait_ready(&client, &ready_url).await;
+    let r = client.get(format!("{}/keys/term-slow", node.client_url)).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), (0..10).map(|i| format!("chunk{i};")).collect::<String>());
+    for (w, i) in written {
+        let r = client.get(format!("{}/keys/term-{w}-{i}", node.client_url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "acknowledged term-{w}-{i} lost");
+        assert_eq!(r.text().await.unwrap(), format!("v{w}-{i}"));
+    }
 }
