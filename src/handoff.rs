@@ -166,7 +166,8 @@ impl Handoff {
             let mut covered = Vec::new();
             for hint in page.iter().filter(|h| h.created_ms < oldest_kept) {
                 let Some(object) = &hint.object else { continue };
-                let homes = ring.replicas_for(&hint.key, ring.replicas());
+                // The key's own homes: its N is in the record.
+                let homes = ring.replicas_for(&hint.key, object.replicas(ring.replicas()));
                 for home in homes.iter().filter(|h| *h != target && self.membership.is_reachable(h)) {
                     let held = self.read_from(home, hint.partition, &hint.key).await;
                     if held.is_some_and(|copy| copy.descends(object)) {

@@ -18,14 +18,19 @@ use crate::rpc::client::routes;
 use crate::storage::tree::{self, Hash};
 
 impl AntiEntropy {
-    /// Partitions whose home replicas include both this node and `peer`.
-    pub(super) fn shared_with(&self, peer: &str) -> Vec<u32> {
+    /// Partitions whose home replicas include both this node and `peer`,
+    /// each with the smallest replica count of the keys both hold: a key
+    /// of count `N` lives on the first `N` homes, so the homes at
+    /// positions `i` and `j` share the keys of `N > max(i, j)`.
+    pub(super) fn shared_with(&self, peer: &str) -> Vec<(u32, u8)> {
         let ring = self.membership.ring();
         let me = self.membership.self_id();
         (0..ring.partitions())
-            .filter(|p| {
-                let homes = &ring.preference_list(*p)[..ring.replicas().min(ring.members().len())];
-                homes.iter().any(|h| h == me) && homes.iter().any(|h| h == peer)
+            .filter_map(|p| {
+                let homes = &ring.preference_list(p)[..ring.replicas().min(ring.members().len())];
+                let mine = homes.iter().position(|h| h == me)?;
+                let theirs = homes.iter().position(|h| h == peer)?;
+                Some((p, u8::try_from(mine.max(theirs) + 1).unwrap_or(u8::MAX)))
             })
             .collect()
     }
@@ -47,9 +52,9 @@ impl AntiEntropy {
             // still in flight to one side: ask again once those have
             // landed, and descend only where the difference persists.
             tokio::time::sleep(SETTLE).await;
-            for p in self.differing_roots(peer, differing, throttle).await? {
+            for (p, from_n) in self.differing_roots(peer, differing, throttle).await? {
                 self.stats.partitions_differing.fetch_add(1, Ordering::Relaxed);
-                match self.exchange_partition(peer, p, throttle).await {
+                match self.exchange_partition(peer, p, from_n, throttle).await {
                     Ok(whole) => complete &= whole,
                     Err(error) => {
                         complete = false;
@@ -65,18 +70,18 @@ impl AntiEntropy {
     async fn differing_roots(
         &self,
         peer: &str,
-        partitions: Vec<u32>,
+        partitions: Vec<(u32, u8)>,
         throttle: &Throttle,
-    ) -> Result<Vec<u32>, AeError> {
+    ) -> Result<Vec<(u32, u8)>, AeError> {
         let ask = partitions.clone();
         let local = self
-            .blocking(move |s| ask.iter().map(|p| s.tree_root(*p)).collect::<Result<Vec<_>, _>>())
+            .blocking(move |s| ask.iter().map(|(p, n)| s.tree_root(*p, *n)).collect::<Result<Vec<_>, _>>())
             .await?;
         let request = AeRequest::Roots { partitions: partitions.clone() };
         let AeResponse::Hashes(remote) = self.call(peer, request, throttle).await? else {
             return Err(AeError::Protocol("roots"));
         };
-        let differs = |(i, _): &(usize, &u32)| local.get(*i) != remote.get(*i);
+        let differs = |(i, _): &(usize, &(u32, u8))| local.get(*i) != remote.get(*i);
         Ok(partitions.iter().enumerate().filter(differs).map(|(_, p)| *p).collect())
     }
 
@@ -84,12 +89,13 @@ impl AntiEntropy {
         &self,
         peer: &str,
         partition: u32,
+        from_n: u8,
         throttle: &Throttle,
     ) -> Result<bool, AeError> {
-        let leaves = self.blocking(move |s| s.tree_leaves(partition)).await?;
+        let leaves = self.blocking(move |s| s.tree_leaves(partition, from_n)).await?;
         let inner = tree::inner_of(&leaves);
         let AeResponse::Hashes(their_inner) =
-            self.call(peer, AeRequest::Tree { partition, groups: vec![] }, throttle).await?
+            self.call(peer, AeRequest::Tree { partition, from_n, groups: vec![] }, throttle).await?
         else {
             return Err(AeError::Protocol("inner"));
         };
@@ -99,7 +105,7 @@ impl AntiEntropy {
             return Ok(true);
         }
         let AeResponse::Hashes(their_leaves) =
-            self.call(peer, AeRequest::Tree { partition, groups: groups.clone() }, throttle).await?
+            self.call(peer, AeRequest::Tree { partition, from_n, groups: groups.clone() }, throttle).await?
         else {
             return Err(AeError::Protocol("leaves"));
         };
@@ -117,9 +123,9 @@ impl AntiEntropy {
         }
         let ask = buckets.clone();
         let mine: BTreeMap<Vec<u8>, Hash> =
-            self.blocking(move |s| s.keys_in_buckets(partition, &ask)).await?.into_iter().collect();
+            self.blocking(move |s| s.keys_in_buckets(partition, &ask, from_n)).await?.into_iter().collect();
         let AeResponse::Keys(theirs) =
-            self.call(peer, AeRequest::Keys { partition, buckets }, throttle).await?
+            self.call(peer, AeRequest::Keys { partition, from_n, buckets }, throttle).await?
         else {
             return Err(AeError::Protocol("keys"));
         };

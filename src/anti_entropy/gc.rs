@@ -1,7 +1,9 @@
 //! Tombstone garbage collection. A delete leaves a tombstone so that stale
 //! replicas, hints and repairs cannot bring the value back; it can go once
 //! every home replica holds that same tombstone and the grace period has
-//! passed. The partition's first home runs the check for it: it
+//! passed. "Every home" is the key's own: the first `N` of its partition's
+//! preference list, with the `N` kept in its record (a key written with
+//! `N=2` is never waited for on the third home, which does not hold it). The partition's first home runs the check for it: it
 //! asks every other home for its entry hash of each old tombstone, and only
 //! where all match does it ask each home (and itself) to remove the key if
 //! it is still unchanged. Every other member is also asked whether it holds a
@@ -72,6 +74,7 @@ impl AntiEntropy {
             if old.is_empty() {
                 return Ok(());
             }
+            // This node is the first home: the others are positions 1.. .
             let others: Vec<&String> = homes.iter().filter(|h| *h != me).collect();
             if !self.membership.peer_ids().all(|m| self.membership.is_reachable(m)) {
                 return Ok(());
@@ -80,27 +83,31 @@ impl AntiEntropy {
             // not held as a hint here, is a candidate (a write since the
             // index scan makes it live again).
             let ask = old.clone();
-            let mine: Vec<Option<Hash>> = self
+            let max = homes.len();
+            // (entry hash, how many homes hold the key) of each candidate.
+            let mine: Vec<Option<(Hash, usize)>> = self
                 .blocking(move |s| {
                     let mut out = Vec::with_capacity(ask.len());
                     for k in &ask {
                         let still = s
                             .get(p, k)?
                             .filter(|o| tree::tombstone_time(o).is_some_and(|ms| ms <= old_before))
-                            .map(|o| tree::entry_hash(k, &o));
+                            .map(|o| (tree::entry_hash(k, &o), o.replicas(max)));
                         out.push(if s.has_hint(p, k)? { None } else { still });
                     }
                     Ok(out)
                 })
                 .await?;
-            let mut agreed: Vec<Option<Hash>> = mine;
-            for h in &others {
+            let mut agreed: Vec<Option<(Hash, usize)>> = mine;
+            for (i, h) in others.iter().enumerate() {
+                let position = i + 1;
                 let request = AeRequest::Hashes { partition: p, keys: old.clone() };
                 let AeResponse::Held(theirs) = self.call(h, request, throttle).await? else {
                     return Err(AeError::Protocol("hashes"));
                 };
                 for (a, t) in agreed.iter_mut().zip(theirs.iter().chain(std::iter::repeat(&None))) {
-                    if a.is_some() && *a != *t {
+                    // Only a home of the key itself must hold the tombstone.
+                    if a.is_some_and(|(hash, n)| position < n && Some(hash) != *t) {
                         *a = None;
                     }
                 }
@@ -118,11 +125,14 @@ impl AntiEntropy {
                 }
             }
             let reap: Vec<(Bytes, Hash)> =
-                old.into_iter().zip(agreed).filter_map(|(k, h)| Some((k, h?))).collect();
+                old.into_iter().zip(agreed).filter_map(|(k, h)| Some((k, h?.0))).collect();
             if reap.is_empty() {
                 return Ok(());
             }
-            // A home that fails to reap keeps its tombstone; that is safe
+            // Every other home is asked, also those outside a key's N: one
+            // holds no copy, or only this very tombstone (reaped only if
+            // unchanged, and a live value never is). A home that fails to
+            // reap keeps its tombstone; that is safe
             // (dots are never reused, so a surviving tombstone cannot cover a
             // later write) and the next round reaps it.
             for h in &others {

@@ -51,13 +51,16 @@ const RECOVERY_INTERVAL: Duration = Duration::from_millis(100);
 /// The anti-entropy RPC (one route, one enum).
 #[derive(Debug, Serialize, Deserialize)]
 pub enum AeRequest {
-    /// The tree root of each partition.
-    Roots { partitions: Vec<u32> },
-    /// The inner nodes of a partition's tree (`groups` empty), or the
-    /// leaves under the listed inner nodes.
-    Tree { partition: u32, groups: Vec<u8> },
-    /// `(key, entry hash)` of every key in the listed leaf buckets.
-    Keys { partition: u32, buckets: Vec<u8> },
+    /// The tree root of each `(partition, from_n)`: over the keys of
+    /// replica count `>= from_n`, the ones both sides of the pair hold
+    /// (see [`crate::storage::tree`]).
+    Roots { partitions: Vec<(u32, u8)> },
+    /// The inner nodes of a partition's tree from `from_n` (`groups`
+    /// empty), or the leaves under the listed inner nodes.
+    Tree { partition: u32, from_n: u8, groups: Vec<u8> },
+    /// `(key, entry hash)` of every key of count `>= from_n` in the listed
+    /// leaf buckets.
+    Keys { partition: u32, from_n: u8, buckets: Vec<u8> },
     /// The entry hash of each key (`None`: not held).
     Hashes { partition: u32, keys: Vec<Bytes> },
     /// Remove each key whose object is still a tombstone hashing to the
@@ -110,19 +113,19 @@ pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, Stora
     // an unsynced partition's copy may lack writes: neither may make a peer
     // believe its copy matches. A dirty tree is rebuilt before it answers;
     // an unsynced partition answers a root that matches nothing.
-    let trusted_root = |p: u32| -> Result<Hash, StorageError> {
+    let trusted_root = |p: u32, from_n: u8| -> Result<Hash, StorageError> {
         if storage.is_dirty(p) {
             storage.rebuild_tree(p)?;
         }
         if storage.is_unsynced(p) {
             return Ok(UNSYNCED_ROOT);
         }
-        storage.tree_root(p)
+        storage.tree_root(p, from_n)
     };
     Ok(match request {
-        AeRequest::Roots { partitions } => {
-            AeResponse::Hashes(partitions.iter().map(|p| trusted_root(*p)).collect::<Result<_, _>>()?)
-        }
+        AeRequest::Roots { partitions } => AeResponse::Hashes(
+            partitions.iter().map(|(p, from_n)| trusted_root(*p, *from_n)).collect::<Result<_, _>>()?,
+        ),
         AeRequest::Fetch { partition, keys, budget } => {
             let unsynced = storage.is_unsynced(partition);
             let mut out = Vec::new();
@@ -143,9 +146,9 @@ pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, Stora
             }
             AeResponse::Objects(out)
         }
-        AeRequest::Tree { partition, groups } => {
-            trusted_root(partition)?;
-            let leaves = storage.tree_leaves(partition)?;
+        AeRequest::Tree { partition, from_n, groups } => {
+            trusted_root(partition, from_n)?;
+            let leaves = storage.tree_leaves(partition, from_n)?;
             if groups.is_empty() {
                 AeResponse::Hashes(tree::inner_of(&leaves))
             } else {
@@ -154,9 +157,9 @@ pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, Stora
                 AeResponse::Hashes(picked.copied().collect())
             }
         }
-        AeRequest::Keys { partition, buckets } => AeResponse::Keys(
+        AeRequest::Keys { partition, from_n, buckets } => AeResponse::Keys(
             storage
-                .keys_in_buckets(partition, &buckets)?
+                .keys_in_buckets(partition, &buckets, from_n)?
                 .into_iter()
                 .map(|(k, h)| (Bytes::from(k), h))
                 .collect(),
@@ -305,7 +308,8 @@ impl AntiEntropy {
                     match self.exchange_with(&peer, &throttle).await {
                         Ok(complete) => {
                             if complete {
-                                let shared = self.shared_with(&peer);
+                                let shared: Vec<u32> =
+                                    self.shared_with(&peer).iter().map(|(p, _)| *p).collect();
                                 if let Err(error) = self.storage().synced_with(&peer, &shared) {
                                     tracing::warn!(%peer, %error, "cannot record a completed refill");
                                 }

@@ -32,7 +32,8 @@ use targets::{Target, plan};
 use crate::config::Defaults;
 use crate::membership::Membership;
 use crate::replica::{
-    LimitError, ReadRequest, ReadResponse, Replica, ReplicaError, ReplicateRequest, ReplicateResponse,
+    ClientWrite, LimitError, ReadRequest, ReadResponse, Replica, ReplicaError, ReplicateRequest,
+    ReplicateResponse,
 };
 use crate::rpc::batch::{BatchLimits, Batcher};
 use crate::rpc::client::{PeerClient, routes};
@@ -441,11 +442,10 @@ impl Coordinator {
         };
         let plan = self.plan(partition, c.n, true);
         let local_is_home = plan.local_hint.is_none();
+        let write = ClientWrite { context, value, n: c.n, sync };
         let written = match plan.local_hint {
-            None => self.replica.coordinate(partition, key.clone(), context, value, sync).await,
-            Some(home) => {
-                self.replica.coordinate_as_fallback(home, partition, key.clone(), context, value, sync).await
-            }
+            None => self.replica.coordinate(partition, key.clone(), write).await,
+            Some(home) => self.replica.coordinate_as_fallback(home, partition, key.clone(), write).await,
         };
         let object = match written {
             Ok(object) => object,

@@ -57,12 +57,18 @@ async fn repair(
     if merged.clock().is_empty() {
         return;
     }
+    // The key's own homes only: a read asking for a larger N than the key
+    // was written with does not place it on more homes (anti-entropy and
+    // GC would not know of that copy).
+    let ring = coordinator.membership.ring();
+    let list = ring.preference_list(partition);
+    let homes = &list[..merged.replicas(ring.replicas()).min(list.len())];
     let send_deadline = Instant::now() + coordinator.timeout;
     let sends = replies
         .iter()
         // Only home replicas: a fallback's answer came from a hint, which
         // handoff delivers; repairing it would leave a stray copy there.
-        .filter(|r| r.primary)
+        .filter(|r| r.primary && homes.contains(&r.node))
         .filter(|r| match &r.result {
             Ok(ReadResponse { object: Some(copy), .. }) => !copy.descends(&merged),
             Ok(ReadResponse { object: None, .. }) => true,

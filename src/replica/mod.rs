@@ -56,6 +56,18 @@ pub struct ReplicateRequest {
     pub hint: Option<String>,
 }
 
+/// A client's write as its coordinating replica applies it.
+#[derive(Debug)]
+pub struct ClientWrite {
+    /// What the client had seen: the new version supersedes it.
+    pub context: VersionVector,
+    pub value: StoredValue,
+    /// The request's `N`: the key's replica count grows to it.
+    pub n: usize,
+    /// Sync the WAL before answering (`DW`).
+    pub sync: bool,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ReplicateResponse {
     pub durable: bool,
@@ -246,16 +258,16 @@ impl Replica {
     }
 
     /// Applies a client write with this node as coordinator: the new version
-    /// supersedes what `context` covers and gets a fresh dot of this actor.
+    /// supersedes what `context` covers and gets a fresh dot of this actor;
+    /// the key's replica count grows to `n` if the write asked for more.
     /// Refused, with nothing stored, when the object would pass a limit.
     pub async fn coordinate(
         &self,
         partition: u32,
         key: Bytes,
-        context: VersionVector,
-        value: StoredValue,
-        sync: bool,
+        write: ClientWrite,
     ) -> Result<Object, ReplicaError> {
+        let ClientWrite { context, value, n, sync } = write;
         let this = self.clone();
         let mut refused = None;
         let (written, refused) = self
@@ -266,6 +278,7 @@ impl Replica {
                         Found::Object(o) => o,
                         Found::Corrupt => return None,
                     };
+                    object.widen(n);
                     match this.stamp(&mut object, &context, value) {
                         Ok(()) => Some(object),
                         Err(e) => {
@@ -349,10 +362,9 @@ impl Replica {
         home: String,
         partition: u32,
         key: Bytes,
-        context: VersionVector,
-        value: StoredValue,
-        sync: bool,
+        write: ClientWrite,
     ) -> Result<Object, ReplicaError> {
+        let ClientWrite { context, value, n, sync } = write;
         let this = self.clone();
         let mut refused: Option<ReplicaError> = None;
         let (written, refused) = self
@@ -373,6 +385,7 @@ impl Replica {
                         object.merge(other);
                     }
                     let v = value.take()?;
+                    object.widen(n);
                     match this.stamp_as(&this.fallback_actor(), &mut object, &context, v) {
                         Ok(()) => Some(object),
                         Err(e) => {

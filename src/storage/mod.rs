@@ -657,31 +657,71 @@ mod tests {
         let gone = put(StoredValue::new(Bytes::new(), "x/y".into(), 2, true));
         assert_eq!(s.tombstones(1, 10).unwrap().len(), 1, "indexed as a tombstone");
         assert!(!s.remove_if_unchanged(1, b"k", &live_hash).unwrap(), "a stale hash keeps it");
-        let root_before = s.tree_root(1).unwrap();
+        let root_before = s.tree_root(1, 1).unwrap();
         assert!(s.remove_if_unchanged(1, b"k", &tree::entry_hash(b"k", &gone)).unwrap());
         assert!(s.get(1, b"k").unwrap().is_none());
         assert!(s.tombstones(1, 10).unwrap().is_empty(), "and out of the index");
-        assert_ne!(s.tree_root(1).unwrap(), root_before);
-        assert_eq!(s.tree_leaves(1).unwrap(), vec![tree::ZERO; tree::LEAVES], "the tree is empty again");
+        assert_ne!(s.tree_root(1, 1).unwrap(), root_before);
+        assert_eq!(s.tree_leaves(1, 1).unwrap(), vec![tree::ZERO; tree::LEAVES], "the tree is empty again");
     }
 
     #[test]
     fn incremental_leaves_equal_a_rebuild_from_the_data() {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), 1 << 20).unwrap();
+        // Keys of every replica count, some widened later (their hash
+        // moves from one count's leaf to another's).
         for i in 0..200u32 {
-            let key = format!("k{}", i % 50);
+            let k = i as usize % 50;
+            let key = format!("k{k}");
             s.modify_batch(&[(3, key.as_bytes())], false, |_, cur| {
                 let mut o = cur.unwrap_or_default();
+                o.widen(if i >= 150 && k % 5 == 0 { 3 } else { 1 + k % 3 });
                 o.update(&VersionVector::new(), &format!("actor{}", i % 3), value("x"));
                 o
             })
             .unwrap();
         }
-        let incremental = s.tree_leaves(3).unwrap();
-        assert_ne!(incremental, vec![tree::ZERO; tree::LEAVES]);
+        let incremental: Vec<_> = (1..=3).map(|n| s.tree_leaves(3, n).unwrap()).collect();
+        assert_ne!(incremental[2], vec![tree::ZERO; tree::LEAVES]);
+        assert_ne!(incremental[0], incremental[2], "the N=3 tree leaves the narrower keys out");
         s.rebuild_tree(3).unwrap();
-        assert_eq!(s.tree_leaves(3).unwrap(), incremental);
+        let rebuilt: Vec<_> = (1..=3).map(|n| s.tree_leaves(3, n).unwrap()).collect();
+        assert_eq!(rebuilt, incremental);
+    }
+
+    #[test]
+    fn a_tree_from_n_holds_exactly_the_keys_of_count_n_or_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path(), 1 << 20).unwrap();
+        let write = |key: &'static str, n: usize| {
+            s.modify_batch(&[(5, key.as_bytes())], false, |_, cur| {
+                let mut o = cur.unwrap_or_default();
+                o.widen(n);
+                o.update(&VersionVector::new(), "a", value(key));
+                o
+            })
+            .unwrap();
+        };
+        write("two", 2);
+        write("three", 3);
+        let keys = |from_n| {
+            let all: Vec<u8> = (0..=255).collect();
+            let mut k: Vec<String> = s
+                .keys_in_buckets(5, &all, from_n)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| String::from_utf8(k).unwrap())
+                .collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(2), vec!["three", "two"]);
+        assert_eq!(keys(3), vec!["three"], "homes 1 and 3 of a partition share only the N=3 keys");
+        let before = s.tree_root(5, 3).unwrap();
+        write("two", 3);
+        assert_eq!(keys(3), vec!["three", "two"], "widened to N=3, it joins that tree");
+        assert_ne!(s.tree_root(5, 3).unwrap(), before);
     }
 
     #[test]

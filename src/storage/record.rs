@@ -4,6 +4,12 @@
 //! The CRC catches corruption of the causal metadata; each sibling also keeps
 //! the MD5 of the value bytes as received from the client, so a value damaged
 //! anywhere between the socket and the disk is never served.
+//!
+//! Format 2 keeps the key's replica count `n` next to its versions; a
+//! format-1 record (written before `n` was kept) decodes with
+//! [`EVERY_HOME`], which is what every node assumed of it then.
+
+use std::ops::{Deref, DerefMut};
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -12,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::version::DvvSet;
 
 const FORMAT_V1: u8 = 1;
+const FORMAT_V2: u8 = 2;
 
 /// One version of a value, as a sibling of a [`DvvSet`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,8 +59,82 @@ pub fn md5_of(bytes: &[u8]) -> [u8; 16] {
     Md5::digest(bytes).into()
 }
 
-/// A key's full causal state: every live sibling plus the clock covering them.
-pub type Object = DvvSet<StoredValue>;
+/// `n` of a key whose replica count is not known (a format-1 record): it
+/// lives on every home of its partition, as every node assumed before.
+pub const EVERY_HOME: u8 = u8::MAX;
+
+/// A key's full causal state (every live sibling plus the clock covering
+/// them) and the largest replica count `N` any of its writes asked for.
+///
+/// `n` only grows (a merge takes the larger): a key once written to three
+/// homes keeps three homes for anti-entropy, tombstone GC and hint expiry,
+/// so a copy on the third home is never forgotten by them and can never
+/// come back from there after the others reaped its tombstone. The
+/// versions are reached through `Deref`; the methods that combine two
+/// objects are this type's own, so `n` is never dropped by one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Object {
+    versions: DvvSet<StoredValue>,
+    n: u8,
+}
+
+impl Default for Object {
+    fn default() -> Self {
+        Object::new()
+    }
+}
+
+impl Object {
+    /// No versions yet; `n` 0 until a write widens it.
+    pub fn new() -> Object {
+        Object { versions: DvvSet::new(), n: 0 }
+    }
+
+    /// The replica count as stored ([`EVERY_HOME`] when unknown).
+    pub fn n(&self) -> u8 {
+        self.n
+    }
+
+    /// How many homes of its partition hold this key, with `max` homes in
+    /// the ring's preference lists.
+    pub fn replicas(&self, max: usize) -> usize {
+        if self.n == 0 { max } else { (self.n as usize).min(max) }
+    }
+
+    /// Records that a write asked for `n` replicas.
+    pub fn widen(&mut self, n: usize) {
+        self.n = self.n.max(u8::try_from(n).unwrap_or(EVERY_HOME));
+    }
+
+    pub fn merge(&mut self, other: &Object) {
+        self.versions.merge(&other.versions);
+        self.n = self.n.max(other.n);
+    }
+
+    pub fn merged(mut self, other: &Object) -> Object {
+        self.merge(other);
+        self
+    }
+
+    /// True if merging `other` would change nothing: its versions are
+    /// covered and its replica count is no larger.
+    pub fn descends(&self, other: &Object) -> bool {
+        self.versions.descends(&other.versions) && self.n >= other.n
+    }
+}
+
+impl Deref for Object {
+    type Target = DvvSet<StoredValue>;
+    fn deref(&self) -> &DvvSet<StoredValue> {
+        &self.versions
+    }
+}
+
+impl DerefMut for Object {
+    fn deref_mut(&mut self) -> &mut DvvSet<StoredValue> {
+        &mut self.versions
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
@@ -72,9 +153,9 @@ pub enum RecordError {
 pub fn encode(object: &Object) -> Vec<u8> {
     let mut out =
         Vec::with_capacity(64 + object.siblings().iter().map(|s| s.value.value.len()).sum::<usize>());
-    out.push(FORMAT_V1);
+    out.push(FORMAT_V2);
     // Serializing plain structs into a Vec cannot fail.
-    out = postcard::to_extend(object, out).unwrap_or_else(|_| vec![FORMAT_V1]);
+    out = postcard::to_extend(object, out).unwrap_or_else(|_| vec![FORMAT_V2]);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -83,7 +164,7 @@ pub fn encode(object: &Object) -> Vec<u8> {
 /// Decodes and verifies a record: format byte, CRC, and every value digest.
 pub fn decode(bytes: &[u8]) -> Result<Object, RecordError> {
     let (&format, _) = bytes.split_first().ok_or(RecordError::Truncated)?;
-    if format != FORMAT_V1 {
+    if format != FORMAT_V1 && format != FORMAT_V2 {
         return Err(RecordError::UnknownFormat(format));
     }
     if bytes.len() < 5 {
@@ -94,7 +175,12 @@ pub fn decode(bytes: &[u8]) -> Result<Object, RecordError> {
     if crc32fast::hash(body) != crc {
         return Err(RecordError::Checksum);
     }
-    let object: Object = postcard::from_bytes(&body[1..]).map_err(|e| RecordError::Decode(e.to_string()))?;
+    let decode_err = |e: postcard::Error| RecordError::Decode(e.to_string());
+    let object: Object = if format == FORMAT_V1 {
+        Object { versions: postcard::from_bytes(&body[1..]).map_err(decode_err)?, n: EVERY_HOME }
+    } else {
+        postcard::from_bytes(&body[1..]).map_err(decode_err)?
+    };
     if object.siblings().iter().any(|s| !s.value.digest_ok()) {
         return Err(RecordError::Digest);
     }
@@ -125,6 +211,34 @@ mod tests {
     fn round_trip() {
         let o = sample();
         assert_eq!(decode(&encode(&o)).unwrap(), o);
+    }
+
+    #[test]
+    fn a_format_1_record_decodes_as_held_by_every_home() {
+        let o = sample();
+        let mut v1 = vec![FORMAT_V1];
+        v1 = postcard::to_extend(&o.versions, v1).unwrap();
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let old = decode(&v1).unwrap();
+        assert_eq!(*old, *o, "same versions");
+        assert_eq!(old.n(), EVERY_HOME);
+        assert_eq!(old.replicas(3), 3);
+    }
+
+    #[test]
+    fn n_round_trips_and_only_grows() {
+        let mut o = sample();
+        o.widen(2);
+        assert_eq!(decode(&encode(&o)).unwrap().n(), 2);
+        let mut wider = o.clone();
+        wider.widen(3);
+        assert!(!o.descends(&wider), "a copy with a smaller N misses something");
+        o.merge(&wider);
+        assert_eq!(o.n(), 3);
+        o.widen(1);
+        assert_eq!(o.replicas(5), 3, "a narrower write does not shrink N");
+        assert!(o.descends(&wider));
     }
 
     #[test]

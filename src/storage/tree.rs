@@ -13,12 +13,23 @@
 //! A leaf cannot be corrected incrementally when the old record was
 //! unreadable (its hash is unknown), so such a partition is marked dirty and
 //! rebuilt from a scan; periodic rebuilds also catch silent bit rot.
+//!
+//! Each key is written to the first `N` homes of its partition, with its
+//! own `N` ([`Object::n`]). Two homes at positions `i` and `j` of the
+//! preference list share exactly the keys with `N > max(i, j)`, so every
+//! leaf is kept per replica count (`[partition][bucket][n]`; keys of
+//! unknown `N`, held by every home, at `[partition][bucket]`) and a tree is
+//! read "from `n`": the XOR of the leaves of every count `>= n`. XOR makes
+//! that free: one write still changes one leaf, and the trees two homes
+//! compare hold the same keys, so a key kept on two homes of three never
+//! makes the third look different (as Riak keeps a tree per `{index, n}`).
 
 use std::sync::atomic::Ordering;
 
 use md5::{Digest, Md5};
 use rocksdb::{MergeOperands, WriteBatch};
 
+use super::record::EVERY_HOME;
 use super::{Object, Storage, StorageError, db_key};
 
 pub type Hash = [u8; 16];
@@ -31,8 +42,8 @@ pub const INNER: usize = LEAVES / FANOUT;
 
 pub const ZERO: Hash = [0; 16];
 
-/// `(partition, generation, root)` in [`Storage`]'s root cache.
-pub(super) type CachedRoot = (u32, u64, Hash);
+/// `(partition, from_n, generation, root)` in [`Storage`]'s root cache.
+pub(super) type CachedRoot = (u32, u8, u64, Hash);
 
 /// Which leaf bucket `key` falls in (independent of its partition, which
 /// uses the leading bits of the same digest).
@@ -54,6 +65,11 @@ pub fn entry_hash(key: &[u8], object: &Object) -> Hash {
         h.update(counter.to_be_bytes());
     }
     h.update([0xff]);
+    // Left out when unknown, so a format-1 record hashes as it always did
+    // (the leaves already stored stay right).
+    if object.n() != EVERY_HOME {
+        h.update([0xfe, object.n()]);
+    }
     for s in object.siblings() {
         h.update((s.dot.actor.len() as u32).to_be_bytes());
         h.update(s.dot.actor.as_bytes());
@@ -82,9 +98,26 @@ pub(super) fn xor_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOp
     Some(acc.to_vec())
 }
 
-fn leaf_key(partition: u32, bucket: u8) -> [u8; 5] {
-    let p = partition.to_be_bytes();
-    [p[0], p[1], p[2], p[3], bucket]
+/// Where a key with replica count `n` adds its hash in `bucket`.
+fn leaf_key(partition: u32, bucket: u8, n: u8) -> Vec<u8> {
+    let mut k = partition.to_be_bytes().to_vec();
+    k.push(bucket);
+    if n != EVERY_HOME && n != 0 {
+        k.push(n);
+    }
+    k
+}
+
+/// The replica count a leaf key is kept for ([`EVERY_HOME`] for the
+/// five-byte form).
+fn leaf_n(leaf: &[u8]) -> u8 {
+    leaf.get(5).copied().unwrap_or(EVERY_HOME)
+}
+
+/// True if a key of replica count `n` is held by both homes of a pair
+/// that shares the keys of count `>= from_n`.
+pub fn shared(n: u8, from_n: u8) -> bool {
+    n == 0 || n >= from_n
 }
 
 /// Hashes of groups of hashes: `FANOUT` leaves → an inner node, the inner
@@ -117,6 +150,7 @@ pub(super) enum Before {
     Object {
         hash: Hash,
         tombstone: bool,
+        n: u8,
     },
     /// Unreadable: its leaf contribution is unknown.
     Corrupt,
@@ -124,7 +158,11 @@ pub(super) enum Before {
 
 impl Before {
     pub(super) fn of(key: &[u8], object: &Object) -> Before {
-        Before::Object { hash: entry_hash(key, object), tombstone: tombstone_time(object).is_some() }
+        Before::Object {
+            hash: entry_hash(key, object),
+            tombstone: tombstone_time(object).is_some(),
+            n: object.n(),
+        }
     }
 }
 
@@ -140,12 +178,16 @@ impl Storage {
         before: Before,
         after: Option<(&Object, Hash)>,
     ) -> Result<(), StorageError> {
-        let mut delta = ZERO;
+        let bucket = bucket_of(key);
+        let tree = self.cf(super::CF_TREE)?;
         let mut was_tombstone = false;
+        // The old hash leaves the old count's leaf, the new one joins the
+        // new count's leaf: one operand when both are the same leaf.
+        let mut old: Option<(Vec<u8>, Hash)> = None;
         match before {
             Before::Nothing => {}
-            Before::Object { hash, tombstone } => {
-                xor(&mut delta, &hash);
+            Before::Object { hash, tombstone, n } => {
+                old = Some((leaf_key(partition, bucket, n), hash));
                 was_tombstone = tombstone;
             }
             Before::Corrupt => {
@@ -153,11 +195,19 @@ impl Storage {
                 was_tombstone = true;
             }
         }
-        if let Some((_, hash)) = after {
-            xor(&mut delta, &hash);
-        }
-        if delta != ZERO {
-            batch.merge_cf(self.cf(super::CF_TREE)?, leaf_key(partition, bucket_of(key)), delta);
+        let new = after.map(|(o, hash)| (leaf_key(partition, bucket, o.n()), hash));
+        match (old, new) {
+            (Some((a, mut delta)), Some((b, h))) if a == b => {
+                xor(&mut delta, &h);
+                if delta != ZERO {
+                    batch.merge_cf(tree, a, delta);
+                }
+            }
+            (old, new) => {
+                for (leaf, hash) in old.into_iter().chain(new) {
+                    batch.merge_cf(tree, leaf, hash);
+                }
+            }
         }
         let tombstones = self.cf(super::CF_TOMBSTONES)?;
         match after.and_then(|(o, _)| tombstone_time(o)) {
@@ -200,43 +250,73 @@ impl Storage {
         self.root_gens[partition as usize % self.root_gens.len()].fetch_add(1, Ordering::SeqCst);
     }
 
-    /// The partition's leaf hashes (absent leaves are zero).
-    pub fn tree_leaves(&self, partition: u32) -> Result<Vec<Hash>, StorageError> {
+    /// Every stored leaf of `partition` (any count), read from `snapshot`
+    /// if given: a prefix scan of at most `LEAVES × (counts in use + 1)` small entries.
+    fn stored_leaves(
+        &self,
+        partition: u32,
+        snapshot: Option<&rocksdb::Snapshot<'_>>,
+    ) -> Result<Vec<(Vec<u8>, Hash)>, StorageError> {
         let cf = self.cf(super::CF_TREE)?;
-        let keys: Vec<[u8; 5]> = (0..LEAVES).map(|b| leaf_key(partition, b as u8)).collect();
-        let mut out = Vec::with_capacity(LEAVES);
-        for value in self.db.batched_multi_get_cf(cf, &keys, true) {
-            let mut h = ZERO;
-            if let Some(v) = value? {
-                xor(&mut h, &v);
+        let prefix = partition.to_be_bytes();
+        // The tree's memtable is a hash of 4-byte prefixes: iterate within one.
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_prefix_same_as_start(true);
+        if let Some(s) = snapshot {
+            opts.set_snapshot(s);
+        }
+        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(cf, opts, mode) {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
             }
-            out.push(h);
+            let mut h = ZERO;
+            xor(&mut h, &v);
+            out.push((k.to_vec(), h));
         }
         Ok(out)
     }
 
-    /// The partition's root (cached until the next write to it).
-    pub fn tree_root(&self, partition: u32) -> Result<Hash, StorageError> {
+    /// The partition's leaf hashes over the keys of replica count
+    /// `>= from_n` (absent leaves are zero).
+    pub fn tree_leaves(&self, partition: u32, from_n: u8) -> Result<Vec<Hash>, StorageError> {
+        let mut out = vec![ZERO; LEAVES];
+        for (k, h) in self.stored_leaves(partition, None)? {
+            if k.len() >= 5 && shared(leaf_n(&k), from_n) {
+                xor(&mut out[k[4] as usize], &h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The root of [`Storage::tree_leaves`] (cached until the next write to
+    /// the partition).
+    pub fn tree_root(&self, partition: u32, from_n: u8) -> Result<Hash, StorageError> {
         let i = partition as usize % self.root_gens.len();
         let generation = self.root_gens[i].load(Ordering::SeqCst);
-        let slot = &self.root_cache[i];
-        if let Some((p, g, root)) = *slot.lock().unwrap_or_else(|p| p.into_inner()) {
-            if p == partition && g == generation {
+        // A home compares one partition with peers at several positions:
+        // one cache slot per (partition, from_n), not per partition.
+        let slot = &self.root_cache[(partition as usize * 4 + from_n as usize % 4) % self.root_cache.len()];
+        if let Some((p, f, g, root)) = *slot.lock().unwrap_or_else(|p| p.into_inner()) {
+            if p == partition && f == from_n && g == generation {
                 return Ok(root);
             }
         }
-        let root = combine(&inner_of(&self.tree_leaves(partition)?));
-        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((partition, generation, root));
+        let root = combine(&inner_of(&self.tree_leaves(partition, from_n)?));
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((partition, from_n, generation, root));
         Ok(root)
     }
 
     /// `(key, entry hash)` of every readable key of `partition` in
-    /// `buckets` (unreadable records are left out: a peer's copy then
-    /// differs and replaces them).
+    /// `buckets` with replica count `>= from_n` (unreadable records are
+    /// left out: a peer's copy then differs and replaces them).
     pub fn keys_in_buckets(
         &self,
         partition: u32,
         buckets: &[u8],
+        from_n: u8,
     ) -> Result<Vec<(Vec<u8>, Hash)>, StorageError> {
         let mut wanted = [false; LEAVES];
         for b in buckets {
@@ -244,7 +324,7 @@ impl Storage {
         }
         let mut out = Vec::new();
         self.for_each_in_partition(partition, |key, object| {
-            if wanted[bucket_of(key) as usize] {
+            if wanted[bucket_of(key) as usize] && shared(object.n(), from_n) {
                 out.push((key.to_vec(), entry_hash(key, object)));
             }
         })?;
@@ -275,7 +355,7 @@ impl Storage {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_prefix_same_as_start(true);
         let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
-        let mut leaves = vec![ZERO; LEAVES];
+        let mut leaves: std::collections::BTreeMap<Vec<u8>, Hash> = Default::default();
         for item in snapshot.iterator_cf_opt(objects, opts, mode) {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
@@ -283,17 +363,18 @@ impl Storage {
             }
             if let Some(object) = self.decode_checked(partition, &v) {
                 let key = &k[4..];
-                xor(&mut leaves[bucket_of(key) as usize], &entry_hash(key, &object));
+                let leaf = leaves.entry(leaf_key(partition, bucket_of(key), object.n())).or_insert(ZERO);
+                xor(leaf, &entry_hash(key, &object));
             }
+        }
+        // Every leaf stored at the snapshot is corrected too: one whose keys
+        // are all gone (or never were) must come back to zero.
+        for (k, h) in self.stored_leaves(partition, Some(&snapshot))? {
+            xor(leaves.entry(k).or_insert(ZERO), &h);
         }
         let cf = self.cf(super::CF_TREE)?;
         let mut batch = WriteBatch::default();
-        for (b, leaf) in leaves.iter().enumerate() {
-            let key = leaf_key(partition, b as u8);
-            let mut correction = *leaf;
-            if let Some(v) = snapshot.get_cf(cf, key)? {
-                xor(&mut correction, &v);
-            }
+        for (key, correction) in leaves {
             if correction != ZERO {
                 batch.merge_cf(cf, key, correction);
             }

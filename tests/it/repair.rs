@@ -305,3 +305,58 @@ async fn ae_stats_after_rounds(c: &TestCluster, from: &serde_json::Value, more: 
     }
     panic!("anti-entropy rounds stalled");
 }
+
+/// Waits until every node's anti-entropy has completed `rounds` clean
+/// exchanges in a row: every shared partition compared, nothing differing.
+async fn wait_clean_exchanges(c: &TestCluster, rounds: u64) {
+    for _ in 0..300 {
+        let mut all = true;
+        for node in 0..c.configs.len() {
+            let clean =
+                c.cluster_view(node).await["stats"]["anti_entropy"]["clean_in_a_row"].as_u64().unwrap();
+            all &= clean >= rounds;
+        }
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("anti-entropy never settled to {rounds} clean exchanges on every node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_keeps_its_own_n_for_anti_entropy_and_tombstone_gc() {
+    let repair = RepairConfig { tombstone_grace_secs: 1, hint_window_secs: 1, ..fast_repair() };
+    let c = TestCluster::start_with(Options { nodes: 3, repair, ..Options::default() }).await;
+    let homes = c.homes("narrow").await;
+    let at = |id: &String| c.configs.iter().position(|cfg| &cfg.node_id == id).unwrap();
+    let (first, second, third) = (at(&homes[0]), at(&homes[1]), at(&homes[2]));
+    let narrow = [("n", "2"), ("w", "2"), ("r", "2")];
+    assert_eq!(c.put(first, "narrow", "v", &narrow).await.status(), 204);
+    // A key written with N=3 next to it, so the partition's N=3 tree is not empty.
+    assert_eq!(c.put(first, "wide", "w", &[("w", "3")]).await.status(), 204);
+
+    // Anti-entropy compares every partition until no pair differs, and
+    // the N=2 key stays on its two homes: the third never held it.
+    wait_clean_exchanges(&c, 3).await;
+    assert!(c.local(first, "narrow").await.is_some());
+    assert!(c.local(second, "narrow").await.is_some());
+    assert!(c.local(third, "narrow").await.is_none(), "anti-entropy copied an N=2 key to a third home");
+    // A read asking for N=3 does not place it there either.
+    assert_eq!(c.get(first, "narrow", &[("n", "3"), ("r", "3")]).await.status(), 200);
+    wait_clean_exchanges(&c, 3).await;
+    assert!(c.local(third, "narrow").await.is_none(), "read repair widened the key");
+
+    // Its tombstone is reaped from its two homes, though the third (which
+    // GC would otherwise wait for) never held it.
+    let context = header(&c.get(first, "narrow", &narrow).await, "causal-context");
+    let r = c.delete(first, "narrow", &[("n", "2"), ("w", "2"), ("causal-context", &context)]).await;
+    assert_eq!(r.status(), 204);
+    c.wait_local(first, "narrow", |v| v.is_none()).await;
+    c.wait_local(second, "narrow", |v| v.is_none()).await;
+    let reaped = c.cluster_view(first).await["stats"]["anti_entropy"]["tombstones_reaped"].as_u64().unwrap();
+    assert!(reaped >= 1, "the first home reaped the tombstone");
+    assert_eq!(c.get(second, "narrow", &narrow).await.status(), 404);
+    assert_eq!(c.get(third, "wide", &[("r", "3")]).await.status(), 200);
+    c.shutdown().await;
+}
