@@ -4,13 +4,16 @@
 //!
 //! One worker per node, one exchange at a time: every round it rebuilds
 //! trees that need it (see [`crate::storage::tree`]), compares every
-//! partition it shares with the next reachable peer ([`exchange`]), and
-//! reaps tombstones that every home replica holds ([`gc`]). All of it is
-//! throttled to `anti_entropy_bytes_per_sec`.
+//! partition it shares with the next reachable peer ([`exchange`]), hands
+//! off copies of keys it is no home of ([`strays`]: at start, then every
+//! [`STRAY_SWEEP_ROUNDS`] rounds), and reaps tombstones that every home
+//! replica holds ([`gc`]). All of it is throttled to
+//! `anti_entropy_bytes_per_sec`.
 
 mod exchange;
 mod gc;
 pub mod recovery;
+mod strays;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +47,10 @@ const BYTES_PER_CALL: usize = 1 << 20;
 /// The root an unsynced partition answers: equal to no real root, so the
 /// peer descends, and its pulls find this copy non-authoritative.
 const UNSYNCED_ROOT: Hash = [0xff; 16];
+/// Rounds between two stray sweeps once one found none (strays come from a
+/// member-list change or a restore, both at start; the sweep reads every
+/// partition's leaves, so it is not run every round).
+const STRAY_SWEEP_ROUNDS: u64 = 60;
 /// Pause between exchanges while this node has unsynced partitions (it
 /// lost data and its answers do not count until it is refilled).
 const RECOVERY_INTERVAL: Duration = Duration::from_millis(100);
@@ -193,6 +200,8 @@ pub struct AeStats {
     pub bytes: AtomicU64,
     pub tombstones_reaped: AtomicU64,
     pub trees_rebuilt: AtomicU64,
+    /// Stray copies handed to their homes and removed here ([`strays`]).
+    pub strays_handed_off: AtomicU64,
     /// Exchanges in a row that found every shared partition in agreement
     /// (reset by one that did not): "this node is in sync" once it has had
     /// one with each peer.
@@ -211,6 +220,7 @@ impl AeStats {
             "bytes": g(&self.bytes),
             "tombstones_reaped": g(&self.tombstones_reaped),
             "trees_rebuilt": g(&self.trees_rebuilt),
+            "strays_handed_off": g(&self.strays_handed_off),
             "clean_in_a_row": g(&self.clean_in_a_row),
         })
     }
@@ -275,6 +285,8 @@ impl AntiEntropy {
         let throttle = Throttle { bytes_per_sec: self.config.anti_entropy_bytes_per_sec };
         let mut next_peer = 0usize;
         let mut gc_cursors = std::collections::HashMap::new();
+        let mut next_stray_sweep = 0u64;
+        let mut round_no = 0u64;
         loop {
             let recovering = self.storage().unsynced();
             if !self.config.anti_entropy && recovering.is_empty() {
@@ -328,12 +340,26 @@ impl AntiEntropy {
                         }
                     }
                 }
+                if self.config.anti_entropy && recovering.is_empty() && round_no >= next_stray_sweep {
+                    next_stray_sweep = match self.hand_off_strays(&throttle).await {
+                        Ok(0) => round_no + STRAY_SWEEP_ROUNDS,
+                        Ok(left) => {
+                            tracing::info!(left, "stray copies not yet handed off; next round retries");
+                            round_no + 1
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "stray hand-off stopped; next round retries");
+                            round_no + 1
+                        }
+                    };
+                }
                 if self.config.anti_entropy {
                     if let Err(error) = self.collect_tombstones(&throttle, &mut gc_cursors).await {
                         tracing::warn!(%error, "tombstone collection stopped");
                     }
                 }
                 self.stats.rounds.fetch_add(1, Ordering::Relaxed);
+                round_no += 1;
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -114,6 +114,12 @@ fn leaf_n(leaf: &[u8]) -> u8 {
     leaf.get(5).copied().unwrap_or(EVERY_HOME)
 }
 
+/// How many homes hold a key of stored count `n`, with `homes` homes per
+/// partition (as [`Object::replicas`]).
+fn replicas_of(n: u8, homes: usize) -> usize {
+    if n == 0 { homes } else { (n as usize).min(homes) }
+}
+
 /// True if a key of replica count `n` is held by both homes of a pair
 /// that shares the keys of count `>= from_n`.
 pub fn shared(n: u8, from_n: u8) -> bool {
@@ -309,6 +315,34 @@ impl Storage {
         Ok(root)
     }
 
+    /// True if `partition` holds a key that a node at `position` of its
+    /// preference list is not a home of (the key's `N`, capped at `homes`,
+    /// is at most `position`): read from the leaves, no data scan.
+    pub fn holds_strays(&self, partition: u32, position: usize, homes: usize) -> Result<bool, StorageError> {
+        Ok(self
+            .stored_leaves(partition, None)?
+            .iter()
+            .any(|(k, h)| *h != ZERO && replicas_of(leaf_n(k), homes) <= position))
+    }
+
+    /// Up to `limit` such keys with their objects, after key `after`.
+    pub fn strays_after(
+        &self,
+        partition: u32,
+        after: Option<&[u8]>,
+        position: usize,
+        homes: usize,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Object)>, StorageError> {
+        let mut out = Vec::new();
+        self.for_each_in_partition(partition, |key, object| {
+            if out.len() < limit && after.is_none_or(|a| key > a) && object.replicas(homes) <= position {
+                out.push((key.to_vec(), object.clone()));
+            }
+        })?;
+        Ok(out)
+    }
+
     /// `(key, entry hash)` of every readable key of `partition` in
     /// `buckets` with replica count `>= from_n` (unreadable records are
     /// left out: a peer's copy then differs and replaces them).
@@ -396,12 +430,34 @@ impl Storage {
         key: &[u8],
         expected: &Hash,
     ) -> Result<bool, StorageError> {
+        self.remove_matching(partition, key, expected, true)
+    }
+
+    /// Removes a stray copy (this node is not among the key's homes) once
+    /// its homes hold it durably, if it still hashes to `expected`: a write
+    /// since the hand-off keeps it (and is handed off next time).
+    pub fn remove_stray_if_unchanged(
+        &self,
+        partition: u32,
+        key: &[u8],
+        expected: &Hash,
+    ) -> Result<bool, StorageError> {
+        self.remove_matching(partition, key, expected, false)
+    }
+
+    fn remove_matching(
+        &self,
+        partition: u32,
+        key: &[u8],
+        expected: &Hash,
+        tombstone_only: bool,
+    ) -> Result<bool, StorageError> {
         let cf = self.objects()?;
         let k = db_key(partition, key);
         let _guard = self.lock_for(&k);
         let Some(bytes) = self.db.get_pinned_cf(cf, &k)? else { return Ok(false) };
         let Some(object) = self.decode_checked(partition, &bytes) else { return Ok(false) };
-        if tombstone_time(&object).is_none() || entry_hash(key, &object) != *expected {
+        if (tombstone_only && tombstone_time(&object).is_none()) || entry_hash(key, &object) != *expected {
             return Ok(false);
         }
         let mut batch = WriteBatch::default();

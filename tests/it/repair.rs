@@ -360,3 +360,36 @@ async fn a_key_keeps_its_own_n_for_anti_entropy_and_tombstone_gc() {
     assert_eq!(c.get(third, "wide", &[("r", "3")]).await.status(), 200);
     c.shutdown().await;
 }
+
+/// Puts a copy of `key` (replica count `n`, one value) straight into
+/// `node`'s storage, as a member-list change leaves one behind on a node
+/// that is no longer among the key's homes.
+fn plant(c: &TestCluster, node: usize, key: &str, n: usize, value: &'static str, deleted: bool) {
+    use quorumkv::storage::{Object, StoredValue};
+    let replica = c.node(node).state().coordinator.replica();
+    let partition = c.node(node).state().coordinator.membership().ring().partition_of(key.as_bytes());
+    let mut object = Object::new();
+    object.widen(n);
+    let v = StoredValue::new(bytes::Bytes::from_static(value.as_bytes()), "text/plain".into(), 1, deleted);
+    object.update(&quorumkv::version::VersionVector::new(), "moved.1", v);
+    replica.storage().modify(partition, key.as_bytes(), true, |_| Some(object)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_left_on_a_node_that_is_no_longer_home_reaches_the_homes_and_goes() {
+    let c = TestCluster::start_with(Options { nodes: 3, repair: fast_repair(), ..Options::default() }).await;
+    let homes = c.homes("left-behind").await;
+    let at = |id: &String| c.configs.iter().position(|cfg| &cfg.node_id == id).unwrap();
+    let (first, second, third) = (at(&homes[0]), at(&homes[1]), at(&homes[2]));
+    // The only copy of an N=2 key, on its third node: no exchange covers it.
+    plant(&c, third, "left-behind", 2, "moved value", false);
+    let on_first = c.wait_local(first, "left-behind", |v| v.is_some()).await.unwrap();
+    assert_eq!(sibling_values(&on_first), vec![b64("moved value")]);
+    c.wait_local(second, "left-behind", |v| v.is_some()).await;
+    c.wait_local(third, "left-behind", |v| v.is_none()).await;
+    let handed = c.cluster_view(third).await["stats"]["anti_entropy"]["strays_handed_off"].as_u64().unwrap();
+    assert_eq!(handed, 1);
+    let r = c.get(first, "left-behind", &[("n", "2"), ("r", "2")]).await;
+    assert_eq!(r.text().await.unwrap(), "moved value", "a quorum of its own homes reads it");
+    c.shutdown().await;
+}
