@@ -3,13 +3,17 @@
 //! every home replica holds that same tombstone and the grace period has
 //! passed. "Every home" is the key's own: the first `N` of its partition's
 //! preference list, with the `N` kept in its record (a key written with
-//! `N=2` is never waited for on the third home, which does not hold it). The partition's first home runs the check for it: it
-//! asks every other home for its entry hash of each old tombstone, and only
-//! where all match does it ask each home (and itself) to remove the key if
-//! it is still unchanged. Every other member is also asked whether it holds a
-//! hint for the key: a hint written before the delete would bring the value
-//! back once the tombstone is gone, so a hinted key waits for its handoff.
-//! Any member out of reach postpones the partition.
+//! `N=2` is never waited for on the third home, which does not hold it).
+//!
+//! The partition's first home runs the check for it: it asks every other
+//! member for its entry hash of each old tombstone. A home of the key must
+//! hold that same tombstone; any other member must hold nothing or that
+//! tombstone (a stray copy left by a member-list change must not outlive
+//! it). Only then does it ask every member (and itself) to remove the key
+//! if it is still unchanged. Every other member is also asked whether it
+//! holds a hint for the key: a hint written before the delete would bring
+//! the value back once the tombstone is gone, so a hinted key waits for its
+//! handoff. Any member out of reach postpones the partition.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -74,8 +78,10 @@ impl AntiEntropy {
             if old.is_empty() {
                 return Ok(());
             }
-            // This node is the first home: the others are positions 1.. .
-            let others: Vec<&String> = homes.iter().filter(|h| *h != me).collect();
+            // Every other member, with its position in the partition's
+            // preference list (this node is the first home, position 0).
+            let list = self.membership.ring().preference_list(p).to_vec();
+            let others: Vec<(usize, &String)> = list.iter().enumerate().filter(|(_, h)| *h != me).collect();
             if !self.membership.peer_ids().all(|m| self.membership.is_reachable(m)) {
                 return Ok(());
             }
@@ -99,15 +105,22 @@ impl AntiEntropy {
                 })
                 .await?;
             let mut agreed: Vec<Option<(Hash, usize)>> = mine;
-            for (i, h) in others.iter().enumerate() {
-                let position = i + 1;
+            for (position, h) in &others {
                 let request = AeRequest::Hashes { partition: p, keys: old.clone() };
                 let AeResponse::Held(theirs) = self.call(h, request, throttle).await? else {
                     return Err(AeError::Protocol("hashes"));
                 };
                 for (a, t) in agreed.iter_mut().zip(theirs.iter().chain(std::iter::repeat(&None))) {
-                    // Only a home of the key itself must hold the tombstone.
-                    if a.is_some_and(|(hash, n)| position < n && Some(hash) != *t) {
+                    // A home of the key itself must hold this tombstone; any
+                    // other member may hold nothing or this tombstone, but
+                    // not another copy: a stray live value (left by a
+                    // member-list change, see `strays`) would outlive the
+                    // tombstone and come back.
+                    let blocks = a.is_some_and(|(hash, n)| match t {
+                        Some(theirs) => *theirs != hash,
+                        None => *position < n,
+                    });
+                    if blocks {
                         *a = None;
                     }
                 }
@@ -129,13 +142,13 @@ impl AntiEntropy {
             if reap.is_empty() {
                 return Ok(());
             }
-            // Every other home is asked, also those outside a key's N: one
+            // Every other member is asked, also those outside a key's N: one
             // holds no copy, or only this very tombstone (reaped only if
-            // unchanged, and a live value never is). A home that fails to
+            // unchanged, and a live value never is). A member that fails to
             // reap keeps its tombstone; that is safe
             // (dots are never reused, so a surviving tombstone cannot cover a
             // later write) and the next round reaps it.
-            for h in &others {
+            for (_, h) in &others {
                 let request = AeRequest::Reap { partition: p, keys: reap.clone() };
                 if let Err(error) = self.call(h, request, throttle).await {
                     tracing::warn!(peer = %h, partition = p, %error, "tombstone reap failed there");
