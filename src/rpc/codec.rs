@@ -1,11 +1,16 @@
 //! The compact binary body of every internal RPC:
 //! `[format version: u8][postcard(message)]`.
+//!
+//! postcard has no field tags, so any change to a message's shape bumps the
+//! version: a node of another version then refuses the body (400) instead
+//! of reading its fields out of step. Format 2: objects carry their `N`,
+//! anti-entropy tree requests their `from_n`.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub const CONTENT_TYPE: &str = "application/x-quorumkv-rpc";
-const FORMAT_V1: u8 = 1;
+const FORMAT: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -18,16 +23,16 @@ pub enum CodecError {
 }
 
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
-    let mut out = postcard::to_allocvec(&(FORMAT_V1, message)).unwrap_or_default();
+    let mut out = postcard::to_allocvec(&(FORMAT, message)).unwrap_or_default();
     if out.is_empty() {
-        out.push(FORMAT_V1);
+        out.push(FORMAT);
     }
     out
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&format, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if format != FORMAT_V1 {
+    if format != FORMAT {
         return Err(CodecError::UnknownFormat(format));
     }
     Ok(postcard::from_bytes(body)?)
@@ -40,7 +45,7 @@ mod tests {
     #[test]
     fn round_trip_and_rejects() {
         let bytes = encode(&("k".to_string(), 7u32));
-        assert_eq!(bytes[0], FORMAT_V1);
+        assert_eq!(bytes[0], FORMAT);
         assert_eq!(decode::<(String, u32)>(&bytes).unwrap(), ("k".to_string(), 7));
         assert!(decode::<(String, u32)>(&[]).is_err());
         assert!(decode::<(String, u32)>(&[9, 1, 2]).is_err());
