@@ -188,9 +188,18 @@ async fn gc_keeps_a_tombstone_while_a_member_holds_a_hint_for_it() {
     c.wait_reachable(first, &last_id, false).await;
     let r = c.delete(first, &key, &[("w", "2"), ("causal-context", &context)]).await;
     assert_eq!(r.status(), 204);
-    assert!(header(&r, "quorum-report").contains("fallback=1"), "{}", header(&r, "quorum-report"));
+    // The two reachable homes meet W=2; the spare's copy may be acknowledged
+    // after the answer (so the report need not count it), but it is taken.
     let spare_ids: Vec<String> = spares.iter().map(|s| format!("node{}", s + 1)).collect();
-    assert_eq!(hints_queued(&c, &spares, std::slice::from_ref(&last_id)).await, 1, "a spare holds the hint");
+    let mut queued = 0;
+    for _ in 0..100 {
+        queued = hints_queued(&c, &spares, std::slice::from_ref(&last_id)).await;
+        if queued > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(queued, 1, "a spare holds the hint");
     // The coordinator reaches the last home again: anti-entropy gives it the
     // tombstone, so every home holds the same one, past the grace period.
     c.node(first).state().faults.heal_all();
