@@ -10,26 +10,15 @@
 # Writes $BENCH_OUT/repair.md. Anti-entropy runs every second here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 duration=${BENCH_DURATION:-15s}
 out=${BENCH_OUT:-benches/results}
-port=${BENCH_PORT:-29443}
 keys=${BENCH_KEYS:-100000}
 
-cargo build --release --quiet
-bin=$PWD/target/release/quorumkv
-work=$(mktemp -d)
-"$bin" dev --dir "$work/dev" --port "$port" --init-only >/dev/null
-ca=$work/dev/ca.pem
-declare -a pids=(0 0 0)
+serve_cluster "${BENCH_PORT:-29443}"
 # Anti-entropy every second (default 10 s) so the refill is timed, not the pauses.
 export QUORUMKV_ANTI_ENTROPY_INTERVAL_MS=${AE_INTERVAL_MS:-1000}
-start() { QUORUMKV_LOG=warn "$bin" serve --config "$work/dev/node$(($1 + 1)).toml" >>"$work/node$1.log" 2>&1 & pids[$1]=$!; }
-stop() { kill -9 "${pids[$1]}" 2>/dev/null || true; wait "${pids[$1]}" 2>/dev/null || true; }
-cleanup() { for i in 0 1 2; do stop "$i"; done; rm -rf "$work"; }
-trap cleanup EXIT
-url() { echo "https://127.0.0.1:$((port + $1))"; }
-stats() { curl -fsS --cacert "$ca" "$(url "$1")/cluster"; }
-ready() { for _ in $(seq 1 100); do curl -fsS --cacert "$ca" "$(url "$1")/health/ready" >/dev/null 2>&1 && return; sleep 0.2; done; }
+stop() { kill9 "$1"; }
 for i in 0 1 2; do start "$i"; done
 for i in 0 1 2; do ready "$i"; done
 
