@@ -9,6 +9,8 @@
 #  3. during a hint flood: node3 was down while N=2 writes queued hints for
 #     it on the others; it is back and the hints are being handed off (at
 #     the default 8 MiB/s per node) while the load runs.
+# Blind PUTs of an existing key add siblings, so each PUT run writes its own
+# key space; the GETs read the preloaded one (one version per key).
 # Writes $BENCH_OUT/background.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,14 +37,14 @@ echo "== preload $keys keys" >&2
 "$bin" bench --url "$(url 0)" --url "$(url 1)" --url "$(url 2)" --cacert "$ca" --quiet --json --name preload \
   --workload get --preload --requests 1 --key-prefix data --keys "$keys" >"$work/preload.json"
 bench ceiling --ceiling --duration "$duration"
-bench quiet-put --workload put --w 2 --key-prefix data --keys "$keys" --duration "$duration"
+bench quiet-put --workload put --w 2 --key-prefix quiet --keys "$keys" --duration "$duration"
 bench quiet-get --workload get --r 2 --key-prefix data --keys "$keys" --duration "$duration"
 
 down
 export QUORUMKV_TREE_REBUILD_SECS=1 QUORUMKV_ANTI_ENTROPY_INTERVAL_MS=100
 up
 r0=$(rebuilt)
-bench rebuild-put --workload put --w 2 --key-prefix data --keys "$keys" --duration "$duration"
+bench rebuild-put --workload put --w 2 --key-prefix rebuild --keys "$keys" --duration "$duration"
 bench rebuild-get --workload get --r 2 --key-prefix data --keys "$keys" --duration "$duration"
 r1=$(rebuilt)
 down
@@ -57,7 +59,7 @@ sleep 3
 h0=$(hints)
 start 2; ready 2
 t0=$(date +%s.%N)
-bench flood-put --workload put --w 2 --key-prefix data --keys "$keys" --duration "$duration"
+bench flood-put --workload put --w 2 --key-prefix flood --keys "$keys" --duration "$duration"
 h1=$(hints)
 bench flood-get --workload get --r 2 --key-prefix data --keys "$keys" --duration "$duration"
 h2=$(hints)
