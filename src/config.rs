@@ -21,6 +21,7 @@ pub enum ConfigError {
 
 /// One member of the cluster as every node is told about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     pub id: String,
     /// Public HTTPS API of the member (shown by `GET /cluster`).
@@ -35,6 +36,7 @@ pub struct MemberConfig {
 /// TLS material. The CA both signs this node's certificates and is the only
 /// issuer the peer port accepts client certificates from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub ca: PathBuf,
     pub cert: PathBuf,
@@ -43,7 +45,7 @@ pub struct TlsConfig {
 
 /// Default consistency knobs, used when a request does not send the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(deny_unknown_fields, default)]
 pub struct Defaults {
     pub n: usize,
     pub r: usize,

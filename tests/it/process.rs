@@ -311,3 +311,37 @@ async fn sigterm_under_load_drains_in_flight_requests_and_loses_nothing() {
         assert_eq!(r.text().await.unwrap(), format!("v{w}-{i}"));
     }
 }
+
+/// A typo in any table of a config file stops the node before it binds
+/// anything, with one line that names the key (every table refuses
+/// unknown keys: a misspelt setting silently left at its default is how a
+/// production node ends up with anti-entropy off).
+#[test]
+fn a_typo_anywhere_in_the_config_file_is_refused_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = quorumkv::dev::init(&dir.path().join("c"), 1, free_port(), Default::default()).unwrap();
+    let good = std::fs::read_to_string(&cluster.nodes[0].config).unwrap();
+    let cases = [
+        ("", "requst_timeout_ms = 5000\n", "requst_timeout_ms"),
+        ("[tls]\n", "keyfile = \"x\"\n", "keyfile"),
+        ("[defaults]\n", "rr = 2\n", "rr"),
+        ("[repair]\n", "anti_entropy_intervall_ms = 5\n", "anti_entropy_intervall_ms"),
+        ("[limits]\n", "max_sibling = 5\n", "max_sibling"),
+        ("[[members]]\n", "wieght = 2\n", "wieght"),
+    ];
+    for (after, typo, name) in cases {
+        assert!(good.contains(after), "the dev config has a {after:?} table");
+        let bad = if after.is_empty() {
+            format!("{typo}{good}")
+        } else {
+            good.replacen(after, &format!("{after}{typo}"), 1)
+        };
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, bad).unwrap();
+        let out = crate::cluster::quorumkv_cmd().args(["serve", "--config"]).arg(&path).output().unwrap();
+        assert!(!out.status.success(), "{name}: the node must not start");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name), "{name} is named: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line for {name}: {err}");
+    }
+}
