@@ -107,6 +107,27 @@ impl Metrics {
         }
     }
 
+    /// Creates at zero the labelled series a node will have, so the first
+    /// scrape already shows every metric (a dashboard or an alert on a
+    /// series that does not exist yet sees nothing, not zero): each
+    /// operation's success, each quorum kind, each peer's data routes.
+    pub fn prime(&self, peers: &[String]) {
+        for (operation, status) in [("get", 200), ("put", 204), ("delete", 204)] {
+            let labels = RequestLabels { operation, status };
+            let _ = self.requests.get_or_create(&labels);
+            let _ = self.request_seconds.get_or_create(&labels);
+        }
+        for kind in ["r", "pr", "w", "pw", "dw"] {
+            let _ = self.quorum_failures.get_or_create(&QuorumLabels { kind });
+        }
+        use crate::rpc::client::routes;
+        for peer in peers {
+            for route in [routes::READ, routes::REPLICATE, routes::PUT, routes::ANTI_ENTROPY] {
+                let _ = self.rpc_seconds.get_or_create(&RpcLabels { peer: peer.clone(), route });
+            }
+        }
+    }
+
     /// Adds the counters and gauges read at scrape time.
     pub fn register_collector(&mut self, collector: NodeCollector) {
         self.registry.register_collector(Box::new(collector));
@@ -146,6 +167,8 @@ pub struct NodeCollector {
     pub anti_entropy: Arc<AeStats>,
     pub handoff: Arc<HandoffStats>,
     pub read_repairs: Arc<AtomicU64>,
+    /// Every other member: its hint queue is shown at zero when empty.
+    pub peers: Vec<String>,
 }
 
 fn counter(
@@ -202,6 +225,12 @@ impl Collector for NodeCollector {
         counter(&mut e, "anti_entropy_bytes", "Anti-entropy traffic", load(&ae.bytes))?;
         counter(
             &mut e,
+            "anti_entropy_strays_handed_off",
+            "Copies of keys this node is no home of, handed to their homes and removed here",
+            load(&ae.strays_handed_off),
+        )?;
+        counter(
+            &mut e,
             "tombstones_reaped",
             "Tombstones removed by garbage collection",
             load(&ae.tombstones_reaped),
@@ -213,7 +242,11 @@ impl Collector for NodeCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         let mut hints = hints;
-        for (target, count) in self.storage.hint_counts() {
+        let mut queued = self.storage.hint_counts();
+        for peer in &self.peers {
+            queued.entry(peer.clone()).or_insert(0);
+        }
+        for (target, count) in queued {
             #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
             struct Target {
                 target: String,

@@ -162,11 +162,14 @@ impl Node {
             Duration::from_millis(config.request_timeout_ms),
             config.read_repair.then(|| workers.child_token()),
         );
+        let peer_ids: Vec<String> = coordinator.membership().peer_ids().map(str::to_string).collect();
+        metrics.prime(&peer_ids);
         metrics.register_collector(NodeCollector {
             storage: storage.clone(),
             anti_entropy: anti_entropy.stats.clone(),
             handoff: handoff.stats.clone(),
             read_repairs: coordinator.read_repair_counter(),
+            peers: peer_ids,
         });
         let state = Arc::new(NodeState {
             coordinator,

@@ -51,3 +51,34 @@ async fn metrics_count_requests_quorum_failures_siblings_and_peer_calls() {
     }
     c.shutdown().await;
 }
+
+/// The README's metrics table, as an operator reads it: every metric it
+/// lists is on the first scrape of a node that has served nothing yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_readme_lists_is_on_the_first_scrape() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("## Metrics\n").nth(1).unwrap().split("\n## ").next().unwrap();
+    let listed: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .filter(|name| name.starts_with("quorumkv_"))
+        .collect();
+    assert!(listed.len() >= 15, "the README lists the metrics: {listed:?}");
+    let c = TestCluster::start(3).await;
+    let text = c.client.get(c.url(0, "/metrics")).send().await.unwrap().text().await.unwrap();
+    let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    for name in &listed {
+        let series = |l: &&str| {
+            l.strip_prefix(name).is_some_and(|rest| {
+                rest.starts_with(['{', ' '])
+                    || ["_count", "_sum", "_bucket"].iter().any(|s| rest.starts_with(s))
+            })
+        };
+        assert!(samples.iter().any(series), "{name} is not on the first scrape");
+    }
+    // Labelled series at zero, not missing.
+    assert_eq!(sample(&text, r#"quorumkv_requests_total{operation="get",status="200"}"#), Some(0.0));
+    assert_eq!(sample(&text, r#"quorumkv_quorum_failures_total{kind="pr"}"#), Some(0.0));
+    assert_eq!(sample(&text, r#"quorumkv_hints_queued{target="node2"}"#), Some(0.0));
+    c.shutdown().await;
+}
