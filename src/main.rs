@@ -115,6 +115,14 @@ async fn run() -> anyhow::Result<()> {
             let text = if args.json { serde_json::to_string_pretty(&summary)? } else { summary.text() };
             // A closed pipe (`| head`) is not worth a panic.
             let _ = writeln!(std::io::stdout(), "{text}");
+            if !summary.passed {
+                anyhow::bail!(
+                    "bench failed: {} errors of {} requests (allowed: --max-errors {})",
+                    summary.errors,
+                    summary.ops,
+                    summary.max_errors
+                );
+            }
         }
         Command::Cluster(ClusterCommand::Status { target, json }) => {
             let _ = write!(std::io::stdout(), "{}", admin::cluster_status(&target, json).await?);

@@ -101,9 +101,14 @@ pub struct BenchArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Prefix of the generated keys.
-    #[arg(long, default_value = "bench")]
-    pub key_prefix: String,
+    /// Prefix of the generated keys. Default: a fresh `bench-XXXXXXXX` per
+    /// run, so blind writes of one run do not pile siblings onto another's.
+    #[arg(long)]
+    pub key_prefix: Option<String>,
+    /// Errors (no answer, or a 4xx/5xx) a run may have and still pass; past
+    /// it the summary says FAILED and the command exits non-zero.
+    #[arg(long, default_value_t = 0)]
+    pub max_errors: u64,
     /// Name of this run in the summary.
     #[arg(long)]
     pub name: Option<String>,
@@ -242,6 +247,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
         (None, Some(_)) => None,
         (None, None) => Some(Duration::from_secs(20)),
     };
+    let prefix = args.key_prefix.clone().unwrap_or_else(|| format!("bench-{:08x}", rand::random::<u32>()));
     let plan = Arc::new(Plan {
         clients,
         urls,
@@ -249,7 +255,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
         ceiling: args.ceiling,
         chooser,
         sizes: args.value_size,
-        prefix: args.key_prefix.clone(),
+        prefix: prefix.clone(),
         headers: args.consistency_headers(),
         value: Bytes::from(value),
         stop: AtomicBool::new(false),
@@ -261,6 +267,10 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
     });
     if args.preload && !args.ceiling {
         preload(&plan, args.keys, args.concurrency, args.quiet).await?;
+        // The preload is not part of the run: not in the progress line, not
+        // in the figures (its tally is dropped).
+        plan.done.store(0, Ordering::Relaxed);
+        plan.failed.store(0, Ordering::Relaxed);
     }
 
     let started = Instant::now();
@@ -298,13 +308,18 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
         distribution: args.distribution.to_string(),
         consistency: args.describe_consistency(),
         open_loop_rate: args.rate,
+        key_prefix: prefix,
         elapsed_s: elapsed,
         ops: total.ops(),
-        ops_per_sec: total.ops() as f64 / elapsed.max(1e-9),
+        // Answers only: a run against a dead node fails fast, and its
+        // errors per second are not throughput.
+        ops_per_sec: total.ops().saturating_sub(total.errors()) as f64 / elapsed.max(1e-9),
         latency: Summary::latency_of(&total.latency_us),
         statuses: total.statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
         transport_errors: total.transport_errors,
         errors: total.errors(),
+        max_errors: args.max_errors,
+        passed: total.errors() <= args.max_errors && total.ops() > 0,
         reads_with_siblings: total.reads_with_siblings,
         max_siblings: total.max_siblings,
         bytes_sent: total.bytes_sent,

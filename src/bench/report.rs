@@ -89,13 +89,20 @@ pub struct Summary {
     pub distribution: String,
     pub consistency: String,
     pub open_loop_rate: Option<f64>,
+    pub key_prefix: String,
     pub elapsed_s: f64,
+    /// Requests sent, errors included.
     pub ops: u64,
+    /// Successful requests per second (errors left out).
     pub ops_per_sec: f64,
     pub latency: Latency,
     pub statuses: BTreeMap<String, u64>,
     pub transport_errors: u64,
     pub errors: u64,
+    /// The `--max-errors` the run was held to.
+    pub max_errors: u64,
+    /// At most `max_errors` errors, and at least one request done.
+    pub passed: bool,
     pub reads_with_siblings: u64,
     pub max_siblings: u64,
     pub bytes_sent: u64,
@@ -118,8 +125,17 @@ impl Summary {
     pub fn text(&self) -> String {
         let l = &self.latency;
         let statuses: Vec<String> = self.statuses.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+        let verdict = if self.passed {
+            String::new()
+        } else {
+            format!(
+                "FAILED: {} errors of {} requests (--max-errors {})\n",
+                self.errors, self.ops, self.max_errors
+            )
+        };
         format!(
-            "{scenario}: {ops} ops in {el:.1}s = {rate:.0} ops/s ({workload}, {conc} conns, {proto}, value {vs} B, {keys} keys {dist}, {cons})\n  latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  p99.9 {p999:.2}  max {max:.2}  mean {mean:.2}\n  statuses: {st}  transport errors: {te}  errors: {err}\n  siblings: {rws} reads saw >1 (max {ms})  bytes: sent {bs}, received {br}",
+            "{verdict}{scenario}: {ops} ops in {el:.1}s = {rate:.0} ops/s ({workload}, {conc} conns, {proto}, value {vs} B, {keys} keys {dist}, {cons})\n  latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  p99.9 {p999:.2}  max {max:.2}  mean {mean:.2}\n  statuses: {st}  transport errors: {te}  errors: {err}\n  siblings: {rws} reads saw >1 (max {ms})  bytes: sent {bs}, received {br}",
+            verdict = verdict,
             scenario = self.scenario,
             ops = self.ops,
             el = self.elapsed_s,

@@ -84,3 +84,44 @@ async fn bench_counts_requests_statuses_and_bytes() {
     assert_eq!(s.statuses.get("200"), Some(&50));
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_errors_fails_and_runs_do_not_share_keys() {
+    let mut c = TestCluster::start(3).await;
+    // Two runs without a prefix write different key spaces: no siblings
+    // piled onto the first run's keys.
+    let first = quorumkv::bench::run(&args(&c, &["--requests", "50", "--keys", "10"])).await.unwrap();
+    let second = quorumkv::bench::run(&args(&c, &["--requests", "50", "--keys", "10"])).await.unwrap();
+    assert!(first.passed && second.passed);
+    assert_ne!(first.key_prefix, second.key_prefix);
+    let key = quorumkv::bench::key_name(&first.key_prefix, 0);
+    assert!(c.local(0, &key).await.is_some() || c.local(1, &key).await.is_some(), "{key} was written");
+    // A preload is not counted in the run.
+    let s = quorumkv::bench::run(&args(
+        &c,
+        &["--workload", "get", "--preload", "--keys", "30", "--requests", "10"],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s.ops, 10);
+
+    // Against a stopped node every request fails: FAILED, 0 ops/s.
+    c.stop(2).await;
+    let ca = c.ca().display().to_string();
+    let dead = c.url(2, "");
+    let argv = ["quorumkv", "bench", "--cacert", &ca, "--quiet", "--url", &dead, "--requests", "20"];
+    let Command::Bench(a) = Cli::try_parse_from(argv).unwrap().command else { panic!("bench args") };
+    let s = quorumkv::bench::run(&a).await.unwrap();
+    assert!(!s.passed);
+    assert_eq!(s.errors, 20);
+    assert_eq!(s.ops_per_sec, 0.0);
+    assert!(s.text().starts_with("FAILED"), "{}", s.text());
+    // The command itself exits non-zero (scripts and CI see it).
+    let out = crate::cluster::quorumkv_cmd()
+        .args(["bench", "--cacert", &ca, "--quiet", "--url", &dead, "--requests", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bench failed"));
+    c.shutdown().await;
+}
