@@ -63,6 +63,12 @@ pub fn md5_of(bytes: &[u8]) -> [u8; 16] {
 /// lives on every home of its partition, as every node assumed before.
 pub const EVERY_HOME: u8 = u8::MAX;
 
+/// How many homes hold a key of stored count `n` (0: not yet known, every
+/// home), with `max` homes in the ring's preference lists.
+pub fn replicas_of(n: u8, max: usize) -> usize {
+    if n == 0 { max } else { (n as usize).min(max) }
+}
+
 /// A key's full causal state (every live sibling plus the clock covering
 /// them) and the largest replica count `N` any of its writes asked for.
 ///
@@ -98,7 +104,7 @@ impl Object {
     /// How many homes of its partition hold this key, with `max` homes in
     /// the ring's preference lists.
     pub fn replicas(&self, max: usize) -> usize {
-        if self.n == 0 { max } else { (self.n as usize).min(max) }
+        replicas_of(self.n, max)
     }
 
     /// Records that a write asked for `n` replicas.

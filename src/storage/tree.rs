@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use md5::{Digest, Md5};
 use rocksdb::{MergeOperands, WriteBatch};
 
-use super::record::EVERY_HOME;
+use super::record::{EVERY_HOME, replicas_of};
 use super::{Object, Storage, StorageError, db_key};
 
 pub type Hash = [u8; 16];
@@ -112,12 +112,6 @@ fn leaf_key(partition: u32, bucket: u8, n: u8) -> Vec<u8> {
 /// five-byte form).
 fn leaf_n(leaf: &[u8]) -> u8 {
     leaf.get(5).copied().unwrap_or(EVERY_HOME)
-}
-
-/// How many homes hold a key of stored count `n`, with `homes` homes per
-/// partition (as [`Object::replicas`]).
-fn replicas_of(n: u8, homes: usize) -> usize {
-    if n == 0 { homes } else { (n as usize).min(homes) }
 }
 
 /// True if a key of replica count `n` is held by both homes of a pair
