@@ -29,6 +29,10 @@ pub enum ApiError {
     ValueTooLarge { limit: usize },
     #[error("{0}")]
     InvalidBody(String),
+    #[error("{0}")]
+    InvalidPrecondition(String),
+    #[error("{header} failed against what a quorum read sees; nothing was stored")]
+    PreconditionFailed { header: &'static str, current: Option<String> },
     #[error("no live value for this key")]
     NotFound,
     #[error("no such route")]
@@ -47,6 +51,7 @@ impl ApiError {
             ApiError::KeyTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Coordinator(CoordinatorError::Limit(LimitError::Siblings { .. })) => {
                 StatusCode::CONFLICT
@@ -70,6 +75,8 @@ impl ApiError {
             ApiError::ContentMd5Mismatch => "content_md5_mismatch",
             ApiError::ValueTooLarge { .. } => "value_too_large",
             ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::InvalidPrecondition(_) => "invalid_precondition",
+            ApiError::PreconditionFailed { .. } => "precondition_failed",
             ApiError::NotFound | ApiError::NoRoute => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::NotReady => "not_ready",
@@ -95,6 +102,10 @@ impl ApiError {
             body["n"] = json!(n);
         }
         match self {
+            ApiError::PreconditionFailed { header, current } => {
+                body["condition"] = json!(header);
+                body["current_etag"] = json!(current);
+            }
             ApiError::Coordinator(CoordinatorError::Limit(LimitError::Siblings { siblings, limit })) => {
                 body["limit"] = json!("max_siblings");
                 body["max"] = json!(limit);

@@ -11,6 +11,7 @@ use base64::Engine;
 use bytes::Bytes;
 
 use super::error::ApiError;
+use super::precondition::Preconditions;
 use super::view;
 use crate::coordinator::{Consistency, Knob, KnobRequest, Outcome};
 use crate::node::NodeState;
@@ -93,17 +94,16 @@ pub async fn get(
     ensure_ready(&state)?;
     let Outcome { object, report } = state.coordinator.get(key.clone(), c).await?;
     let report = report.to_string();
-    if !view::has_live(&object) {
-        let mut response = ApiError::NotFound.into_response();
-        view::key_headers(response.headers_mut(), &object, 0, &report);
-        return Ok(response);
-    }
-    Ok(if wants_json(&headers) {
-        view::json(&key, &object, &report)
-    } else if object.siblings().len() == 1 {
-        view::single(&object, &report)
-    } else {
-        view::multipart(&object, &report)
+    let visible = view::visible(&object);
+    Ok(match visible.as_slice() {
+        [] => {
+            let mut response = ApiError::NotFound.into_response();
+            view::key_headers(response.headers_mut(), &object, 0, &report);
+            response
+        }
+        _ if wants_json(&headers) => view::json(&key, &object, &report),
+        [one] => view::single(&object, one, &report),
+        many => view::multipart(&object, many, &report),
     })
 }
 
@@ -140,26 +140,20 @@ fn check_md5(headers: &HeaderMap, digest: &[u8; 16]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `204`. The context is returned only when the write left a single
-/// version: the object's clock then covers exactly that version. With
-/// siblings left it would also cover versions this client never saw, and a
-/// next write with it would silently drop them; the client reads instead.
+/// `204`. The context is returned only when the write left at most one
+/// visible version: the object's clock then covers that version and
+/// tombstones no reader is shown (add-wins, see `view`). With siblings left
+/// it would also cover values this client never saw, and a next write with
+/// it would silently drop them; the client reads instead.
 fn written(outcome: Outcome) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    if outcome.object.siblings().len() > 1 {
-        view::write_headers(
-            response.headers_mut(),
-            outcome.object.siblings().len(),
-            &outcome.report.to_string(),
-        );
-        return response;
+    let visible = view::visible(&outcome.object).len();
+    let report = outcome.report.to_string();
+    if visible > 1 {
+        view::write_headers(response.headers_mut(), visible, &report);
+    } else {
+        view::key_headers(response.headers_mut(), &outcome.object, visible, &report);
     }
-    view::key_headers(
-        response.headers_mut(),
-        &outcome.object,
-        outcome.object.siblings().len(),
-        &outcome.report.to_string(),
-    );
     response
 }
 
@@ -178,12 +172,34 @@ pub async fn put(
             v.to_str().map_err(|_| ApiError::InvalidBody("Content-Type must be ASCII".into()))?.to_string()
         }
     };
+    let conditions = Preconditions::from_headers(&headers)?;
     let value = read_body(&state, &headers, body).await?;
     state.metrics.observe_value(value.len());
     let stored = StoredValue::new(value, content_type, now_ms(), false);
     check_md5(&headers, &stored.digest)?;
     ensure_ready(&state)?;
+    let ctx = checked_context(&state, &key, c, ctx, &conditions).await?;
     Ok(written(state.coordinator.put(key, ctx, stored, c).await?))
+}
+
+/// With preconditions, read the key at the request's R/PR and check them
+/// against what the read shows (a failed read fails the write). A
+/// conditional write without `Causal-Context` then supersedes what the read
+/// saw: `If-Match` names the value it replaces, and `If-None-Match: *` a
+/// create that replaces only tombstones.
+async fn checked_context(
+    state: &NodeState,
+    key: &Bytes,
+    c: Consistency,
+    ctx: VersionVector,
+    conditions: &Preconditions,
+) -> Result<VersionVector, ApiError> {
+    if conditions.is_empty() {
+        return Ok(ctx);
+    }
+    let seen = state.coordinator.get(key.clone(), c).await?.object;
+    conditions.check(&view::visible(&seen))?;
+    Ok(if ctx.is_empty() { seen.clock().clone() } else { ctx })
 }
 
 pub async fn delete(
@@ -194,7 +210,9 @@ pub async fn delete(
     let key = key_from_path(&uri, "/keys/")?;
     let c = consistency(&state, &headers)?;
     let mut ctx = context(&headers)?;
+    let conditions = Preconditions::from_headers(&headers)?;
     ensure_ready(&state)?;
+    ctx = checked_context(&state, &key, c, ctx, &conditions).await?;
     if ctx.is_empty() {
         // Without a context, delete what a quorum read sees (as Riak does):
         // a tombstone concurrent with everything would leave the values

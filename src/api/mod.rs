@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod error;
 pub mod keys;
+pub mod precondition;
 pub mod view;
 
 use std::sync::Arc;

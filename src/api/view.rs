@@ -1,6 +1,14 @@
 //! How a key's versions are shown to clients: the raw value (one sibling),
-//! `multipart/mixed` (several), or the JSON view SDKs prefer. The JSON view
-//! is also what the peer port's `/local/keys` answers.
+//! `multipart/mixed` (several), or the JSON view SDKs prefer.
+//!
+//! **Add-wins.** A tombstone concurrent with a live value is not shown: the
+//! live values are the answer, and the tombstone stays in the causal
+//! context, so a write with that context supersedes it too. Only when every
+//! version is a tombstone does the key read as deleted (`404`). Without this
+//! rule, put → delete → blind put answers `300` with a "deleted" part next to
+//! the new value, and a user who re-creates a key is left resolving a delete.
+//! The peer port's `/local/keys` shows a replica's raw versions, tombstones
+//! included, for operators and tests.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -42,27 +50,32 @@ pub fn context_token(object: &Object) -> String {
     if object.clock().is_empty() { String::new() } else { object.clock().to_token() }
 }
 
-pub fn siblings_view(key: &[u8], object: &Object) -> SiblingsView {
+/// The versions a client is shown (add-wins): the live ones. Empty when
+/// every version is a tombstone (or nothing is stored).
+pub fn visible(object: &Object) -> Vec<&StoredValue> {
+    object.siblings().iter().map(|s| &s.value).filter(|v| !v.deleted).collect()
+}
+
+/// The JSON view of a replica's raw versions, tombstones included.
+pub fn local_view(key: &[u8], object: &Object) -> SiblingsView {
+    view_of(key, object, object.siblings().iter().map(|s| &s.value).collect())
+}
+
+fn view_of(key: &[u8], object: &Object, versions: Vec<&StoredValue>) -> SiblingsView {
     SiblingsView {
         key: String::from_utf8_lossy(key).into_owned(),
         context: context_token(object),
-        siblings: object
-            .siblings()
-            .iter()
-            .map(|s| SiblingView {
-                value_base64: base64::engine::general_purpose::STANDARD.encode(&s.value.value),
-                content_type: s.value.content_type.clone(),
-                etag: s.value.etag(),
-                last_modified: http_date(s.value.modified_ms),
-                deleted: s.value.deleted,
+        siblings: versions
+            .into_iter()
+            .map(|v| SiblingView {
+                value_base64: base64::engine::general_purpose::STANDARD.encode(&v.value),
+                content_type: v.content_type.clone(),
+                etag: v.etag(),
+                last_modified: http_date(v.modified_ms),
+                deleted: v.deleted,
             })
             .collect(),
     }
-}
-
-/// True when at least one sibling is not a tombstone.
-pub fn has_live(object: &Object) -> bool {
-    object.siblings().iter().any(|s| !s.value.deleted)
 }
 
 fn header_value(s: &str) -> HeaderValue {
@@ -104,30 +117,23 @@ fn value_headers(headers: &mut HeaderMap, v: &StoredValue) {
     headers.insert(header::LAST_MODIFIED, header_value(&http_date(v.modified_ms)));
 }
 
-/// 200 with the single sibling's value as the body.
-pub fn single(object: &Object, report: &str) -> Response {
-    let Some(sibling) = object.siblings().first() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let mut response = Response::new(Body::from(sibling.value.value.clone()));
-    value_headers(response.headers_mut(), &sibling.value);
+/// 200 with the one visible value as the body.
+pub fn single(object: &Object, value: &StoredValue, report: &str) -> Response {
+    let mut response = Response::new(Body::from(value.value.clone()));
+    value_headers(response.headers_mut(), value);
     key_headers(response.headers_mut(), object, 1, report);
     response
 }
 
-/// 300 Multiple Choices with one `multipart/mixed` part per sibling.
-pub fn multipart(object: &Object, report: &str) -> Response {
-    let boundary = pick_boundary(object);
-    let mut body = Vec::with_capacity(object.siblings().iter().map(|s| s.value.value.len() + 200).sum());
-    for s in object.siblings() {
-        let v = &s.value;
+/// 300 Multiple Choices with one `multipart/mixed` part per visible sibling.
+pub fn multipart(object: &Object, visible: &[&StoredValue], report: &str) -> Response {
+    let boundary = pick_boundary(visible);
+    let mut body = Vec::with_capacity(visible.iter().map(|v| v.value.len() + 200).sum());
+    for v in visible {
         body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
         body.extend_from_slice(format!("Content-Type: {}\r\n", v.content_type).as_bytes());
         body.extend_from_slice(format!("ETag: {}\r\n", v.etag()).as_bytes());
         body.extend_from_slice(format!("Last-Modified: {}\r\n", http_date(v.modified_ms)).as_bytes());
-        if v.deleted {
-            body.extend_from_slice(b"Deleted: true\r\n");
-        }
         body.extend_from_slice(b"\r\n");
         body.extend_from_slice(&v.value);
         body.extend_from_slice(b"\r\n");
@@ -138,17 +144,26 @@ pub fn multipart(object: &Object, report: &str) -> Response {
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, header_value(&format!("multipart/mixed; boundary={boundary}")));
-    key_headers(response.headers_mut(), object, object.siblings().len(), report);
+    key_headers(response.headers_mut(), object, visible.len(), report);
+    entity_tag_header(response.headers_mut(), visible);
     response
 }
 
+/// 300 and JSON answers carry the key's entity tag (see
+/// `precondition::entity_tag`) for `If-Match`; the raw 200 carries the
+/// value's, which is the same tag.
+fn entity_tag_header(headers: &mut HeaderMap, visible: &[&StoredValue]) {
+    if let Some(tag) = super::precondition::entity_tag(visible) {
+        headers.insert(header::ETAG, header_value(&tag));
+    }
+}
+
 /// A random boundary that occurs in none of the values (RFC 2046 §5.1.1).
-fn pick_boundary(object: &Object) -> String {
+fn pick_boundary(visible: &[&StoredValue]) -> String {
     loop {
         let boundary = format!("qkv{:032x}", rand::random::<u128>());
         let needle = boundary.as_bytes();
-        let clash =
-            object.siblings().iter().any(|s| s.value.value.windows(needle.len()).any(|w| w == needle));
+        let clash = visible.iter().any(|v| v.value.windows(needle.len()).any(|w| w == needle));
         if !clash {
             return boundary;
         }
@@ -157,7 +172,9 @@ fn pick_boundary(object: &Object) -> String {
 
 /// 200 with the JSON view (always, whatever the sibling count).
 pub fn json(key: &[u8], object: &Object, report: &str) -> Response {
-    let mut response = axum::Json(siblings_view(key, object)).into_response();
-    key_headers(response.headers_mut(), object, object.siblings().len(), report);
+    let visible = visible(object);
+    let mut response = axum::Json(view_of(key, object, visible.clone())).into_response();
+    key_headers(response.headers_mut(), object, visible.len(), report);
+    entity_tag_header(response.headers_mut(), &visible);
     response
 }

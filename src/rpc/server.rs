@@ -142,7 +142,7 @@ async fn local_key(State(state): State<Arc<NodeState>>, uri: Uri) -> Result<Resp
         .map_err(|_| ApiError::NotReady)?;
     match object {
         Some(object) if !object.siblings().is_empty() => {
-            Ok(axum::Json(view::siblings_view(&key, &object)).into_response())
+            Ok(axum::Json(view::local_view(&key, &object)).into_response())
         }
         _ => Err(ApiError::NotFound),
     }

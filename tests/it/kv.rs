@@ -127,7 +127,7 @@ async fn a_write_with_an_old_context_keeps_the_concurrent_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delete_leaves_a_context_and_concurrent_update_shows_both() {
+async fn delete_leaves_a_context_and_a_blind_put_recreates_the_key() {
     let c = TestCluster::start(3).await;
     c.put(0, "gone", "v1", &[("w", "3")]).await;
     let ctx = header(&c.get(0, "gone", &[]).await, "causal-context");
@@ -139,20 +139,49 @@ async fn delete_leaves_a_context_and_concurrent_update_shows_both() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "not_found");
 
-    // A delete concurrent with an update: both show, the delete marked.
+    // Re-creating a deleted key without a context (a blind put after the
+    // delete): the new value is the answer, not a 300 with a tombstone.
+    assert_eq!(c.put(0, "gone", "again", &[("w", "3")]).await.status(), 204);
+    let r = c.get(1, "gone", &[("r", "3")]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "sibling-count"), "1");
+    assert_eq!(r.text().await.unwrap(), "again");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_concurrent_with_an_update_loses_to_it() {
+    let c = TestCluster::start(3).await;
+    // Add-wins: the update is the answer in every view; the tombstone stays
+    // in the context only.
     c.put(0, "contested", "v1", &[("w", "3")]).await;
     let ctx = header(&c.get(0, "contested", &[]).await, "causal-context");
     assert_eq!(c.put(0, "contested", "v2", &[("causal-context", &ctx), ("w", "3")]).await.status(), 204);
     assert_eq!(c.delete(1, "contested", &[("causal-context", &ctx), ("w", "3")]).await.status(), 204);
+    let raw = c
+        .wait_local(2, "contested", |v| v.is_some_and(|v| v["siblings"].as_array().unwrap().len() == 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        raw["siblings"].as_array().unwrap().iter().filter(|s| s["deleted"] == true).count(),
+        1,
+        "the replica keeps the tombstone as a sibling: {raw}"
+    );
     let view: serde_json::Value =
         c.get(2, "contested", &[("accept", "application/json"), ("r", "3")]).await.json().await.unwrap();
-    let siblings = view["siblings"].as_array().unwrap();
-    assert_eq!(siblings.len(), 2);
-    assert_eq!(siblings.iter().filter(|s| s["deleted"] == true).count(), 1);
-    let r = c.get(2, "contested", &[]).await;
-    assert_eq!(r.status(), StatusCode::MULTIPLE_CHOICES);
-    let text = String::from_utf8_lossy(&r.bytes().await.unwrap()).to_string();
-    assert!(text.contains("Deleted: true"), "{text}");
+    assert_eq!(sibling_values(&view), vec!["djI="], "only v2 is shown: {view}");
+    let r = c.get(2, "contested", &[("r", "3")]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "sibling-count"), "1");
+    let ctx = header(&r, "causal-context");
+    assert_eq!(r.text().await.unwrap(), "v2");
+    // The shown context covers the tombstone: a write with it leaves one version.
+    assert_eq!(c.put(0, "contested", "v3", &[("causal-context", &ctx), ("w", "3")]).await.status(), 204);
+    let raw = c
+        .wait_local(2, "contested", |v| v.is_some_and(|v| v["siblings"].as_array().unwrap().len() == 1))
+        .await
+        .unwrap();
+    assert_eq!(raw["siblings"][0]["deleted"], false, "{raw}");
     c.shutdown().await;
 }
 
@@ -225,5 +254,72 @@ async fn public_port_speaks_http2() {
     let r = c.get(0, "h2", &[]).await;
     assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN negotiates h2");
     assert_eq!(r.text().await.unwrap(), "v");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_answer_412_when_a_quorum_read_disagrees() {
+    let c = TestCluster::start(3).await;
+    let create = [("if-none-match", "*"), ("w", "3")];
+    // Create-only: the first goes ahead, the second is refused with what is there.
+    assert_eq!(c.put(0, "cas", "first", &create).await.status(), 204);
+    let r = c.put(1, "cas", "second", &create).await;
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "precondition_failed");
+    assert_eq!(body["condition"], "If-None-Match");
+    let r = c.get(2, "cas", &[("r", "3")]).await;
+    assert_eq!(
+        (r.status(), header(&r, "sibling-count")),
+        (StatusCode::OK, "1".to_string()),
+        "no sibling added"
+    );
+    let etag = header(&r, "etag");
+    assert_eq!(r.text().await.unwrap(), "first");
+
+    // If-Match: a stale tag is refused, the current one replaces the value
+    // (no Causal-Context needed: it supersedes what the read saw).
+    let stale = [("if-match", "\"00000000000000000000000000000000\""), ("w", "3")];
+    assert_eq!(c.put(0, "cas", "nope", &stale).await.status(), 412);
+    assert_eq!(c.delete(0, "cas", &stale).await.status(), 412);
+    assert_eq!(c.put(1, "cas", "replaced", &[("if-match", &etag), ("w", "3")]).await.status(), 204);
+    let r = c.get(2, "cas", &[("r", "3")]).await;
+    assert_eq!((r.status(), header(&r, "sibling-count")), (StatusCode::OK, "1".to_string()));
+    assert_eq!(r.text().await.unwrap(), "replaced");
+    assert_eq!(
+        c.put(0, "cas", "again", &[("if-match", &etag), ("w", "3")]).await.status(),
+        412,
+        "tag moved on"
+    );
+
+    // If-Unmodified-Since: a date before the write fails, one after passes.
+    let past = "Mon, 01 Jan 2024 00:00:00 GMT";
+    assert_eq!(c.delete(0, "cas", &[("if-unmodified-since", past), ("w", "3")]).await.status(), 412);
+    let later = httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(5));
+    assert_eq!(c.delete(0, "cas", &[("if-unmodified-since", &later), ("w", "3")]).await.status(), 204);
+    assert_eq!(c.get(1, "cas", &[("r", "3")]).await.status(), StatusCode::NOT_FOUND);
+    // Deleted: a create goes ahead again, over the tombstone.
+    assert_eq!(c.put(2, "cas", "reborn", &create).await.status(), 204);
+    assert_eq!(c.get(0, "cas", &[("r", "3")]).await.text().await.unwrap(), "reborn");
+
+    // Siblings have their own tag, shown on the 300 and the JSON view.
+    c.put(0, "cas2", "a", &[("w", "3")]).await;
+    c.put(1, "cas2", "b", &[("w", "3")]).await;
+    let r = c.get(2, "cas2", &[("r", "3")]).await;
+    assert_eq!(r.status(), StatusCode::MULTIPLE_CHOICES);
+    let tag = header(&r, "etag");
+    let json = c.get(2, "cas2", &[("r", "3"), ("accept", "application/json")]).await;
+    assert_eq!(header(&json, "etag"), tag, "the JSON view carries the same key tag");
+    assert_eq!(c.put(0, "cas2", "merged", &[("if-match", &tag), ("w", "3")]).await.status(), 204);
+    assert_eq!(
+        c.get(1, "cas2", &[("r", "3")]).await.text().await.unwrap(),
+        "merged",
+        "both siblings replaced"
+    );
+
+    // A malformed condition is a 400, never a blind write.
+    let r = c.put(0, "cas", "x", &[("if-match", "not-quoted")]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "invalid_precondition");
     c.shutdown().await;
 }
