@@ -3,7 +3,9 @@
 #  1. generate a Python client from openapi.yaml (openapi-python-client) and
 #     run tests/sdk/test_sdk.py with it: put, siblings as JSON, resolve with
 #     the context, delete;
-#  2. schemathesis with its default checks (settings in schemathesis.toml),
+#  2. tests/sdk/test_rejections.py: refusals (413 of a 17 MiB upload, 400,
+#     405, 414, 412) with their JSON bodies over Python's http.client;
+#  3. schemathesis with its default checks (settings in schemathesis.toml),
 #     ~800 requests, over TLS verified with the cluster CA; any failure fails.
 # Tools live in a venv at ${QKV_SDK_VENV:-.venv-sdk}; everything else in a
 # temporary folder removed on exit, the cluster stopped.
@@ -37,6 +39,9 @@ wait_ready "$work/dev/ca.pem" "$port"
 echo "== SDK test"
 QKV_URL="https://127.0.0.1:$port" QKV_CA="$work/dev/ca.pem" PYTHONPATH="$work/lib" \
   "$venv/bin/python" tests/sdk/test_sdk.py
+
+echo "== refusals as Python's http.client sees them"
+QKV_URL="https://127.0.0.1:$port" QKV_CA="$work/dev/ca.pem" "$venv/bin/python" tests/sdk/test_rejections.py
 
 echo "== schemathesis"
 "$venv/bin/schemathesis" run openapi.yaml --url "https://127.0.0.1:$port" --tls-verify "$work/dev/ca.pem" \

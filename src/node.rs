@@ -309,9 +309,17 @@ fn tls_server(
         .http_builder()
         .http2()
         .initial_stream_window_size(rpc::H2_STREAM_WINDOW)
-        .initial_connection_window_size(rpc::H2_CONNECTION_WINDOW);
+        .initial_connection_window_size(rpc::H2_CONNECTION_WINDOW)
+        // hyper's 16 KiB default refuses a long path with a bare 431 or a
+        // REFUSED_STREAM before the API can answer its JSON 414.
+        .max_header_list_size(MAX_HEADER_LIST_BYTES);
     server
 }
+
+/// Room for a 100 kB key, percent-encoded, with the usual headers. Over
+/// HTTP/1.1 hyper's own limit applies first: a request line over 64 KiB is
+/// refused by its parser with a bare `414`.
+const MAX_HEADER_LIST_BYTES: u32 = 512 * 1024;
 
 fn listener_addr(l: &std::net::TcpListener) -> Result<SocketAddr, NodeError> {
     l.local_addr().map_err(|source| NodeError::Bind { addr: SocketAddr::from(([0, 0, 0, 0], 0)), source })

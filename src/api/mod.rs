@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod error;
 pub mod keys;
 pub mod precondition;
+pub mod unread;
 pub mod view;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use error::ApiError;
 
 /// The client-facing router; testable without a socket.
 pub fn router(state: Arc<NodeState>) -> Router {
+    let drain_budget = unread::DrainBudget(state.max_value_bytes.saturating_mul(2).saturating_add(1 << 20));
     let keys = Router::new()
         .route("/keys/{*key}", get(keys::get).put(keys::put).delete(keys::delete))
         .route("/keys", get(keys::missing_key).put(keys::missing_key).delete(keys::missing_key))
@@ -39,6 +41,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // The PUT handler enforces `max_value_bytes` itself, with a JSON 413.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(drain_budget, unread::drain_unread))
         .with_state(state)
 }
 

@@ -5,6 +5,7 @@
 
 mod admin;
 mod bench;
+mod clients;
 mod cluster;
 mod durability;
 mod faults;
