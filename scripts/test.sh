@@ -17,6 +17,9 @@ echo "== OpenAPI spec"
 echo "== Kubernetes manifests"
 ./scripts/validate-k8s.sh
 
+echo "== Prometheus alert rules and Grafana dashboard"
+./scripts/validate-observability.sh
+
 echo "== tests"
 cargo test --release --all-targets
 
