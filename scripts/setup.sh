@@ -13,6 +13,8 @@ command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # The DW test counts the replicas' fsync/fdatasync calls under strace.
 command -v strace >/dev/null 2>&1 || need+=(strace)
+# The client test drives real curl over HTTP/2 and HTTP/1.1.
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   export DEBIAN_FRONTEND=noninteractive

@@ -51,22 +51,29 @@ pub enum ClusterCommand {
 /// The consistency knobs, sent as headers when given.
 #[derive(Debug, Args, Clone, Default)]
 pub struct Knobs {
+    /// N for this request: an integer, one, quorum or all.
     #[arg(long)]
     pub n: Option<String>,
+    /// R for this request: an integer, one, quorum or all.
     #[arg(long)]
     pub r: Option<String>,
+    /// W for this request: an integer, one, quorum or all.
     #[arg(long)]
     pub w: Option<String>,
+    /// PR for this request: an integer, one, quorum or all.
     #[arg(long)]
     pub pr: Option<String>,
+    /// PW for this request: an integer, one, quorum or all.
     #[arg(long)]
     pub pw: Option<String>,
+    /// DW for this request: an integer, one, quorum or all.
     #[arg(long)]
     pub dw: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
+    /// The key (any text; sent percent-encoded).
     pub key: String,
     #[command(flatten)]
     pub target: Target,
@@ -79,6 +86,7 @@ pub struct GetArgs {
 
 #[derive(Debug, Args)]
 pub struct PutArgs {
+    /// The key (any text; sent percent-encoded).
     pub key: String,
     /// The value; read from standard input when absent.
     pub value: Option<String>,
@@ -89,17 +97,21 @@ pub struct PutArgs {
     /// The causal context from the read this write supersedes.
     #[arg(long)]
     pub context: Option<String>,
+    /// The value's media type, stored and returned by reads.
     #[arg(long, default_value = "application/octet-stream")]
     pub content_type: String,
 }
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
+    /// The key (any text; sent percent-encoded).
     pub key: String,
     #[command(flatten)]
     pub target: Target,
     #[command(flatten)]
     pub knobs: Knobs,
+    /// The causal context from the read this delete supersedes (without
+    /// one the node deletes what a quorum read sees).
     #[arg(long)]
     pub context: Option<String>,
 }
@@ -190,10 +202,12 @@ pub async fn health(target: &Target) -> Result<String, AdminError> {
     Ok(response.status().to_string())
 }
 
-/// What `get` prints: the value (one version), or the JSON view.
+/// What `get` prints: the value (one version), or the JSON view. With
+/// siblings it also says how many there are and how to resolve them.
 pub enum GetOutput {
     Value(Vec<u8>),
     Json(String),
+    Siblings { json: String, hint: String },
     NotFound,
 }
 
@@ -212,7 +226,17 @@ pub async fn get(args: &GetArgs) -> Result<GetOutput, AdminError> {
         let value = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
         return Ok(GetOutput::Value(value));
     }
-    Ok(GetOutput::Json(serde_json::to_string_pretty(&view).unwrap_or_default()))
+    let json = serde_json::to_string_pretty(&view).unwrap_or_default();
+    if siblings.len() > 1 {
+        let context = view["context"].as_str().unwrap_or("");
+        let hint = format!(
+            "{} siblings remain; resolve them with: quorumkv put {} <value> --context {context}",
+            siblings.len(),
+            args.key
+        );
+        return Ok(GetOutput::Siblings { json, hint });
+    }
+    Ok(GetOutput::Json(json))
 }
 
 /// `put`: returns the `Quorum-Report` and the new context, if one.

@@ -37,6 +37,14 @@ pub enum Command {
     Delete(crate::admin::DeleteArgs),
     /// Exit 0 if the node answers /health/live (for container health checks).
     Health(crate::admin::Target),
+    /// Print a shell completion script (e.g. `quorumkv completions bash > /etc/bash_completion.d/quorumkv`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `quorumkv man > quorumkv.1 && man ./quorumkv.1`.
+    Man,
 }
 
 #[derive(Debug, Args, Default)]
@@ -44,68 +52,98 @@ pub struct ServeArgs {
     /// TOML config file; flags and QUORUMKV_* variables override its keys.
     #[arg(long, env = "QUORUMKV_CONFIG")]
     pub config: Option<PathBuf>,
+    /// This node's id, as listed among the members.
     #[arg(long, env = "QUORUMKV_NODE_ID")]
     pub node_id: Option<String>,
+    /// Address of the public HTTPS API (e.g. 0.0.0.0:8443).
     #[arg(long, env = "QUORUMKV_CLIENT_LISTEN")]
     pub client_listen: Option<SocketAddr>,
+    /// Address of the node-to-node port (mutual TLS).
     #[arg(long, env = "QUORUMKV_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
+    /// RocksDB data directory.
     #[arg(long, env = "QUORUMKV_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Cluster CA certificate (PEM): verifies peers and admin clients.
     #[arg(long, env = "QUORUMKV_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the cluster CA.
     #[arg(long, env = "QUORUMKV_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
     #[arg(long, env = "QUORUMKV_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// A member as ID,CLIENT_URL,PEER_URL[,WEIGHT]; repeat the flag, or
     /// separate members by spaces in QUORUMKV_MEMBERS. Replaces the file's list.
     #[arg(long = "member", env = "QUORUMKV_MEMBERS", value_delimiter = ' ', value_parser = parse_member)]
     pub members: Vec<MemberConfig>,
+    /// Ring partitions (fixed for the cluster's life; every node the same).
     #[arg(long, env = "QUORUMKV_PARTITIONS")]
     pub partitions: Option<u32>,
+    /// Largest N a request may ask for.
     #[arg(long, env = "QUORUMKV_MAX_N")]
     pub max_n: Option<usize>,
+    /// N when a request sends none.
     #[arg(long, env = "QUORUMKV_DEFAULT_N")]
     pub default_n: Option<usize>,
+    /// R when a request sends none.
     #[arg(long, env = "QUORUMKV_DEFAULT_R")]
     pub default_r: Option<usize>,
+    /// W when a request sends none.
     #[arg(long, env = "QUORUMKV_DEFAULT_W")]
     pub default_w: Option<usize>,
+    /// PR when a request sends none.
     #[arg(long, env = "QUORUMKV_DEFAULT_PR")]
     pub default_pr: Option<usize>,
+    /// PW when a request sends none.
     #[arg(long, env = "QUORUMKV_DEFAULT_PW")]
     pub default_pw: Option<usize>,
+    /// DW when a request sends none.
     #[arg(long, env = "QUORUMKV_DEFAULT_DW")]
     pub default_dw: Option<usize>,
+    /// Largest value a PUT may store (413 above).
     #[arg(long, env = "QUORUMKV_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
+    /// How long the coordinator waits for replicas before answering 503.
     #[arg(long, env = "QUORUMKV_REQUEST_TIMEOUT_MS")]
     pub request_timeout_ms: Option<u64>,
+    /// On SIGTERM, serve this long while readiness says draining, then stop.
     #[arg(long, env = "QUORUMKV_DRAIN_DELAY_MS")]
     pub drain_delay_ms: Option<u64>,
+    /// RocksDB block cache size.
     #[arg(long, env = "QUORUMKV_BLOCK_CACHE_BYTES")]
     pub block_cache_bytes: Option<usize>,
+    /// Log lines as text or JSON.
     #[arg(long, env = "QUORUMKV_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Repair stale replicas seen by reads.
     #[arg(long, env = "QUORUMKV_READ_REPAIR")]
     pub read_repair: Option<bool>,
+    /// How long hints for an unreachable node are kept.
     #[arg(long, env = "QUORUMKV_HINT_WINDOW_SECS")]
     pub hint_window_secs: Option<u64>,
+    /// Rate limit of hint delivery.
     #[arg(long, env = "QUORUMKV_HANDOFF_BYTES_PER_SEC")]
     pub handoff_bytes_per_sec: Option<u64>,
+    /// Run Merkle-tree anti-entropy.
     #[arg(long, env = "QUORUMKV_ANTI_ENTROPY")]
     pub anti_entropy: Option<bool>,
+    /// Pause between anti-entropy rounds.
     #[arg(long, env = "QUORUMKV_ANTI_ENTROPY_INTERVAL_MS")]
     pub anti_entropy_interval_ms: Option<u64>,
+    /// Rate limit of anti-entropy traffic.
     #[arg(long, env = "QUORUMKV_ANTI_ENTROPY_BYTES_PER_SEC")]
     pub anti_entropy_bytes_per_sec: Option<u64>,
+    /// How often a partition's Merkle tree is rebuilt from the data.
     #[arg(long, env = "QUORUMKV_TREE_REBUILD_SECS")]
     pub tree_rebuild_secs: Option<u64>,
+    /// Age a tombstone must reach before GC may remove it.
     #[arg(long, env = "QUORUMKV_TOMBSTONE_GRACE_SECS")]
     pub tombstone_grace_secs: Option<u64>,
+    /// Most siblings a key may hold (409 above).
     #[arg(long, env = "QUORUMKV_MAX_SIBLINGS")]
     pub max_siblings: Option<usize>,
+    /// Most bytes a key's siblings may hold together (413 above).
     #[arg(long, env = "QUORUMKV_MAX_OBJECT_BYTES")]
     pub max_object_bytes: Option<usize>,
 }
@@ -207,6 +245,7 @@ pub struct DevArgs {
     /// Write the files and exit without starting anything.
     #[arg(long)]
     pub init_only: bool,
+    /// Log lines as text or JSON.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
@@ -228,6 +267,27 @@ pub struct CertsArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_flag_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&<Cli as clap::CommandFactory>::command(), "quorumkv", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
 
     #[test]
     fn flags_override_the_file() {

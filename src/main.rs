@@ -134,6 +134,10 @@ async fn run() -> anyhow::Result<()> {
             GetOutput::Json(text) => {
                 let _ = writeln!(std::io::stdout(), "{text}");
             }
+            GetOutput::Siblings { json, hint } => {
+                let _ = writeln!(std::io::stdout(), "{json}");
+                let _ = writeln!(std::io::stderr(), "{hint}");
+            }
             GetOutput::NotFound => anyhow::bail!("{}: not found", args.key),
         },
         Command::Put(args) => {
@@ -141,6 +145,15 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Health(target) => {
             let _ = writeln!(std::io::stdout(), "{}", admin::health(&target).await?);
+        }
+        Command::Completions { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "quorumkv", &mut std::io::stdout());
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page")?;
         }
         Command::Delete(args) => {
             let _ = writeln!(std::io::stderr(), "{}", admin::delete(&args).await?);

@@ -316,10 +316,10 @@ fn tls_server(
     server
 }
 
-/// Room for a 100 kB key, percent-encoded, with the usual headers. Over
-/// HTTP/1.1 hyper's own limit applies first: a request line over 64 KiB is
-/// refused by its parser with a bare `414`.
-const MAX_HEADER_LIST_BYTES: u32 = 512 * 1024;
+/// Room for the longest path `http::Uri` can hold (64 KiB) with the usual
+/// headers, so any key the stack can parse gets the API's JSON `414`; no
+/// more, since each concurrent stream may hold this much.
+const MAX_HEADER_LIST_BYTES: u32 = 128 * 1024;
 
 fn listener_addr(l: &std::net::TcpListener) -> Result<SocketAddr, NodeError> {
     l.local_addr().map_err(|source| NodeError::Bind { addr: SocketAddr::from(([0, 0, 0, 0], 0)), source })

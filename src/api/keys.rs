@@ -140,19 +140,25 @@ fn check_md5(headers: &HeaderMap, digest: &[u8; 16]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `204`. The context is returned only when the write left at most one
-/// visible version: the object's clock then covers that version and
-/// tombstones no reader is shown (add-wins, see `view`). With siblings left
-/// it would also cover values this client never saw, and a next write with
-/// it would silently drop them; the client reads instead.
-fn written(outcome: Outcome) -> Response {
+/// `204`. The context is returned only when what a reader would now be
+/// shown is exactly this write: this PUT's value alone, or nothing after a
+/// DELETE (add-wins hides the tombstones it then covers). Otherwise the
+/// clock would also cover a concurrent value this client never saw (a PUT
+/// that landed next to this one, or a value a DELETE lost to), and a next
+/// write with it would silently drop that value; the client reads instead.
+fn written(outcome: Outcome, wrote: &StoredValue) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
-    let visible = view::visible(&outcome.object).len();
+    let visible = view::visible(&outcome.object);
     let report = outcome.report.to_string();
-    if visible > 1 {
-        view::write_headers(response.headers_mut(), visible, &report);
+    let only_this = match visible.as_slice() {
+        [] => wrote.deleted,
+        [one] => !wrote.deleted && *one == wrote,
+        _ => false,
+    };
+    if only_this {
+        view::key_headers(response.headers_mut(), &outcome.object, visible.len(), &report);
     } else {
-        view::key_headers(response.headers_mut(), &outcome.object, visible, &report);
+        view::write_headers(response.headers_mut(), visible.len(), &report);
     }
     response
 }
@@ -178,28 +184,34 @@ pub async fn put(
     let stored = StoredValue::new(value, content_type, now_ms(), false);
     check_md5(&headers, &stored.digest)?;
     ensure_ready(&state)?;
-    let ctx = checked_context(&state, &key, c, ctx, &conditions).await?;
-    Ok(written(state.coordinator.put(key, ctx, stored, c).await?))
+    let adopt = conditions.names_what_it_replaces();
+    let (ctx, _) = checked_context(&state, &key, c, ctx, &conditions, adopt).await?;
+    let outcome = state.coordinator.put(key, ctx, stored.clone(), c).await?;
+    Ok(written(outcome, &stored))
 }
 
 /// With preconditions, read the key at the request's R/PR and check them
-/// against what the read shows (a failed read fails the write). A
-/// conditional write without `Causal-Context` then supersedes what the read
-/// saw: `If-Match` names the value it replaces, and `If-None-Match: *` a
-/// create that replaces only tombstones.
+/// against what the read shows (a failed read fails the write). Returns the
+/// context to write with, and whether a read was made. Without a
+/// `Causal-Context`, the read's clock is adopted only when `adopt`: a PUT
+/// whose condition names what it replaces (`If-Match` tags; `If-None-Match:
+/// *`, which passes only over tombstones), or any DELETE (which deletes what
+/// a read sees anyway). `If-Unmodified-Since` alone does not say which
+/// values a PUT replaces, so it stays a sibling as a blind PUT would.
 async fn checked_context(
     state: &NodeState,
     key: &Bytes,
     c: Consistency,
     ctx: VersionVector,
     conditions: &Preconditions,
-) -> Result<VersionVector, ApiError> {
+    adopt: bool,
+) -> Result<(VersionVector, bool), ApiError> {
     if conditions.is_empty() {
-        return Ok(ctx);
+        return Ok((ctx, false));
     }
     let seen = state.coordinator.get(key.clone(), c).await?.object;
     conditions.check(&view::visible(&seen))?;
-    Ok(if ctx.is_empty() { seen.clock().clone() } else { ctx })
+    Ok((if ctx.is_empty() && adopt { seen.clock().clone() } else { ctx }, true))
 }
 
 pub async fn delete(
@@ -209,18 +221,19 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let key = key_from_path(&uri, "/keys/")?;
     let c = consistency(&state, &headers)?;
-    let mut ctx = context(&headers)?;
+    let ctx = context(&headers)?;
     let conditions = Preconditions::from_headers(&headers)?;
     ensure_ready(&state)?;
-    ctx = checked_context(&state, &key, c, ctx, &conditions).await?;
-    if ctx.is_empty() {
+    let (mut ctx, read) = checked_context(&state, &key, c, ctx, &conditions, true).await?;
+    if ctx.is_empty() && !read {
         // Without a context, delete what a quorum read sees (as Riak does):
         // a tombstone concurrent with everything would leave the values
         // readable as its siblings. A failed read fails the delete.
         ctx = state.coordinator.get(key.clone(), c).await?.object.clock().clone();
     }
     let tombstone = StoredValue::new(Bytes::new(), "application/octet-stream".into(), now_ms(), true);
-    Ok(written(state.coordinator.put(key, ctx, tombstone, c).await?))
+    let outcome = state.coordinator.put(key, ctx, tombstone.clone(), c).await?;
+    Ok(written(outcome, &tombstone))
 }
 
 /// `/keys` or `/keys/` with no key.

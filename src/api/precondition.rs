@@ -26,21 +26,35 @@ pub struct Preconditions {
 #[derive(Debug, PartialEq)]
 enum Tags {
     Any,
-    List(Vec<String>),
+    List(Vec<Tag>),
+}
+
+/// An entity tag as sent: its quoted opaque part, and whether it was weak.
+#[derive(Debug, PartialEq)]
+struct Tag {
+    weak: bool,
+    opaque: String,
 }
 
 impl Preconditions {
     /// Reads the three headers. A malformed one is a `400`, not ignored: a
     /// typo must not turn a conditional write into a blind one.
     pub fn from_headers(headers: &HeaderMap) -> Result<Preconditions, ApiError> {
-        let text = |name: &str| -> Result<Option<&str>, ApiError> {
-            headers
-                .get(name)
-                .map(|v| v.to_str().map(str::trim))
-                .transpose()
-                .map_err(|_| ApiError::InvalidPrecondition(format!("{name} must be ASCII")))
+        // A list header may be split over several field lines (RFC 9110
+        // §5.3): they are one comma-separated list.
+        let text = |name: &str| -> Result<Option<String>, ApiError> {
+            let mut lines = Vec::new();
+            for v in headers.get_all(name) {
+                let v =
+                    v.to_str().map_err(|_| ApiError::InvalidPrecondition(format!("{name} must be ASCII")))?;
+                lines.push(v.trim());
+            }
+            Ok((!lines.is_empty()).then(|| lines.join(", ")))
         };
-        let if_unmodified_since = match text("if-unmodified-since")? {
+        if headers.get_all("if-unmodified-since").iter().count() > 1 {
+            return Err(ApiError::InvalidPrecondition("If-Unmodified-Since given more than once".into()));
+        }
+        let if_unmodified_since = match text("if-unmodified-since")?.as_deref() {
             None => None,
             Some(date) => Some(
                 httpdate::parse_http_date(date)
@@ -56,10 +70,17 @@ impl Preconditions {
             ),
         };
         Ok(Preconditions {
-            if_match: text("if-match")?.map(|v| parse_tags("If-Match", v)).transpose()?,
-            if_none_match: text("if-none-match")?.map(|v| parse_tags("If-None-Match", v)).transpose()?,
+            if_match: text("if-match")?.map(|v| parse_tags("If-Match", &v)).transpose()?,
+            if_none_match: text("if-none-match")?.map(|v| parse_tags("If-None-Match", &v)).transpose()?,
             if_unmodified_since,
         })
+    }
+
+    /// True when the condition names what a write without a context
+    /// replaces: `If-Match` with tags (those values), or `If-None-Match: *`
+    /// (only tombstones, since it passes only when no value is live).
+    pub fn names_what_it_replaces(&self) -> bool {
+        matches!(self.if_match, Some(Tags::List(_))) || self.if_none_match == Some(Tags::Any)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -71,10 +92,11 @@ impl Preconditions {
     pub fn check(&self, visible: &[&StoredValue]) -> Result<(), ApiError> {
         let current = entity_tag(visible);
         if let Some(tags) = &self.if_match {
+            // Strong comparison: a weak tag never matches.
             let ok = match (tags, &current) {
                 (_, None) => false,
                 (Tags::Any, Some(_)) => true,
-                (Tags::List(list), Some(tag)) => list.iter().any(|t| t == tag),
+                (Tags::List(list), Some(tag)) => list.iter().any(|t| !t.weak && &t.opaque == tag),
             };
             if !ok {
                 return Err(failed("If-Match", &current));
@@ -86,10 +108,11 @@ impl Preconditions {
             }
         }
         if let Some(tags) = &self.if_none_match {
+            // Weak comparison (RFC 9110 §13.1.2): `W/"x"` matches `"x"`.
             let matched = match (tags, &current) {
                 (_, None) => false,
                 (Tags::Any, Some(_)) => true,
-                (Tags::List(list), Some(tag)) => list.iter().any(|t| t == tag),
+                (Tags::List(list), Some(tag)) => list.iter().any(|t| &t.opaque == tag),
             };
             if matched {
                 return Err(failed("If-None-Match", &current));
@@ -103,23 +126,29 @@ fn failed(header: &'static str, current: &Option<String>) -> ApiError {
     ApiError::PreconditionFailed { header, current: current.clone() }
 }
 
-/// `*` or a comma-separated list of strong entity tags (`"…"`). Weak tags
-/// (`W/"…"`) never match a strong comparison, so they are refused.
+/// `*` or a comma-separated list of entity tags (`"…"` or weak `W/"…"`).
+/// The server's own tags never hold a comma or a quote, so splitting on
+/// commas is exact for every tag that can match.
 fn parse_tags(name: &str, value: &str) -> Result<Tags, ApiError> {
     if value == "*" {
         return Ok(Tags::Any);
     }
-    let tags: Vec<String> =
-        value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
-    let strong = |t: &String| {
-        t.len() >= 2 && t.starts_with('"') && t.ends_with('"') && !t[1..t.len() - 1].contains('"')
+    let parse = |t: &str| -> Option<Tag> {
+        let (weak, quoted) = match t.strip_prefix("W/") {
+            Some(rest) => (true, rest),
+            None => (false, t),
+        };
+        let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+        (!inner.contains('"')).then(|| Tag { weak, opaque: quoted.to_string() })
     };
-    if tags.is_empty() || !tags.iter().all(strong) {
-        return Err(ApiError::InvalidPrecondition(format!(
+    let tags: Option<Vec<Tag>> =
+        value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(parse).collect();
+    match tags {
+        Some(tags) if !tags.is_empty() => Ok(Tags::List(tags)),
+        _ => Err(ApiError::InvalidPrecondition(format!(
             "{name} must be * or quoted entity tags such as \"5d41402abc4b2a76b9719d911017c592\"; got '{value}'"
-        )));
+        ))),
     }
-    Ok(Tags::List(tags))
 }
 
 /// The key's entity tag as a read shows it: the value's MD5 for one value;
@@ -207,10 +236,24 @@ mod tests {
     }
 
     #[test]
+    fn weak_tags_match_if_none_match_only_and_split_headers_are_one_list() {
+        let v = value("a", 1_000);
+        let weak = format!("W/{}", v.etag());
+        assert_eq!(code(with(&[("if-none-match", &weak)]).unwrap().check(&[&v])), "precondition_failed");
+        assert_eq!(code(with(&[("if-match", &weak)]).unwrap().check(&[&v])), "precondition_failed");
+        let mut h = HeaderMap::new();
+        h.append("if-none-match", HeaderValue::from_static("\"other\""));
+        h.append("if-none-match", HeaderValue::from_str(&v.etag()).unwrap());
+        let p = Preconditions::from_headers(&h).unwrap();
+        assert_eq!(code(p.check(&[&v])), "precondition_failed", "the second line counts too");
+        assert!(!p.names_what_it_replaces());
+        assert!(with(&[("if-none-match", "*")]).unwrap().names_what_it_replaces());
+        assert!(!with(&[("if-match", "*")]).unwrap().names_what_it_replaces());
+    }
+
+    #[test]
     fn malformed_conditions_are_refused_not_ignored() {
-        for (h, v) in
-            [("if-match", "abc"), ("if-none-match", "W/\"x\""), ("if-unmodified-since", "yesterday")]
-        {
+        for (h, v) in [("if-match", "abc"), ("if-none-match", "W/x"), ("if-unmodified-since", "yesterday")] {
             assert_eq!(
                 with(&[(h, v)]).map(|_| ()).map_err(|e| e.code()),
                 Err("invalid_precondition"),

@@ -38,7 +38,9 @@ pub struct DrainBudget(pub usize);
 struct Unread {
     inner: Option<Body>,
     finished: bool,
-    back: Option<oneshot::Sender<Body>>,
+    /// Whether the handler asked for any of the body.
+    polled: bool,
+    back: Option<oneshot::Sender<(Body, bool)>>,
 }
 
 impl HttpBody for Unread {
@@ -49,6 +51,7 @@ impl HttpBody for Unread {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        self.polled = true;
         let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
         let frame = Pin::new(inner).poll_frame(cx);
         if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
@@ -73,7 +76,7 @@ impl Drop for Unread {
             && !inner.is_end_stream()
             && let Some(back) = self.back.take()
         {
-            let _ = back.send(inner);
+            let _ = back.send((inner, self.polled));
         }
     }
 }
@@ -82,13 +85,23 @@ impl Drop for Unread {
 /// whatever it left unread before returning its response.
 pub async fn drain_unread(State(budget): State<DrainBudget>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
+    // A client that sent `Expect: 100-continue` waits for a go-ahead that
+    // hyper gives only when the body is read: if the handler never asked
+    // for it, the refusal goes out first and the body is never sent.
+    let expects_continue = parts
+        .headers
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (back, mut left) = oneshot::channel();
-    let body = Body::new(Unread { inner: Some(body), finished: false, back: Some(back) });
+    let body = Body::new(Unread { inner: Some(body), finished: false, polled: false, back: Some(back) });
     let response = next.run(Request::from_parts(parts, body)).await;
     // The handler has returned, so its body is dropped and sent back here
     // if it was left unread.
-    if let Ok(rest) = left.try_recv() {
-        drain(rest, budget.0).await;
+    if let Ok((rest, polled)) = left.try_recv() {
+        let hopeless = rest.size_hint().lower() > budget.0 as u64;
+        if (!expects_continue || polled) && !hopeless {
+            drain(rest, budget.0).await;
+        }
     }
     response
 }

@@ -50,10 +50,13 @@ pub struct BenchArgs {
     /// A node's public URL; repeat for several. Overrides the cluster file's nodes.
     #[arg(long)]
     pub url: Vec<String>,
+    /// The cluster CA (PEM) verifying the nodes.
     #[arg(long)]
     pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM), for a node that asks for one.
     #[arg(long)]
     pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
     #[arg(long)]
     pub key: Option<PathBuf>,
     /// put, get, or mixed:<get%> (the rest read-modify-write with the context).
@@ -65,6 +68,7 @@ pub struct BenchArgs {
     /// Stop after this many requests instead.
     #[arg(long)]
     pub requests: Option<u64>,
+    /// Requests in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Value size in bytes, or a range MIN-MAX.
@@ -79,16 +83,22 @@ pub struct BenchArgs {
     /// Write every key once before measuring.
     #[arg(long)]
     pub preload: bool,
+    /// N header on every request (integer, one, quorum or all).
     #[arg(long)]
     pub n: Option<String>,
+    /// R header on every GET.
     #[arg(long)]
     pub r: Option<String>,
+    /// W header on every PUT.
     #[arg(long)]
     pub w: Option<String>,
+    /// PW header on every PUT.
     #[arg(long)]
     pub pw: Option<String>,
+    /// DW header on every PUT.
     #[arg(long)]
     pub dw: Option<String>,
+    /// HTTP version to the nodes (HTTP/1.1 over a connection pool, or HTTP/2).
     #[arg(long, value_enum, default_value = "http1")]
     pub protocol: Protocol,
     /// Open loop: total requests per second, latency measured from each

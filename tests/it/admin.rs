@@ -40,6 +40,11 @@ async fn get_put_delete_and_cluster_status_from_the_command_line() {
     let view: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON view");
     assert_eq!(view["siblings"].as_array().unwrap().len(), 2);
     let context = view["context"].as_str().expect("context").to_string();
+    let hint = stderr(&o);
+    assert!(
+        hint.contains("2 siblings remain") && hint.contains(&format!("--context {context}")),
+        "says how many siblings and how to resolve them: {hint}"
+    );
     let o = tokio::task::block_in_place(|| run(&c, &["delete", "cli key/1", "--context", &context]));
     assert!(o.status.success(), "{}", stderr(&o));
     let o = tokio::task::block_in_place(|| run(&c, &["get", "cli key/1"]));
@@ -62,6 +67,20 @@ async fn get_put_delete_and_cluster_status_from_the_command_line() {
     let json: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
     assert_eq!(json["members"].as_array().unwrap().len(), 3);
     c.shutdown().await;
+}
+
+#[test]
+fn shell_completions_and_a_man_page_come_from_the_binary() {
+    let o = crate::cluster::quorumkv_cmd().args(["completions", "bash"]).output().expect("run quorumkv");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let script = stdout(&o);
+    assert!(script.contains("_quorumkv()") && script.contains("--max-errors"), "a bash completion script");
+    let o = crate::cluster::quorumkv_cmd().args(["completions", "zsh"]).output().expect("run quorumkv");
+    assert!(stdout(&o).starts_with("#compdef quorumkv"), "{}", stdout(&o));
+    let o = crate::cluster::quorumkv_cmd().arg("man").output().expect("run quorumkv");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page = stdout(&o);
+    assert!(page.contains(".TH quorumkv 1") && page.contains("serve"), "a roff man page");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

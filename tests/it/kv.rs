@@ -323,3 +323,32 @@ async fn conditional_writes_answer_412_when_a_quorum_read_disagrees() {
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "invalid_precondition");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_returns_a_context_only_when_it_is_all_a_reader_sees() {
+    let c = TestCluster::start(3).await;
+    c.put(0, "ctx", "a", &[("w", "3")]).await;
+    let seen = header(&c.get(0, "ctx", &[("r", "3")]).await, "causal-context");
+    // Another client updates A to B; this client then deletes A with its
+    // old context. B wins (add-wins), and the delete's 204 must not hand out
+    // a context covering B, which this client never saw.
+    assert_eq!(c.put(1, "ctx", "b", &[("causal-context", &seen), ("w", "3")]).await.status(), 204);
+    let r = c.delete(2, "ctx", &[("causal-context", &seen), ("w", "3")]).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(header(&r, "causal-context"), "", "no context covering the unseen B");
+    assert_eq!(header(&r, "sibling-count"), "1", "B is still shown");
+    // A plain delete that removes everything gets its context back.
+    let r = c.delete(2, "ctx", &[("w", "3")]).await;
+    assert!(!header(&r, "causal-context").is_empty());
+    assert_eq!(header(&r, "sibling-count"), "0");
+
+    // If-Unmodified-Since names no value: without a context the PUT is a
+    // sibling of what is there, not a replacement.
+    c.put(0, "ius", "x", &[("w", "3")]).await;
+    c.put(1, "ius", "y", &[("w", "3")]).await;
+    let later = httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(5));
+    assert_eq!(c.put(0, "ius", "z", &[("if-unmodified-since", &later), ("w", "3")]).await.status(), 204);
+    let r = c.get(2, "ius", &[("r", "3")]).await;
+    assert_eq!(header(&r, "sibling-count"), "3", "x and y survive next to z");
+    c.shutdown().await;
+}
