@@ -13,6 +13,7 @@ use md5::{Digest, Md5};
 
 use super::error::ApiError;
 use crate::storage::StoredValue;
+use crate::storage::record::to_hex;
 
 /// The preconditions a request carries; `None` everywhere means none.
 #[derive(Debug, Default)]
@@ -27,6 +28,18 @@ pub struct Preconditions {
 enum Tags {
     Any,
     List(Vec<Tag>),
+}
+
+impl Tags {
+    /// Whether the key's current tag (`None`: no live value) is among
+    /// these; `strong` refuses weak tags (RFC 9110 §8.8.3.2).
+    fn match_current(&self, current: &Option<String>, strong: bool) -> bool {
+        match (self, current) {
+            (_, None) => false,
+            (Tags::Any, Some(_)) => true,
+            (Tags::List(list), Some(tag)) => list.iter().any(|t| !(strong && t.weak) && &t.opaque == tag),
+        }
+    }
 }
 
 /// An entity tag as sent: its quoted opaque part, and whether it was weak.
@@ -93,12 +106,7 @@ impl Preconditions {
         let current = entity_tag(visible);
         if let Some(tags) = &self.if_match {
             // Strong comparison: a weak tag never matches.
-            let ok = match (tags, &current) {
-                (_, None) => false,
-                (Tags::Any, Some(_)) => true,
-                (Tags::List(list), Some(tag)) => list.iter().any(|t| !t.weak && &t.opaque == tag),
-            };
-            if !ok {
+            if !tags.match_current(&current, true) {
                 return Err(failed("If-Match", &current));
             }
         } else if let Some(since) = self.if_unmodified_since {
@@ -109,12 +117,7 @@ impl Preconditions {
         }
         if let Some(tags) = &self.if_none_match {
             // Weak comparison (RFC 9110 §13.1.2): `W/"x"` matches `"x"`.
-            let matched = match (tags, &current) {
-                (_, None) => false,
-                (Tags::Any, Some(_)) => true,
-                (Tags::List(list), Some(tag)) => list.iter().any(|t| &t.opaque == tag),
-            };
-            if matched {
+            if tags.match_current(&current, false) {
                 return Err(failed("If-None-Match", &current));
             }
         }
@@ -162,13 +165,9 @@ pub fn entity_tag(visible: &[&StoredValue]) -> Option<String> {
             let mut tags: Vec<String> = many.iter().map(|v| v.etag()).collect();
             tags.sort();
             let digest = Md5::digest(tags.concat().as_bytes());
-            Some(format!("\"siblings-{}-{}\"", many.len(), hex(&digest)))
+            Some(format!("\"siblings-{}-{}\"", many.len(), to_hex(&digest)))
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -45,14 +45,13 @@ impl StoredValue {
 
     /// The quoted hex digest used as HTTP `ETag`.
     pub fn etag(&self) -> String {
-        let mut s = String::with_capacity(34);
-        s.push('"');
-        for b in self.digest {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s.push('"');
-        s
+        format!("\"{}\"", to_hex(&self.digest))
     }
+}
+
+/// Lowercase hex of a digest, as ETags show it.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn md5_of(bytes: &[u8]) -> [u8; 16] {
