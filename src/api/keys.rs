@@ -185,33 +185,36 @@ pub async fn put(
     check_md5(&headers, &stored.digest)?;
     ensure_ready(&state)?;
     let adopt = conditions.names_what_it_replaces();
-    let (ctx, _) = checked_context(&state, &key, c, ctx, &conditions, adopt).await?;
+    let ctx = write_context(&state, &key, c, ctx, &conditions, false, adopt).await?;
     let outcome = state.coordinator.put(key, ctx, stored.clone(), c).await?;
     Ok(written(outcome, &stored))
 }
 
-/// With preconditions, read the key at the request's R/PR and check them
-/// against what the read shows (a failed read fails the write). Returns the
-/// context to write with, and whether a read was made. Without a
-/// `Causal-Context`, the read's clock is adopted only when `adopt`: a PUT
-/// whose condition names what it replaces (`If-Match` tags; `If-None-Match:
-/// *`, which passes only over tombstones), or any DELETE (which deletes what
-/// a read sees anyway). `If-Unmodified-Since` alone does not say which
+/// The context a write goes out with, after the one read it may need: a
+/// read at the request's R/PR is made when there are preconditions (checked
+/// against what it shows; a failed read fails the write) or, with
+/// `blind_read`, when the request has no `Causal-Context`. Without one, the
+/// read's clock is adopted only when `adopt`: a PUT whose condition names
+/// what it replaces (`If-Match` tags; `If-None-Match: *`, which passes only
+/// over tombstones), or any DELETE (which deletes what a read sees, as Riak
+/// does: a tombstone concurrent with everything would leave the values
+/// readable next to it). `If-Unmodified-Since` alone does not say which
 /// values a PUT replaces, so it stays a sibling as a blind PUT would.
-async fn checked_context(
+async fn write_context(
     state: &NodeState,
     key: &Bytes,
     c: Consistency,
     ctx: VersionVector,
     conditions: &Preconditions,
+    blind_read: bool,
     adopt: bool,
-) -> Result<(VersionVector, bool), ApiError> {
-    if conditions.is_empty() {
-        return Ok((ctx, false));
+) -> Result<VersionVector, ApiError> {
+    if conditions.is_empty() && !(blind_read && ctx.is_empty()) {
+        return Ok(ctx);
     }
     let seen = state.coordinator.get(key.clone(), c).await?.object;
     conditions.check(&view::visible(&seen))?;
-    Ok((if ctx.is_empty() && adopt { seen.clock().clone() } else { ctx }, true))
+    Ok(if ctx.is_empty() && adopt { seen.clock().clone() } else { ctx })
 }
 
 pub async fn delete(
@@ -224,13 +227,7 @@ pub async fn delete(
     let ctx = context(&headers)?;
     let conditions = Preconditions::from_headers(&headers)?;
     ensure_ready(&state)?;
-    let (mut ctx, read) = checked_context(&state, &key, c, ctx, &conditions, true).await?;
-    if ctx.is_empty() && !read {
-        // Without a context, delete what a quorum read sees (as Riak does):
-        // a tombstone concurrent with everything would leave the values
-        // readable as its siblings. A failed read fails the delete.
-        ctx = state.coordinator.get(key.clone(), c).await?.object.clock().clone();
-    }
+    let ctx = write_context(&state, &key, c, ctx, &conditions, true, true).await?;
     let tombstone = StoredValue::new(Bytes::new(), "application/octet-stream".into(), now_ms(), true);
     let outcome = state.coordinator.put(key, ctx, tombstone.clone(), c).await?;
     Ok(written(outcome, &tombstone))
