@@ -84,6 +84,10 @@ impl Drop for Unread {
 /// The middleware: run the handler with a wrapped body, then drain
 /// whatever it left unread before returning its response.
 pub async fn drain_unread(State(budget): State<DrainBudget>, request: Request, next: Next) -> Response {
+    // Most requests (GETs, DELETEs) have no body: nothing to hand back.
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
     // A client that sent `Expect: 100-continue` waits for a go-ahead that
     // hyper gives only when the body is read: if the handler never asked
