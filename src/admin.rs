@@ -123,8 +123,13 @@ fn client(target: &Target) -> Result<reqwest::Client, AdminError> {
 }
 
 fn key_url(target: &Target, key: &str) -> String {
+    route_url(target, "keys", key)
+}
+
+/// `route` is `keys` (raw values) or `versions` (the JSON view).
+fn route_url(target: &Target, route: &str, key: &str) -> String {
     let encoded = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC);
-    format!("{}/keys/{encoded}", target.url.trim_end_matches('/'))
+    format!("{}/{route}/{encoded}", target.url.trim_end_matches('/'))
 }
 
 fn with_knobs(
@@ -212,11 +217,19 @@ pub enum GetOutput {
 }
 
 pub async fn get(args: &GetArgs) -> Result<GetOutput, AdminError> {
-    let req = client(&args.target)?.request(Method::GET, key_url(&args.target, &args.key));
-    let req = with_knobs(req, &args.knobs, None).header("accept", "application/json");
+    let req = client(&args.target)?.request(Method::GET, route_url(&args.target, "versions", &args.key));
+    let req = with_knobs(req, &args.knobs, None);
     let response = req.send().await?;
     if response.status() == StatusCode::NOT_FOUND {
-        return Ok(GetOutput::NotFound);
+        // Only a missing key is "not found"; a node without the route
+        // (`no_route`: older than this CLI, or a wrong URL) is an error.
+        let body = response.text().await.unwrap_or_default();
+        let code =
+            serde_json::from_str::<Value>(&body).ok().and_then(|v| v["error"].as_str().map(str::to_owned));
+        if code.as_deref() == Some("not_found") {
+            return Ok(GetOutput::NotFound);
+        }
+        return Err(AdminError::Refused { status: StatusCode::NOT_FOUND, body });
     }
     let view: Value = serde_json::from_slice(&refuse_errors(response).await?.bytes().await?)?;
     let siblings = view["siblings"].as_array().cloned().unwrap_or_default();

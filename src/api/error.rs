@@ -30,6 +30,8 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidBody(String),
     #[error("{0}")]
+    InvalidContentType(String),
+    #[error("{0}")]
     InvalidPrecondition(String),
     #[error("{header} failed against what a quorum read sees; nothing was stored")]
     PreconditionFailed { header: &'static str, current: Option<String> },
@@ -75,9 +77,13 @@ impl ApiError {
             ApiError::ContentMd5Mismatch => "content_md5_mismatch",
             ApiError::ValueTooLarge { .. } => "value_too_large",
             ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::InvalidContentType(_) => "invalid_content_type",
             ApiError::InvalidPrecondition(_) => "invalid_precondition",
             ApiError::PreconditionFailed { .. } => "precondition_failed",
-            ApiError::NotFound | ApiError::NoRoute => "not_found",
+            ApiError::NotFound => "not_found",
+            // Distinct from a missing key, so a client can tell a node
+            // without the route (older, or a wrong URL) from a 404 key.
+            ApiError::NoRoute => "no_route",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::NotReady => "not_ready",
             ApiError::Coordinator(CoordinatorError::QuorumNotMet { .. }) => "quorum_not_met",

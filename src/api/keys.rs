@@ -16,7 +16,7 @@ use super::view;
 use crate::coordinator::{Consistency, Knob, KnobRequest, Outcome};
 use crate::node::NodeState;
 use crate::replica::now_ms;
-use crate::storage::StoredValue;
+use crate::storage::{Object, StoredValue};
 use crate::version::VersionVector;
 
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -73,39 +73,85 @@ fn context(headers: &HeaderMap) -> Result<VersionVector, ApiError> {
     }
 }
 
-fn wants_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("application/json")))
-}
-
 fn ensure_ready(state: &NodeState) -> Result<(), ApiError> {
     if state.is_ready() { Ok(()) } else { Err(ApiError::NotReady) }
 }
 
+/// The quorum read both GET routes make: the key, the merged object and
+/// the quorum report.
+async fn read(
+    state: &NodeState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    prefix: &str,
+) -> Result<(Bytes, Object, String), ApiError> {
+    let key = key_from_path(uri, prefix)?;
+    let c = consistency(state, headers)?;
+    ensure_ready(state)?;
+    let Outcome { object, report } = state.coordinator.get(key.clone(), c).await?;
+    Ok((key, object, report.to_string()))
+}
+
+fn not_found(object: &Object, report: &str) -> Response {
+    let mut response = ApiError::NotFound.into_response();
+    view::key_headers(response.headers_mut(), object, 0, report);
+    response
+}
+
+/// `GET /keys/{key}`: the value as stored, whatever the request's `Accept`
+/// says (a stored JSON document comes back as itself, as in Riak), or the
+/// siblings as `multipart/mixed`.
 pub async fn get(
     State(state): State<Arc<NodeState>>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = key_from_path(&uri, "/keys/")?;
-    let c = consistency(&state, &headers)?;
-    ensure_ready(&state)?;
-    let Outcome { object, report } = state.coordinator.get(key.clone(), c).await?;
-    let report = report.to_string();
-    let visible = view::visible(&object);
-    Ok(match visible.as_slice() {
-        [] => {
-            let mut response = ApiError::NotFound.into_response();
-            view::key_headers(response.headers_mut(), &object, 0, &report);
-            response
-        }
-        _ if wants_json(&headers) => view::json(&key, &object, &report),
+    let (_, object, report) = read(&state, &uri, &headers, "/keys/").await?;
+    Ok(match view::visible(&object).as_slice() {
+        [] => not_found(&object, &report),
         [one] => view::single(&object, one, &report),
         many => view::multipart(&object, many, &report),
     })
 }
+
+/// `GET /versions/{key}`: the same read as JSON, one entry per live
+/// version, for clients that want siblings as data (generated SDKs, the
+/// CLI) rather than multipart.
+pub async fn versions(
+    State(state): State<Arc<NodeState>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (key, object, report) = read(&state, &uri, &headers, "/versions/").await?;
+    Ok(if view::visible(&object).is_empty() {
+        not_found(&object, &report)
+    } else {
+        view::json(&key, &object, &report)
+    })
+}
+
+/// The media type stored with a value: `Value-Content-Type` (for clients
+/// that cannot choose the request's `Content-Type`, such as an SDK
+/// generated from openapi.yaml), else `Content-Type`, else octet-stream.
+/// It must parse as a concrete `type/subtype[; params]`: reads send it back
+/// as their `Content-Type`, and a client must be able to parse that.
+fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
+    let given = headers.get(VALUE_CONTENT_TYPE).map(|v| ("Value-Content-Type", v));
+    let Some((name, value)) =
+        given.or_else(|| headers.get(header::CONTENT_TYPE).map(|v| ("Content-Type", v)))
+    else {
+        return Ok("application/octet-stream".to_string());
+    };
+    let text = value.to_str().map(str::trim).unwrap_or("");
+    match text.parse::<mime::Mime>() {
+        Ok(m) if m.type_() != mime::STAR && m.subtype() != mime::STAR => Ok(text.to_string()),
+        _ => Err(ApiError::InvalidContentType(format!(
+            "{name} must be a media type such as text/plain or application/json; got {text:?}"
+        ))),
+    }
+}
+
+const VALUE_CONTENT_TYPE: header::HeaderName = header::HeaderName::from_static("value-content-type");
 
 async fn read_body(state: &NodeState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = state.max_value_bytes;
@@ -172,20 +218,17 @@ pub async fn put(
     let key = key_from_path(&uri, "/keys/")?;
     let c = consistency(&state, &headers)?;
     let ctx = context(&headers)?;
-    let content_type = match headers.get(header::CONTENT_TYPE) {
-        None => "application/octet-stream".to_string(),
-        Some(v) => {
-            v.to_str().map_err(|_| ApiError::InvalidBody("Content-Type must be ASCII".into()))?.to_string()
-        }
-    };
+    let content_type = content_type(&headers)?;
     let conditions = Preconditions::from_headers(&headers)?;
+    ensure_ready(&state)?;
+    // Conditions first: a 412 is answered before the body is uploaded
+    // (with `Expect: 100-continue`, before the client sends it at all).
+    let adopt = conditions.names_what_it_replaces();
+    let ctx = write_context(&state, &key, c, ctx, &conditions, false, adopt).await?;
     let value = read_body(&state, &headers, body).await?;
     state.metrics.observe_value(value.len());
     let stored = StoredValue::new(value, content_type, now_ms(), false);
     check_md5(&headers, &stored.digest)?;
-    ensure_ready(&state)?;
-    let adopt = conditions.names_what_it_replaces();
-    let ctx = write_context(&state, &key, c, ctx, &conditions, false, adopt).await?;
     let outcome = state.coordinator.put(key, ctx, stored.clone(), c).await?;
     Ok(written(outcome, &stored))
 }
@@ -233,7 +276,7 @@ pub async fn delete(
     Ok(written(outcome, &tombstone))
 }
 
-/// `/keys` or `/keys/` with no key.
+/// `/keys`, `/versions` (or with a trailing `/`) with no key.
 pub async fn missing_key() -> ApiError {
     ApiError::InvalidKey("key must be 1 to 1024 bytes; got an empty key".into())
 }

@@ -28,6 +28,9 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/keys/{*key}", get(keys::get).put(keys::put).delete(keys::delete))
         .route("/keys", get(keys::missing_key).put(keys::missing_key).delete(keys::missing_key))
         .route("/keys/", get(keys::missing_key).put(keys::missing_key).delete(keys::missing_key))
+        .route("/versions/{*key}", get(keys::versions))
+        .route("/versions", get(keys::missing_key))
+        .route("/versions/", get(keys::missing_key))
         .layer(axum::middleware::map_response(view::ensure_key_headers))
         .layer(axum::middleware::from_fn_with_state(state.clone(), record));
     Router::new()

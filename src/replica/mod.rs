@@ -98,7 +98,7 @@ pub enum ReplicaError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum LimitError {
     #[error(
-        "the key would have {siblings} siblings, more than max_siblings = {limit}; read it and write with its context to resolve them"
+        "the key would have {siblings} siblings (tombstones, which reads do not show, included), more than max_siblings = {limit}; read it and write with its context (a 404 carries one too) to resolve them"
     )]
     Siblings { siblings: usize, limit: usize },
     #[error(

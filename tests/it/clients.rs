@@ -102,3 +102,35 @@ async fn a_flood_of_rejected_uploads_on_one_http2_connection_leaves_the_node_ser
     assert_eq!(c.get(0, "flood", &[]).await.text().await.unwrap(), "ok");
     c.shutdown().await;
 }
+
+/// A conditional PUT is checked before its body is read: a client that
+/// waits for `100 Continue` (curl does, over HTTP/1.1, for a large body)
+/// gets the 412 without uploading the value at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_condition_is_answered_before_the_upload() {
+    let c = TestCluster::start_with(Options { nodes: 1, ..Options::default() }).await;
+    assert_eq!(c.put(0, "taken", "first", &[]).await.status(), 204);
+    let dir = c.dir.path();
+    let big = dir.join("8mib");
+    std::fs::write(&big, vec![b'z'; 8 << 20]).unwrap();
+    let output = Command::new("curl")
+        .args(["-sS", "--http1.1", "--expect100-timeout", "30", "--cacert"])
+        .arg(c.ca())
+        .args(["-o"])
+        .arg(dir.join("answer"))
+        .args(["-w", "%{http_code} %{size_upload}", "-X", "PUT", "-H", "If-None-Match: *", "--data-binary"])
+        .arg(format!("@{}", big.display()))
+        .arg(c.key_url(0, "taken"))
+        .output()
+        .expect("curl runs (apt install curl)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let written = String::from_utf8_lossy(&output.stdout).to_string();
+    let (status, uploaded) = written.split_once(' ').expect("status and upload size");
+    assert_eq!(status, "412");
+    let body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("answer")).unwrap()).unwrap();
+    assert_eq!(body["error"], "precondition_failed");
+    assert_eq!(uploaded, "0", "the 8 MiB value was not uploaded");
+    assert_eq!(c.get(0, "taken", &[]).await.text().await.unwrap(), "first");
+    c.shutdown().await;
+}

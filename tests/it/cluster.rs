@@ -214,6 +214,15 @@ impl TestCluster {
         req.send().await.expect("get sent")
     }
 
+    /// `GET /versions/{key}`: the read as JSON.
+    pub async fn versions(&self, node: usize, key: &str, headers: &[(&str, &str)]) -> Response {
+        let mut req = self.client.get(self.url(node, &format!("/versions/{key}")));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("versions sent")
+    }
+
     pub async fn delete(&self, node: usize, key: &str, headers: &[(&str, &str)]) -> Response {
         let mut req = self.request(Method::DELETE, node, key);
         for (k, v) in headers {

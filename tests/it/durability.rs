@@ -16,7 +16,7 @@ fn b64(s: &str) -> String {
 }
 
 async fn json_view(c: &TestCluster, node: usize, key: &str, r: &str) -> serde_json::Value {
-    let resp = c.get(node, key, &[("accept", "application/json"), ("r", r)]).await;
+    let resp = c.versions(node, key, &[("r", r)]).await;
     assert_eq!(resp.status(), 200, "read of {key}");
     resp.json().await.unwrap()
 }

@@ -95,8 +95,7 @@ async fn a_corrupt_record_is_never_served_and_does_not_swallow_later_writes() {
     // A write through the node with the corrupt copy is coordinated by
     // another replica (it cannot know its own last dot) and is not lost.
     assert_eq!(c.put(0, "fragile", "v2", &[("w", "3")]).await.status(), 204);
-    let view: serde_json::Value =
-        c.get(2, "fragile", &[("accept", "application/json"), ("r", "3")]).await.json().await.unwrap();
+    let view: serde_json::Value = c.versions(2, "fragile", &[("r", "3")]).await.json().await.unwrap();
     assert_eq!(sibling_values(&view), vec!["djE=", "djI="], "both the old value and the blind write survive");
     let local = c.wait_local(0, "fragile", |copy| copy.is_some()).await.unwrap();
     assert_eq!(local["siblings"].as_array().unwrap().len(), 2, "node 0 holds a good copy again");

@@ -101,7 +101,7 @@ async fn malformed_contexts_digests_keys_and_sizes() {
     assert_eq!(c.get(0, "big3", &[]).await.status(), StatusCode::NOT_FOUND);
 
     // Unknown routes are JSON 404s too.
-    expect_error(c.client.get(c.url(0, "/nope")).send().await.unwrap(), 404, "not_found").await;
+    expect_error(c.client.get(c.url(0, "/nope")).send().await.unwrap(), 404, "no_route").await;
     expect_error(c.client.patch(c.key_url(0, "k")).send().await.unwrap(), 405, "method_not_allowed").await;
     c.shutdown().await;
 }

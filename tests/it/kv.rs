@@ -36,6 +36,52 @@ async fn binary_values_and_content_types_round_trip() {
     c.shutdown().await;
 }
 
+/// A stored JSON document is a value like any other: `/keys` returns it as
+/// itself under any `Accept` (a generated client asks for JSON), and the
+/// JSON view of the key is `/versions`. `Value-Content-Type` names the
+/// media type for clients that always send octet-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_return_the_value_under_any_accept_and_versions_give_the_json_view() {
+    let c = TestCluster::start(3).await;
+    let doc = r#"{"siblings":"not really"}"#;
+    assert_eq!(
+        c.put(0, "doc.json", doc, &[("content-type", "application/json"), ("w", "3")]).await.status(),
+        204
+    );
+    let r = c.get(1, "doc.json", &[("accept", "application/json")]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "content-type"), "application/json");
+    assert_eq!(r.text().await.unwrap(), doc);
+
+    let r = c.versions(2, "doc.json", &[("r", "3")]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "sibling-count"), "1");
+    let view: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(view["key"], "doc.json");
+    assert_eq!(view["siblings"][0]["content_type"], "application/json");
+    assert_eq!(sibling_values(&view), vec![base64_of(doc)]);
+    assert_eq!(c.versions(2, "never-written", &[]).await.status(), StatusCode::NOT_FOUND);
+
+    let typed = [("content-type", "application/octet-stream"), ("value-content-type", "text/csv")];
+    assert_eq!(c.put(0, "table", "a,b\n", &typed).await.status(), 204);
+    let r = c.get(1, "table", &[]).await;
+    assert_eq!(header(&r, "content-type"), "text/csv", "Value-Content-Type wins over Content-Type");
+    // Reads send the type back as their Content-Type: it must be one.
+    for (name, bad) in [("value-content-type", ""), ("value-content-type", "61W6:t"), ("content-type", "*/*")]
+    {
+        let r = c.put(0, "table", "a,b\n", &[(name, bad)]).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{name}: {bad:?}");
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "invalid_content_type");
+    }
+    assert_eq!(header(&c.get(2, "table", &[("r", "3")]).await, "content-type"), "text/csv", "nothing stored");
+    c.shutdown().await;
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
 struct Hex([u8; 16]);
 impl std::fmt::LowerHex for Hex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,7 +141,7 @@ async fn blind_writes_become_siblings_and_a_context_resolves_them() {
     seen.sort();
     assert_eq!(seen, vec![("text/plain".into(), "apple".into()), ("text/x-pear".into(), "pear".into())]);
 
-    let r = c.get(0, "cart", &[("accept", "application/json")]).await;
+    let r = c.versions(0, "cart", &[]).await;
     assert_eq!(r.status(), StatusCode::OK);
     let view: serde_json::Value = r.json().await.unwrap();
     assert_eq!(view["key"], "cart");
@@ -120,8 +166,7 @@ async fn a_write_with_an_old_context_keeps_the_concurrent_one() {
     // Two clients update from the same read: both updates survive.
     assert_eq!(c.put(0, "doc", "v2a", &[("causal-context", &ctx), ("w", "3")]).await.status(), 204);
     assert_eq!(c.put(1, "doc", "v2b", &[("causal-context", &ctx), ("w", "3")]).await.status(), 204);
-    let view: serde_json::Value =
-        c.get(2, "doc", &[("accept", "application/json"), ("r", "3")]).await.json().await.unwrap();
+    let view: serde_json::Value = c.versions(2, "doc", &[("r", "3")]).await.json().await.unwrap();
     assert_eq!(sibling_values(&view), vec!["djJh", "djJi"], "v1 is gone, v2a and v2b remain");
     c.shutdown().await;
 }
@@ -167,8 +212,7 @@ async fn a_delete_concurrent_with_an_update_loses_to_it() {
         1,
         "the replica keeps the tombstone as a sibling: {raw}"
     );
-    let view: serde_json::Value =
-        c.get(2, "contested", &[("accept", "application/json"), ("r", "3")]).await.json().await.unwrap();
+    let view: serde_json::Value = c.versions(2, "contested", &[("r", "3")]).await.json().await.unwrap();
     assert_eq!(sibling_values(&view), vec!["djI="], "only v2 is shown: {view}");
     let r = c.get(2, "contested", &[("r", "3")]).await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -308,7 +352,7 @@ async fn conditional_writes_answer_412_when_a_quorum_read_disagrees() {
     let r = c.get(2, "cas2", &[("r", "3")]).await;
     assert_eq!(r.status(), StatusCode::MULTIPLE_CHOICES);
     let tag = header(&r, "etag");
-    let json = c.get(2, "cas2", &[("r", "3"), ("accept", "application/json")]).await;
+    let json = c.versions(2, "cas2", &[("r", "3")]).await;
     assert_eq!(header(&json, "etag"), tag, "the JSON view carries the same key tag");
     assert_eq!(c.put(0, "cas2", "merged", &[("if-match", &tag), ("w", "3")]).await.status(), 204);
     assert_eq!(

@@ -191,12 +191,7 @@ async fn writes_on_both_sides_of_a_real_network_cut_become_siblings() {
     for i in 0..3 {
         let mut last = serde_json::Value::Null;
         for _ in 0..300 {
-            let r = client
-                .get(url(i, "/keys/cut"))
-                .header("r", "1")
-                .header("accept", "application/json")
-                .send()
-                .await;
+            let r = client.get(url(i, "/versions/cut")).header("r", "1").send().await;
             if let Ok(r) = r {
                 last = r.json().await.unwrap_or_default();
                 if last.get("siblings").is_some() && sibling_values(&last) == want {

@@ -168,7 +168,7 @@ async fn concurrent_writes_on_both_sides_of_a_partition_become_siblings() {
     for node in 0..3 {
         c.wait_local(node, "split", |v| v.is_some_and(|v| sibling_values(v) == want)).await;
     }
-    let r = c.get(2, "split", &[("r", "3"), ("accept", "application/json")]).await;
+    let r = c.versions(2, "split", &[("r", "3")]).await;
     assert_eq!(header(&r, "sibling-count"), "2");
     c.shutdown().await;
 }

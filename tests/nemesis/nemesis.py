@@ -248,8 +248,7 @@ def client(cluster, history, stop, cid):
             key = f"set-{random.randrange(SET_KEYS)}"
             element = f"{cid}-{n}"
             try:
-                status, headers, body = cluster.request(node, "GET", f"/keys/{key}",
-                                                        headers={"Accept": "application/json"})
+                status, headers, body = cluster.request(node, "GET", f"/versions/{key}")
             except Exception:
                 status, headers, body = None, {}, b""
             if status == 200:
@@ -380,8 +379,8 @@ def final_state(cluster, history):
     sets = {}
     for key in history.sets:
         for _ in range(50):
-            status, _, body = cluster.request(random.randrange(NODES), "GET", f"/keys/{key}",
-                                              headers={"Accept": "application/json", "R": "3"})
+            status, _, body = cluster.request(random.randrange(NODES), "GET", f"/versions/{key}",
+                                              headers={"R": "3"})
             if status in (200, 404):
                 sets[key] = values_of(body)[0] if status == 200 else set()
                 break
@@ -421,8 +420,8 @@ def drop_one_acked(cluster, history):
     for key, rec in history.sets.items():
         if rec["acked"]:
             victim = sorted(rec["acked"])[0]
-            status, _, body = cluster.request(0, "GET", f"/keys/{key}",
-                                              headers={"Accept": "application/json", "R": "3"})
+            status, _, body = cluster.request(0, "GET", f"/versions/{key}",
+                                              headers={"R": "3"})
             assert status == 200, status
             current, context = values_of(body)
             current.discard(victim)
