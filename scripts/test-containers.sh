@@ -54,7 +54,12 @@ docker build -q --build-arg BUILD_IMAGE="$base" --build-arg RUNTIME_IMAGE="$base
 
 echo "== cluster"
 compose up -d --no-build >/dev/null 2>&1 || { compose logs; exit 1; }
-docker cp "${project}_certs_1:/certs/ca.pem" "$work/ca.pem"
+# The CA the way the README says, which works with compose v1 (no `cp`) and v2.
+for _ in $(seq 1 50); do
+  compose exec -T node1 cat /certs/ca.pem >"$work/ca.pem" 2>/dev/null && [ -s "$work/ca.pem" ] && break
+  sleep 0.2
+done
+[ -s "$work/ca.pem" ] || { echo "could not read the CA with exec -T node1 cat"; compose logs; exit 1; }
 url() { echo "https://127.0.0.1:$((18443 + $1 - 1))"; }
 c() { curl -sS --cacert "$work/ca.pem" --max-time 10 "$@"; }
 wait_ready() {

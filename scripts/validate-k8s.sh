@@ -33,6 +33,18 @@ present = {f for f in os.listdir(d) if f.endswith(".yaml") and f != "kustomizati
 if listed != present:
     sys.exit(f"kustomization resources {sorted(listed)} != manifests {sorted(present)}")
 print(f"kustomization lists all {len(present)} manifests")
+# The images: override must name an image the manifests use, or it
+# silently changes nothing.
+used = set()
+for f in present:
+    for doc in yaml.safe_load_all(open(os.path.join(d, f))):
+        pod = (doc or {}).get("spec", {}).get("template", {}).get("spec", {})
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            used.add(c["image"].split("@")[0].rsplit(":", 1)[0])
+for image in k.get("images", []):
+    if image["name"] not in used:
+        sys.exit(f"kustomization images: {image['name']} is not an image of {sorted(used)}")
+print(f"kustomization images: override {[i['name'] for i in k.get('images', [])]} matches the manifests")
 PY
 
 net=()
