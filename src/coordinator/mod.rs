@@ -475,15 +475,20 @@ impl Coordinator {
                 && ok.iter().filter(|r| matches!(r.result, Ok(true))).count() >= c.dw
         })
         .await;
-        // Backpressure for W < N: the client is answered once every copy
-        // holds a slot of its peer's queue (or gave up on it), not only the
-        // W that answered first; bounded by the deadline.
-        let _ = tokio::time::timeout_at(deadline, futures::future::join_all(slotted)).await;
         let acked = gathered.ok.len();
         let primaries = gathered.primaries();
         let fallback = acked - primaries;
         let durable = gathered.values().filter(|d| **d).count();
+        // The copies not yet answered must keep running before anything
+        // waits on their slots: `gather` may have stopped polling them
+        // before they took one (with W=1 the local write alone meets the
+        // quorum, and no copy was ever polled), and a slot is only signalled
+        // by a running copy.
         gathered.finish_in_background();
+        // Backpressure for W < N: the client is answered once every copy
+        // holds a slot of its peer's queue (or gave up on it), not only the
+        // W that answered first; bounded by the deadline.
+        let _ = tokio::time::timeout_at(deadline, futures::future::join_all(slotted)).await;
         if acked < c.w {
             return Err(w_fail(acked));
         }

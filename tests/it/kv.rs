@@ -1,7 +1,7 @@
 //! The data path as a client sees it: values, replication, siblings,
 //! contexts, deletes.
 
-use crate::cluster::{TestCluster, header, sibling_values};
+use crate::cluster::{Options, TestCluster, header, sibling_values};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,6 +93,31 @@ impl std::fmt::LowerHex for Hex {
 }
 fn md5_hex(bytes: &[u8]) -> Hex {
     Hex(quorumkv::storage::record::md5_of(bytes))
+}
+
+/// W=1 is met by the coordinator's own copy; the client must not wait
+/// for the request deadline on the others (it did: the copies to the other
+/// replicas were not polled until the deadline had passed, so every W=1
+/// PUT took `request_timeout_ms`). The deadline here is a minute, and the
+/// guard a third of it: not a latency measure, an answer that does not
+/// depend on the deadline at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_w1_write_is_answered_without_waiting_for_the_deadline() {
+    let c =
+        TestCluster::start_with(Options { nodes: 3, request_timeout_ms: 60_000, ..Options::default() }).await;
+    for i in 0..3 {
+        let key = format!("w1-{i}");
+        let put = c.put(i, &key, "fast", &[("w", "1")]);
+        let r = tokio::time::timeout(std::time::Duration::from_secs(20), put)
+            .await
+            .expect("a W=1 PUT is answered long before the 60 s deadline");
+        assert_eq!(r.status(), 204);
+        // The other copies were still sent.
+        for node in 0..3 {
+            c.wait_local(node, &key, |v| v.is_some()).await;
+        }
+    }
+    c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
