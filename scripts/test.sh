@@ -11,6 +11,9 @@ cargo fmt --check
 echo "== clippy"
 cargo clippy --release --all-targets -- -D warnings
 
+echo "== module layers (no new import cycle)"
+python3 scripts/check-layers.py
+
 echo "== OpenAPI spec"
 ./scripts/validate-openapi.sh
 
