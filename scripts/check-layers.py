@@ -1,23 +1,26 @@
 #!/usr/bin/env python3
-"""Fails on a new import cycle between the crate's top-level modules.
+"""Fails when an import between top-level modules points up a layer, or
+when modules of one layer import each other in a cycle.
 
-Reads every `crate::<module>` path under src/ (outside `#[cfg(test)]`
-blocks: tests may reach across layers), builds the module graph and finds
-its cycles (strongly connected components). An edge that lies on a cycle
-must be listed in scripts/layers-allowed-cycles.txt, the cycles that exist
-today and that issue 11 removes; a listed edge that no longer lies on a
-cycle must be deleted from the list, so the list only shrinks and stays
-true. `lib` and `main` are the crate roots and may use everything.
+The layers are the diagram in ARCHITECTURE.md (the fenced block after
+`<!-- layers -->`), top first: each line names a layer and its modules.
+This script reads every `crate::<module>` path under src/ (outside
+`#[cfg(test)]` items: tests may reach across layers) and checks each edge
+against the diagram, so the diagram cannot drift from the code. Every
+top-level module must be in exactly one layer. `lib` and `main` are the
+crate roots and may use everything.
 
-Usage: scripts/check-layers.py [--print]   (--print: the current cycle edges)
+Usage: scripts/check-layers.py [--print]   (--print: every edge, by layer)
 """
 import os
 import re
 import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
-src = os.path.join(here, "..", "src")
-allowed_path = os.path.join(here, "layers-allowed-cycles.txt")
+root = os.path.join(here, "..")
+src = os.path.join(root, "src")
+diagram_path = os.path.join(root, "ARCHITECTURE.md")
+
 
 def without_test_items(text: str) -> str:
     """Drops each item marked `#[cfg(test)]`: up to its matching `}` when
@@ -42,7 +45,24 @@ def without_test_items(text: str) -> str:
     return "".join(out)
 
 
+def read_layers() -> list[tuple[str, list[str]]]:
+    text = open(diagram_path, encoding="utf-8").read()
+    marker = text.find("<!-- layers -->")
+    if marker < 0:
+        sys.exit("ARCHITECTURE.md has no `<!-- layers -->` diagram")
+    start = text.index("```", marker)
+    start = text.index("\n", start) + 1
+    end = text.index("```", start)
+    layers = []
+    for line in text[start:end].splitlines():
+        words = [w for w in re.split(r"[\s·]+", line) if w]
+        if len(words) >= 2 and not line.startswith(" "):
+            layers.append((words[0], words[1:]))
+    return layers
+
+
 edges: dict[str, set[str]] = {}
+modules: set[str] = set()
 path_re = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")
 for dirpath, _, files in os.walk(src):
     for name in files:
@@ -52,17 +72,39 @@ for dirpath, _, files in os.walk(src):
         module = rel.split(os.sep)[0].removesuffix(".rs")
         if module in ("lib", "main"):
             continue
+        modules.add(module)
         text = without_test_items(open(os.path.join(dirpath, name), encoding="utf-8").read())
         for m in path_re.finditer(text):
             if m.group(1) != module:
                 edges.setdefault(module, set()).add(m.group(1))
 
-# Tarjan's strongly connected components.
+layers = read_layers()
+# Depth 0 is the top layer.
+depth: dict[str, int] = {}
+problems = []
+for i, (_, names) in enumerate(layers):
+    for name in names:
+        if name in depth:
+            problems.append(f"`{name}` is in two layers of the diagram")
+        depth[name] = i
+for m in sorted(modules - depth.keys()):
+    problems.append(f"module `{m}` is in no layer of the ARCHITECTURE.md diagram")
+for m in sorted(depth.keys() - modules):
+    problems.append(f"the diagram names `{m}`, which is no module under src/")
+
+for a in sorted(edges):
+    for b in sorted(edges[a]):
+        if a in depth and b in depth and depth[b] < depth[a]:
+            problems.append(
+                f"{a} ({layers[depth[a]][0]}) -> {b} ({layers[depth[b]][0]}): an import points up a layer"
+            )
+
+# Within a layer, imports may go either way but never round: Tarjan's
+# strongly connected components over the same-layer edges.
 index: dict[str, int] = {}
 low: dict[str, int] = {}
 stack: list[str] = []
 on_stack: set[str] = set()
-components: list[set[str]] = []
 
 
 def visit(v: str) -> None:
@@ -70,6 +112,8 @@ def visit(v: str) -> None:
     stack.append(v)
     on_stack.add(v)
     for w in edges.get(v, ()):
+        if depth.get(w) != depth.get(v):
+            continue
         if w not in index:
             visit(w)
             low[v] = min(low[v], low[w])
@@ -84,36 +128,22 @@ def visit(v: str) -> None:
             if w == v:
                 break
         if len(component) > 1:
-            components.append(component)
+            problems.append(f"import cycle within a layer: {' <-> '.join(sorted(component))}")
 
 
-sys.setrecursionlimit(10_000)
-for v in sorted(edges):
+for v in sorted(modules):
     if v not in index:
         visit(v)
 
-on_cycle = {
-    f"{a} -> {b}" for c in components for a in c for b in edges.get(a, ()) if b in c
-}
 if "--print" in sys.argv:
-    print("\n".join(sorted(on_cycle)))
-    sys.exit(0)
+    for name, names in layers:
+        for m in names:
+            print(f"{name:12} {m:14} -> {' '.join(sorted(edges.get(m, ())))}")
 
-allowed = set()
-for line in open(allowed_path, encoding="utf-8"):
-    line = line.split("#")[0].strip()
-    if line:
-        allowed.add(" ".join(line.split()))
-
-new = sorted(on_cycle - allowed)
-gone = sorted(allowed - on_cycle)
-if new:
-    print("new import cycle edges (a module imports one that, through others, imports it back):")
-    print("\n".join(f"  {e}" for e in new))
-    print("break the cycle: move what both need down a layer, or pass it in (see ARCHITECTURE.md)")
-if gone:
-    print(f"no longer on a cycle; delete from {os.path.relpath(allowed_path)}:")
-    print("\n".join(f"  {e}" for e in gone))
-if new or gone:
+if problems:
+    print("module layers (ARCHITECTURE.md) broken:")
+    print("\n".join(f"  {p}" for p in problems))
+    print("move what both need down a layer, or pass it in; or change the diagram, if the design changed")
     sys.exit(1)
-print(f"module layers: no new cycle ({len(on_cycle)} known cycle edges left to remove)")
+count = sum(len(v) for v in edges.values())
+print(f"module layers: {count} imports between {len(modules)} modules, all pointing down {len(layers)} layers")

@@ -1,6 +1,6 @@
 //! Node configuration: one serde struct read from a TOML file, overlaid by
 //! command-line flags and `QUORUMKV_*` environment variables (see
-//! [`crate::cli::ServeArgs`]). Validation happens once, here, so the rest of
+//! the binary's `serve` flags). Validation happens once, here, so the rest of
 //! the node can trust every value.
 
 use std::net::SocketAddr;

@@ -20,12 +20,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 
 use crate::membership::Membership;
-use crate::replica::{ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse, now_ms};
+use crate::metrics::{Registry, counter};
+use crate::replica::{ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse};
 use crate::rpc::client::{PeerClient, RpcError, routes};
 use crate::storage::{Hint, Storage};
+use crate::util::now_ms;
+use crate::worker::Worker;
 
 /// How often queues are looked at when there is nothing to deliver.
 const IDLE_TICK: Duration = Duration::from_millis(500);
@@ -42,6 +46,29 @@ pub struct HandoffStats {
     pub expired: AtomicU64,
 }
 
+impl HandoffStats {
+    /// Registers the counters in `registry`, read at scrape time.
+    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        registry.register_collector(Box::new(HandoffCollector(self.clone())));
+    }
+}
+
+#[derive(Debug)]
+struct HandoffCollector(Arc<HandoffStats>);
+
+impl Collector for HandoffCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        counter(
+            &mut e,
+            "hints_delivered",
+            "Hints acknowledged by their home replica",
+            load(&self.0.delivered),
+        )?;
+        counter(&mut e, "hints_expired", "Hints dropped undelivered", load(&self.0.expired))
+    }
+}
+
 pub struct Handoff {
     pub storage: Arc<Storage>,
     pub membership: Arc<Membership>,
@@ -53,25 +80,24 @@ pub struct Handoff {
 
 impl Handoff {
     /// Runs until `shutdown` is cancelled.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// The `handoff` worker: runs until cancelled.
+    pub async fn run(self, worker: Worker) {
         let mut checked: HashMap<String, Instant> = HashMap::new();
         loop {
             let worked = tokio::select! {
-                () = shutdown.cancelled() => return,
-                worked = self.round(&mut checked) => worked,
+                () = worker.cancelled() => return,
+                worked = self.round(&mut checked, &worker) => worked,
             };
-            if !worked {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(IDLE_TICK) => {}
-                }
+            worker.round_done();
+            if !worked && !worker.idle(IDLE_TICK).await {
+                return;
             }
         }
     }
 
     /// Delivers what it can to every reachable target; true if it sent
     /// anything (so the next round starts at once).
-    async fn round(&self, checked: &mut HashMap<String, Instant>) -> bool {
+    async fn round(&self, checked: &mut HashMap<String, Instant>, worker: &Worker) -> bool {
         let mut worked = false;
         for (target, count) in self.storage.hint_counts() {
             if count == 0 || target == self.membership.self_id() {
@@ -84,13 +110,17 @@ impl Handoff {
                     checked.insert(target.clone(), Instant::now());
                     if let Err(error) = self.expire_for(&target).await {
                         tracing::warn!(peer = %target, %error, "hint expiry check stopped");
+                        worker.failed(&error);
                     }
                 }
                 continue;
             }
             match self.deliver_to(&target).await {
                 Ok(sent) => worked |= sent > 0,
-                Err(error) => tracing::warn!(peer = %target, %error, "hint delivery paused"),
+                Err(error) => {
+                    tracing::warn!(peer = %target, %error, "hint delivery paused");
+                    worker.failed(&error);
+                }
             }
         }
         worked

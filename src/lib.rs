@@ -1,22 +1,24 @@
 //! quorumkv: a Dynamo-style distributed key-value store.
 //!
-//! Components, in dependency order (see `ARCHITECTURE.md`):
-//! - [`ring`]: MD5 → partition → preference list, weighted; pure.
-//! - [`version`]: dotted version vector sets and the causal context token; pure.
+//! Modules, bottom layer first (the diagram and its check are in
+//! `ARCHITECTURE.md`; an import never points up):
+//! - [`ring`], [`version`]: MD5 → partition → preference list; dotted
+//!   version vector sets and the causal context token. Pure.
+//! - [`config`], [`metrics`], [`util`], [`worker`]: the node's settings, the
+//!   Prometheus registry, the clock, the background-worker model.
 //! - [`storage`]: RocksDB, the versioned on-disk record, integrity digests.
+//! - [`rpc`]: internal HTTPS with mutual TLS between nodes; moves bytes and
+//!   dispatches to the endpoints subsystems register. [`tls`]: rustls configs.
 //! - [`replica`]: a node's own copy of a key: read, coordinate a write, merge.
-//! - [`rpc`]: internal HTTPS with mutual TLS between nodes; moves bytes only.
 //! - [`membership`]: the member list, the ring built from it, reachability.
 //! - [`coordinator`]: quorum reads and writes over the key's replicas,
 //!   sloppy quorum included.
 //! - [`handoff`]: delivers the hints fallbacks hold to their home replicas.
 //! - [`anti_entropy`]: Merkle-tree exchanges between replicas; tombstone GC.
 //! - [`api`]: the public HTTPS routes and the error → status mapping.
-//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
-//! - [`config`], [`cli`], [`tls`], [`certs`]: configuration and TLS material.
-//! - [`node`]: wiring and start/stop order; [`dev`]: a local cluster.
-//! - [`bench`]: the load generator behind `quorumkv bench`.
-//! - [`admin`]: `quorumkv cluster status` and `quorumkv get|put|delete`.
+//! - [`node`]: wiring and start/stop order; nothing imports it.
+//! - Tools: [`cli`], [`admin`] (`quorumkv cluster status`, `get|put|delete`),
+//!   [`bench`] (`quorumkv bench`), [`dev`] (a local cluster), [`certs`].
 
 pub mod admin;
 pub mod anti_entropy;
@@ -36,4 +38,6 @@ pub mod ring;
 pub mod rpc;
 pub mod storage;
 pub mod tls;
+pub mod util;
 pub mod version;
+pub mod worker;

@@ -3,26 +3,29 @@
 //! way and waits until RocksDB is closed, so the directory can be reopened.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum_server::Handle;
 use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
-use tokio_util::sync::CancellationToken;
 
-use crate::anti_entropy::{AeStats, AntiEntropy};
+use crate::anti_entropy::AntiEntropy;
+use crate::api::AppState;
+use crate::api::metrics::ApiMetrics;
 use crate::config::Config;
 use crate::coordinator::Coordinator;
-use crate::handoff::{Handoff, HandoffStats};
+use crate::handoff::Handoff;
 use crate::membership::{Membership, detector};
-use crate::metrics::{Metrics, NodeCollector};
 use crate::replica::Replica;
 use crate::rpc::client::PeerClient;
 use crate::rpc::faults::Faults;
+use crate::rpc::metrics::RpcMetrics;
+use crate::rpc::server::Endpoints;
 use crate::storage::{Storage, StorageError};
-use crate::{api, rpc, tls};
+use crate::worker::Workers;
+use crate::{anti_entropy, api, coordinator, metrics, rpc, tls};
 
 /// How long in-flight requests get to finish on shutdown (well inside a
 /// Kubernetes grace period).
@@ -44,33 +47,6 @@ pub enum NodeError {
     Rpc(#[from] rpc::client::RpcError),
 }
 
-/// What request handlers share.
-pub struct NodeState {
-    pub coordinator: Coordinator,
-    pub max_value_bytes: usize,
-    /// Fault injection on this node's outgoing peer calls (tests).
-    pub faults: Faults,
-    pub handoff: Arc<HandoffStats>,
-    pub anti_entropy: Arc<AeStats>,
-    pub metrics: Metrics,
-    /// Partitions this start found unsynced (a data loss it learned of).
-    pub unsynced_at_start: std::sync::atomic::AtomicU64,
-    /// Started: the public port's handlers may serve.
-    ready: AtomicBool,
-    /// Shutting down: still serving, but readiness answers 503.
-    draining: AtomicBool,
-}
-
-impl NodeState {
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-}
-
 /// Pre-bound listeners, so tests can bind port 0 and learn the addresses
 /// before writing the member list.
 pub struct Listeners {
@@ -90,13 +66,15 @@ impl Listeners {
 }
 
 pub struct Node {
-    state: Arc<NodeState>,
+    state: Arc<AppState>,
+    /// Fault injection on this node's outgoing peer calls (tests).
+    faults: Faults,
     storage: Weak<Storage>,
     handles: [Handle; 2],
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
-    /// Cancels the background workers (failure detector, read repairs,
-    /// handoff, anti-entropy).
-    workers: CancellationToken,
+    /// The background workers (failure detector, handoff, anti-entropy,
+    /// GC, lease) and the tasks shutdown waits for (read repairs, probes).
+    workers: Arc<Workers>,
     /// Cancels them too if the node is dropped without `shutdown`.
     _workers_guard: tokio_util::sync::DropGuard,
     client_addr: SocketAddr,
@@ -131,11 +109,11 @@ impl Node {
         let replica = Replica::new(storage.clone(), &config.node_id, config.limits)
             .map_err(|source| NodeError::Storage { path: config.data_dir.display().to_string(), source })?;
         let local_ip = Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified());
-        let mut metrics = Metrics::new();
+        let rpc_metrics = RpcMetrics::default();
+        let peer_urls = config.members.iter().map(|m| (m.id.clone(), m.peer_url.clone()));
         let peers =
-            PeerClient::new(peer_client_tls, membership.clone(), local_ip, metrics.rpc_seconds.clone())?;
-        // Every background worker takes a child of this one token.
-        let workers = CancellationToken::new();
+            PeerClient::new(peer_client_tls, peer_urls, membership.clone(), local_ip, rpc_metrics.clone())?;
+        let workers = Arc::new(Workers::new());
         let detector_peers = peers.clone();
         let faults = peers.faults().clone();
         let handoff = Handoff {
@@ -157,31 +135,38 @@ impl Node {
             membership,
             replica,
             peers,
-            config.defaults,
-            config.max_n,
-            Duration::from_millis(config.request_timeout_ms),
-            config.read_repair.then(|| workers.child_token()),
+            coordinator::Settings {
+                defaults: config.defaults,
+                max_n: config.max_n,
+                timeout: Duration::from_millis(config.request_timeout_ms),
+                read_repair: config.read_repair,
+            },
+            &workers,
         );
+        // Each subsystem registers its own metrics and its own peer endpoints.
         let peer_ids: Vec<String> = coordinator.membership().peer_ids().map(str::to_string).collect();
-        metrics.prime(&peer_ids);
-        metrics.register_collector(NodeCollector {
-            storage: storage.clone(),
-            anti_entropy: anti_entropy.stats.clone(),
-            handoff: handoff.stats.clone(),
-            read_repairs: coordinator.read_repair_counter(),
-            peers: peer_ids,
-        });
-        let state = Arc::new(NodeState {
+        let mut registry = metrics::registry();
+        let api_metrics = ApiMetrics::new(&mut registry);
+        rpc_metrics.register(&mut registry);
+        rpc_metrics.prime(&peer_ids);
+        coordinator.register_metrics(&mut registry);
+        handoff.stats.register(&mut registry);
+        anti_entropy::metrics::register(&anti_entropy.stats, &mut registry);
+        crate::storage::metrics::register(&storage, peer_ids, &mut registry);
+        let mut endpoints = Endpoints::new();
+        coordinator.replica().register_endpoints(&mut endpoints);
+        coordinator.register_endpoints(&mut endpoints);
+        anti_entropy::register_endpoints(&storage, &mut endpoints);
+        let local_routes = api::local::router(coordinator.clone());
+        let state = Arc::new(AppState::new(
             coordinator,
-            max_value_bytes: config.max_value_bytes,
-            faults,
-            handoff: handoff.stats.clone(),
-            anti_entropy: anti_entropy.stats.clone(),
-            metrics,
-            unsynced_at_start: Default::default(),
-            ready: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-        });
+            config.max_value_bytes,
+            api_metrics,
+            registry,
+            handoff.stats.clone(),
+            anti_entropy.stats.clone(),
+            workers.clone(),
+        ));
 
         let client_addr = listener_addr(&listeners.client)?;
         let peer_addr = listener_addr(&listeners.peer)?;
@@ -192,7 +177,7 @@ impl Node {
         // a batch's worth.
         let peer_body_limit =
             config.limits.max_object_bytes.saturating_mul(config.max_n.max(2)).saturating_add(8 << 20);
-        let peer_app = rpc::server::router(state.clone(), peer_body_limit);
+        let peer_app = endpoints.into_router(local_routes, peer_body_limit);
         let client_app = api::router(state.clone());
         let mut servers = vec![tokio::spawn(
             tls_server(listeners.peer, peer_tls)
@@ -207,12 +192,9 @@ impl Node {
         // other), before the public port: a node that lost its data learns
         // it from its peers here; until then a fresh directory's answers
         // do not count.
-        let greeted = crate::anti_entropy::recovery::greet_peers(
-            &storage,
-            state.coordinator.membership(),
-            &detector_peers,
-        )
-        .await;
+        let greeted =
+            anti_entropy::recovery::greet_peers(&storage, state.coordinator.membership(), &detector_peers)
+                .await;
         if let Ok(count) = greeted {
             state.unsynced_at_start.store(count as u64, Ordering::Relaxed);
         }
@@ -229,23 +211,22 @@ impl Node {
         ));
         // Spawned last: nothing fallible remains, so it cannot outlive a
         // node that failed to start.
-        tokio::spawn(detector::run(
-            state.coordinator.membership().clone(),
-            detector_peers,
-            workers.child_token(),
-        ));
-        tokio::spawn(handoff.run(workers.child_token()));
-        tokio::spawn(state.coordinator.replica().clone().keep_lease_ahead(workers.child_token()));
+        let membership = state.coordinator.membership().clone();
+        workers.start("detector", |w| detector::run(membership, detector_peers, w));
+        workers.start("handoff", |w| handoff.run(w));
+        workers.start("lease", |w| state.coordinator.replica().clone().keep_lease_ahead(w));
         // Runs even with anti-entropy off while partitions are unsynced.
-        tokio::spawn(anti_entropy.run(workers.child_token()));
-        state.ready.store(true, Ordering::Release);
+        workers.start("anti_entropy", |w| anti_entropy.clone().run(w));
+        workers.start("gc", |w| anti_entropy.run_gc(w));
+        state.mark_ready();
         tracing::info!(node = %config.node_id, %client_addr, %peer_addr, actor = state.coordinator.replica().actor(), "node serving");
         Ok(Node {
             storage: Arc::downgrade(&storage),
             state,
+            faults,
             handles,
             servers,
-            _workers_guard: workers.clone().drop_guard(),
+            _workers_guard: workers.drop_guard(),
             workers,
             client_addr,
             peer_addr,
@@ -261,8 +242,13 @@ impl Node {
         self.peer_addr
     }
 
-    pub fn state(&self) -> &Arc<NodeState> {
+    pub fn state(&self) -> &Arc<AppState> {
         &self.state
+    }
+
+    /// Fault injection on this node's outgoing peer calls (tests).
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// Announces the shutdown (readiness 503) while still serving for
@@ -272,23 +258,26 @@ impl Node {
     /// (the clients a load balancer has not yet moved are not refused) and
     /// background work keeps running (a coordinator's hints stay deliverable).
     pub async fn shutdown(self) {
-        self.state.draining.store(true, Ordering::Release);
+        self.state.mark_draining();
         if !self.drain_delay.is_zero() {
             tracing::info!(delay_ms = self.drain_delay.as_millis() as u64, "draining: readiness now 503");
             tokio::time::sleep(self.drain_delay).await;
         }
-        self.workers.cancel();
         for handle in &self.handles {
             handle.graceful_shutdown(Some(DRAIN));
         }
         for server in self.servers {
             let _ = server.await;
         }
-        drop(self.state);
-        let deadline = tokio::time::Instant::now() + DRAIN;
-        while self.storage.strong_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Every background worker, read repair and orphaned replica call
+        // runs on the tracker: once it is empty, nothing but `state` holds
+        // the database.
+        if !self.workers.shutdown(DRAIN).await {
+            tracing::warn!(
+                "background tasks still running after the drain; the database closes when they end"
+            );
         }
+        drop(self.state);
         if self.storage.strong_count() > 0 {
             tracing::warn!(
                 "storage still referenced after shutdown; the database closes when the last task ends"

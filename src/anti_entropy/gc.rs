@@ -21,8 +21,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::{AeError, AeRequest, AeResponse, AntiEntropy, Throttle};
-use crate::replica::now_ms;
 use crate::storage::tree::{self, Hash};
+use crate::util::now_ms;
 
 /// Tombstones checked per partition per round.
 const PER_PARTITION: usize = 256;

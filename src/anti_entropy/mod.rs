@@ -10,9 +10,12 @@
 //! replica holds ([`gc`]). All of it is throttled to
 //! `anti_entropy_bytes_per_sec`.
 
+mod endpoints;
 mod exchange;
 mod gc;
+pub mod metrics;
 pub mod recovery;
+pub use endpoints::register as register_endpoints;
 mod strays;
 
 use std::sync::Arc;
@@ -21,7 +24,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::RepairConfig;
 use crate::membership::Membership;
@@ -29,6 +31,7 @@ use crate::replica::Replica;
 use crate::rpc::client::{PeerClient, RpcError, routes};
 use crate::storage::tree::{self, Hash};
 use crate::storage::{Storage, StorageError};
+use crate::worker::Worker;
 
 /// Deadline of one anti-entropy call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -240,6 +243,7 @@ impl Throttle {
     }
 }
 
+#[derive(Clone)]
 pub struct AntiEntropy {
     pub replica: Replica,
     pub membership: Arc<Membership>,
@@ -277,14 +281,13 @@ impl AntiEntropy {
         Ok(answer)
     }
 
-    /// Runs until `shutdown` is cancelled. With `anti_entropy` off in the
+    /// The `anti_entropy` worker: runs until cancelled. With `anti_entropy` off in the
     /// config it still refills unsynced partitions after a data loss (a
     /// correctness duty, not an optimisation), then stops.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, worker: Worker) {
         let interval = Duration::from_millis(self.config.anti_entropy_interval_ms);
         let throttle = Throttle { bytes_per_sec: self.config.anti_entropy_bytes_per_sec };
         let mut next_peer = 0usize;
-        let mut gc_cursors = std::collections::HashMap::new();
         let mut next_stray_sweep = 0u64;
         let mut round_no = 0u64;
         loop {
@@ -293,9 +296,8 @@ impl AntiEntropy {
                 return;
             }
             let wait = if recovering.is_empty() { interval } else { RECOVERY_INTERVAL.min(interval) };
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+            if !worker.idle(wait).await {
+                return;
             }
             let round = async {
                 // While recovering, dirty trees must be right even with
@@ -337,6 +339,7 @@ impl AntiEntropy {
                         Err(error) => {
                             self.stats.clean_in_a_row.store(0, Ordering::Relaxed);
                             tracing::warn!(%peer, %error, "anti-entropy exchange stopped");
+                            worker.failed(&error);
                         }
                     }
                 }
@@ -353,18 +356,35 @@ impl AntiEntropy {
                         }
                     };
                 }
-                if self.config.anti_entropy {
-                    if let Err(error) = self.collect_tombstones(&throttle, &mut gc_cursors).await {
-                        tracing::warn!(%error, "tombstone collection stopped");
-                    }
-                }
                 self.stats.rounds.fetch_add(1, Ordering::Relaxed);
                 round_no += 1;
             };
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = worker.cancelled() => return,
                 () = round => {}
             }
+            worker.round_done();
+        }
+    }
+
+    /// The `gc` worker: every anti-entropy interval, reaps the tombstones
+    /// every home holds ([`gc`]); not at all with anti-entropy off.
+    pub async fn run_gc(self, worker: Worker) {
+        if !self.config.anti_entropy {
+            return;
+        }
+        let interval = Duration::from_millis(self.config.anti_entropy_interval_ms);
+        let throttle = Throttle { bytes_per_sec: self.config.anti_entropy_bytes_per_sec };
+        let mut cursors = std::collections::HashMap::new();
+        while worker.idle(interval).await {
+            tokio::select! {
+                () = worker.cancelled() => return,
+                result = self.collect_tombstones(&throttle, &mut cursors) => if let Err(error) = result {
+                    tracing::warn!(%error, "tombstone collection stopped");
+                    worker.failed(&error);
+                }
+            }
+            worker.round_done();
         }
     }
 
@@ -379,7 +399,7 @@ impl AntiEntropy {
             let every_ms = every.saturating_mul(1000);
             let ring = self.membership.ring();
             let mine = ring.partitions_of(self.membership.self_id());
-            let now = crate::replica::now_ms();
+            let now = crate::util::now_ms();
             let stale = self
                 .blocking(move |s| {
                     let mut stale = Vec::new();

@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
 
+use super::AppState;
 use super::error::ApiError;
 use super::keys::key_from_path;
-use crate::node::NodeState;
 
 #[derive(Serialize)]
 struct MemberView {
@@ -27,7 +27,7 @@ struct MemberView {
 
 /// Members as this node sees them: reachability is this node's own view
 /// (real RPC outcomes plus the failure detector's probes).
-pub async fn cluster(State(state): State<Arc<NodeState>>) -> Json<serde_json::Value> {
+pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let membership = state.coordinator.membership();
     let ring = membership.ring();
     let members: Vec<MemberView> = membership
@@ -64,10 +64,11 @@ pub async fn cluster(State(state): State<Arc<NodeState>>) -> Json<serde_json::Va
         "partitions": ring.partitions(),
         "members": members,
         "stats": stats,
+        "workers": state.workers.statuses(),
     }))
 }
 
-pub async fn preference_list(State(state): State<Arc<NodeState>>, uri: Uri) -> Result<Response, ApiError> {
+pub async fn preference_list(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_from_path(&uri, "/cluster/preference-list/")?;
     let ring = state.coordinator.membership().ring();
     let partition = ring.partition_of(&key);
@@ -84,7 +85,7 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-pub async fn ready(State(state): State<Arc<NodeState>>) -> Response {
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response()
     } else if state.is_ready() {

@@ -10,13 +10,13 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
 
+use super::AppState;
 use super::error::ApiError;
 use super::precondition::Preconditions;
 use super::view;
 use crate::coordinator::{Consistency, Knob, KnobRequest, Outcome};
-use crate::node::NodeState;
-use crate::replica::now_ms;
 use crate::storage::{Object, StoredValue};
+use crate::util::now_ms;
 use crate::version::VersionVector;
 
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -56,7 +56,7 @@ fn knobs(headers: &HeaderMap) -> Result<KnobRequest, ApiError> {
     })
 }
 
-fn consistency(state: &NodeState, headers: &HeaderMap) -> Result<Consistency, ApiError> {
+fn consistency(state: &AppState, headers: &HeaderMap) -> Result<Consistency, ApiError> {
     state.coordinator.consistency(&knobs(headers)?).map_err(|e| ApiError::InvalidConsistency(e.0))
 }
 
@@ -73,14 +73,14 @@ fn context(headers: &HeaderMap) -> Result<VersionVector, ApiError> {
     }
 }
 
-fn ensure_ready(state: &NodeState) -> Result<(), ApiError> {
+fn ensure_ready(state: &AppState) -> Result<(), ApiError> {
     if state.is_ready() { Ok(()) } else { Err(ApiError::NotReady) }
 }
 
 /// The quorum read both GET routes make: the key, the merged object and
 /// the quorum report.
 async fn read(
-    state: &NodeState,
+    state: &AppState,
     uri: &Uri,
     headers: &HeaderMap,
     prefix: &str,
@@ -102,7 +102,7 @@ fn not_found(object: &Object, report: &str) -> Response {
 /// says (a stored JSON document comes back as itself, as in Riak), or the
 /// siblings as `multipart/mixed`.
 pub async fn get(
-    State(state): State<Arc<NodeState>>,
+    State(state): State<Arc<AppState>>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -118,7 +118,7 @@ pub async fn get(
 /// version, for clients that want siblings as data (generated SDKs, the
 /// CLI) rather than multipart.
 pub async fn versions(
-    State(state): State<Arc<NodeState>>,
+    State(state): State<Arc<AppState>>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -153,7 +153,7 @@ fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
 
 const VALUE_CONTENT_TYPE: header::HeaderName = header::HeaderName::from_static("value-content-type");
 
-async fn read_body(state: &NodeState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = state.max_value_bytes;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -210,7 +210,7 @@ fn written(outcome: Outcome, wrote: &StoredValue) -> Response {
 }
 
 pub async fn put(
-    State(state): State<Arc<NodeState>>,
+    State(state): State<Arc<AppState>>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -244,7 +244,7 @@ pub async fn put(
 /// readable next to it). `If-Unmodified-Since` alone does not say which
 /// values a PUT replaces, so it stays a sibling as a blind PUT would.
 async fn write_context(
-    state: &NodeState,
+    state: &AppState,
     key: &Bytes,
     c: Consistency,
     ctx: VersionVector,
@@ -261,7 +261,7 @@ async fn write_context(
 }
 
 pub async fn delete(
-    State(state): State<Arc<NodeState>>,
+    State(state): State<Arc<AppState>>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {

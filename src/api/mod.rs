@@ -1,10 +1,14 @@
 //! The public HTTPS API: routes, extractors, and the error → status mapping.
-//! With `rpc`, the only module that sees HTTP types.
+//! With `rpc`, the only module that sees HTTP types. [`local`] is the one
+//! route of the peer port that is not an RPC.
 
 pub mod cluster;
 pub mod error;
 pub mod keys;
+pub mod local;
+pub mod metrics;
 pub mod precondition;
+pub mod state;
 pub mod unread;
 pub mod view;
 
@@ -18,11 +22,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::coordinator::QuorumKind;
-use crate::node::NodeState;
 use error::ApiError;
+pub use state::AppState;
 
 /// The client-facing router; testable without a socket.
-pub fn router(state: Arc<NodeState>) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
     let drain_budget = unread::DrainBudget(state.max_value_bytes.saturating_mul(2).saturating_add(1 << 20));
     let keys = Router::new()
         .route("/keys/{*key}", get(keys::get).put(keys::put).delete(keys::delete))
@@ -49,7 +53,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
 }
 
 /// Counts and times every `/keys` request, and the siblings each read returned.
-async fn record(State(state): State<Arc<NodeState>>, request: Request, next: Next) -> Response {
+async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let operation = match *request.method() {
         Method::GET => "get",
         Method::PUT => "put",
@@ -73,7 +77,7 @@ async fn record(State(state): State<Arc<NodeState>>, request: Request, next: Nex
     response
 }
 
-async fn metrics(State(state): State<Arc<NodeState>>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], state.metrics.encode()).into_response()
+    ([(header::CONTENT_TYPE, content_type)], crate::metrics::encode(&state.registry)).into_response()
 }

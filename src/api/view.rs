@@ -68,7 +68,7 @@ fn view_of(key: &[u8], object: &Object, versions: Vec<&StoredValue>) -> Siblings
         siblings: versions
             .into_iter()
             .map(|v| SiblingView {
-                value_base64: base64::engine::general_purpose::STANDARD.encode(&v.value),
+                value_base64: base64::engine::general_purpose::STANDARD.encode(&v.bytes),
                 content_type: v.content_type.clone(),
                 etag: v.etag(),
                 last_modified: http_date(v.modified_ms),
@@ -119,7 +119,7 @@ fn value_headers(headers: &mut HeaderMap, v: &StoredValue) {
 
 /// 200 with the one visible value as the body.
 pub fn single(object: &Object, value: &StoredValue, report: &str) -> Response {
-    let mut response = Response::new(Body::from(value.value.clone()));
+    let mut response = Response::new(Body::from(value.bytes.clone()));
     value_headers(response.headers_mut(), value);
     key_headers(response.headers_mut(), object, 1, report);
     response
@@ -128,14 +128,14 @@ pub fn single(object: &Object, value: &StoredValue, report: &str) -> Response {
 /// 300 Multiple Choices with one `multipart/mixed` part per visible sibling.
 pub fn multipart(object: &Object, visible: &[&StoredValue], report: &str) -> Response {
     let boundary = pick_boundary(visible);
-    let mut body = Vec::with_capacity(visible.iter().map(|v| v.value.len() + 200).sum());
+    let mut body = Vec::with_capacity(visible.iter().map(|v| v.bytes.len() + 200).sum());
     for v in visible {
         body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
         body.extend_from_slice(format!("Content-Type: {}\r\n", v.content_type).as_bytes());
         body.extend_from_slice(format!("ETag: {}\r\n", v.etag()).as_bytes());
         body.extend_from_slice(format!("Last-Modified: {}\r\n", http_date(v.modified_ms)).as_bytes());
         body.extend_from_slice(b"\r\n");
-        body.extend_from_slice(&v.value);
+        body.extend_from_slice(&v.bytes);
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
@@ -163,7 +163,7 @@ fn pick_boundary(visible: &[&StoredValue]) -> String {
     loop {
         let boundary = format!("qkv{:032x}", rand::random::<u128>());
         let needle = boundary.as_bytes();
-        let clash = visible.iter().any(|v| v.value.windows(needle.len()).any(|w| w == needle));
+        let clash = visible.iter().any(|v| v.bytes.windows(needle.len()).any(|w| w == needle));
         if !clash {
             return boundary;
         }

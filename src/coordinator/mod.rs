@@ -9,6 +9,7 @@
 //! receiving node coordinate the write itself, as a fallback.
 
 pub mod consistency;
+mod endpoints;
 pub mod quorum;
 mod read_repair;
 pub mod targets;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use consistency::{Consistency, ConsistencyError, Knob, KnobRequest};
 use quorum::{Call, Reply, gather};
@@ -39,6 +41,7 @@ use crate::rpc::batch::{BatchLimits, Batcher};
 use crate::rpc::client::{PeerClient, routes};
 use crate::storage::{Object, StoredValue};
 use crate::version::VersionVector;
+use crate::worker::Workers;
 
 /// Most unanswered calls from this coordinator to one peer, including those
 /// a request stopped waiting for (W < N). Waiting for a slot is the
@@ -58,7 +61,7 @@ const FORWARD_MARGIN: Duration = Duration::from_secs(1);
 
 /// Roughly how many bytes `object` takes on the wire (for batch budgets).
 fn size_hint(object: &Object) -> usize {
-    object.siblings().iter().map(|s| s.value.value.len() + 64).sum()
+    object.siblings().iter().map(|s| s.value.bytes.len() + 64).sum()
 }
 
 /// Which quorum a request failed.
@@ -164,22 +167,40 @@ pub struct Coordinator {
     timeout: Duration,
     /// Set when read repair is on; cancelled at shutdown.
     read_repair: Option<CancellationToken>,
+    /// Where read repairs and calls no request waits for any more run, so
+    /// shutdown waits for them (`worker::Workers::shutdown`).
+    tasks: TaskTracker,
     /// Bounds the read repairs in flight (a repair is skipped when full).
     repair_slots: Arc<Semaphore>,
     /// Replicas brought up to date by read repair since start.
     read_repairs: Arc<AtomicU64>,
 }
 
+/// The coordinator's part of the node's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Knobs a request leaves out.
+    pub defaults: Defaults,
+    /// The largest `N` a request may ask for.
+    pub max_n: usize,
+    /// Deadline of a client request's replica calls.
+    pub timeout: Duration,
+    pub read_repair: bool,
+}
+
 impl Coordinator {
+    /// `background`: read repairs and the replica calls a request no longer
+    /// waits for run on its tracker, so shutdown waits for them.
     pub fn new(
         membership: Arc<Membership>,
         replica: Replica,
         peers: PeerClient,
-        defaults: Defaults,
-        max_n: usize,
-        timeout: Duration,
-        read_repair: Option<CancellationToken>,
+        settings: Settings,
+        background: &Workers,
     ) -> Coordinator {
+        let Settings { defaults, max_n, timeout, read_repair } = settings;
+        let tasks = background.tasks().clone();
+        let read_repair = read_repair.then(|| background.token());
         let limits = BatchLimits { max_batch: 256, max_bytes: 4 << 20, max_in_flight: 2, timeout };
         let queues = membership
             .members()
@@ -203,6 +224,7 @@ impl Coordinator {
             max_n,
             timeout,
             read_repair,
+            tasks,
             repair_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_REPAIRS)),
             read_repairs: Arc::new(AtomicU64::new(0)),
         }
@@ -213,9 +235,9 @@ impl Coordinator {
         self.read_repairs.load(Ordering::Relaxed)
     }
 
-    /// The read-repair counter itself, for the metrics collector.
-    pub fn read_repair_counter(&self) -> Arc<AtomicU64> {
-        self.read_repairs.clone()
+    /// Registers the coordinator's counters in `registry`.
+    pub fn register_metrics(&self, registry: &mut crate::metrics::Registry) {
+        read_repair::register(&self.read_repairs, registry);
     }
 
     /// Merges `req.object` into `node`'s copy (this node's own, or a peer's
@@ -334,7 +356,7 @@ impl Coordinator {
         .await;
         let answered = gathered.ok.iter().filter(|r| counts(r)).count();
         if answered < c.r {
-            gathered.finish_in_background();
+            gathered.finish_in_background(&self.tasks);
             return Err(CoordinatorError::QuorumNotMet {
                 kind: QuorumKind::R,
                 required: c.r,
@@ -344,7 +366,7 @@ impl Coordinator {
         }
         let primaries = gathered.ok.iter().filter(|r| r.primary && counts(r)).count();
         if primaries < c.pr {
-            gathered.finish_in_background();
+            gathered.finish_in_background(&self.tasks);
             return Err(CoordinatorError::QuorumNotMet {
                 kind: QuorumKind::Pr,
                 required: c.pr,
@@ -360,7 +382,7 @@ impl Coordinator {
             Some(cancel) => {
                 read_repair::spawn(self.clone(), cancel.clone(), partition, key, gathered, deadline)
             }
-            None => gathered.finish_in_background(),
+            None => gathered.finish_in_background(&self.tasks),
         }
         Ok(Outcome { object, report: QuorumReport::Read { n: c.n, r: c.r, answered } })
     }
@@ -484,7 +506,7 @@ impl Coordinator {
         // before they took one (with W=1 the local write alone meets the
         // quorum, and no copy was ever polled), and a slot is only signalled
         // by a running copy.
-        gathered.finish_in_background();
+        gathered.finish_in_background(&self.tasks);
         // Backpressure for W < N: the client is answered once every copy
         // holds a slot of its peer's queue (or gave up on it), not only the
         // W that answered first; bounded by the deadline.

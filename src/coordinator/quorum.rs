@@ -37,13 +37,14 @@ impl<T> Gathered<T> {
 
 impl<T: Send + 'static> Gathered<T> {
     /// Lets the calls not yet answered run to completion without anyone
-    /// waiting for them (a slow replica still gets the write).
-    pub fn finish_in_background(mut self) {
+    /// waiting for them (a slow replica still gets the write), on `tasks`,
+    /// so shutdown waits for them.
+    pub fn finish_in_background(mut self, tasks: &tokio_util::task::TaskTracker) {
         if self.rest.is_empty() {
             return;
         }
         let mut rest = std::mem::take(&mut self.rest);
-        tokio::spawn(async move { while rest.next().await.is_some() {} });
+        tasks.spawn(async move { while rest.next().await.is_some() {} });
     }
 }
 

@@ -6,17 +6,36 @@
 //! are bounded (one is skipped when the bound is reached) and cancelled at
 //! shutdown, so they never keep the database open.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Coordinator;
 use super::quorum::Gathered;
+use crate::metrics::{Registry, counter};
 use crate::replica::{ReadResponse, ReplicateRequest};
 use crate::storage::Object;
+
+/// The read-repair counter, read at scrape time.
+#[derive(Debug)]
+struct RepairCollector(Arc<AtomicU64>);
+
+pub(super) fn register(repairs: &Arc<AtomicU64>, registry: &mut Registry) {
+    registry.register_collector(Box::new(RepairCollector(repairs.clone())));
+}
+
+impl Collector for RepairCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let repairs = self.0.load(Ordering::Relaxed);
+        counter(&mut e, "read_repairs", "Replicas brought up to date by read repair", repairs)
+    }
+}
 
 /// How long after the answer late replies are still awaited.
 const LATE_REPLY_WAIT: Duration = Duration::from_secs(1);
@@ -30,10 +49,11 @@ pub(super) fn spawn(
     deadline: Instant,
 ) {
     let Ok(slot) = coordinator.repair_slots.clone().try_acquire_owned() else {
-        gathered.finish_in_background();
+        gathered.finish_in_background(&coordinator.tasks);
         return;
     };
-    tokio::spawn(async move {
+    let tasks = coordinator.tasks.clone();
+    tasks.spawn(async move {
         let _slot = slot;
         tokio::select! {
             () = cancel.cancelled() => {}

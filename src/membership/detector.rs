@@ -8,10 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use super::Membership;
 use crate::rpc::client::{PeerClient, routes};
+use crate::worker::{State, Worker};
 
 /// How often the worker looks at its peers.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -32,15 +31,17 @@ pub fn backoff(failures: u32) -> Duration {
 /// for `IDLE`, the next tick comes within `TICK`, the probe times out.
 pub const WORST_DETECTION: Duration = Duration::from_millis(1000 + 250 + 700);
 
-/// Runs until `shutdown` is cancelled.
-pub async fn run(membership: Arc<Membership>, peers: PeerClient, shutdown: CancellationToken) {
+/// The `detector` worker: runs until cancelled.
+pub async fn run(membership: Arc<Membership>, peers: PeerClient, worker: Worker) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        worker.set(State::Idle);
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = worker.cancelled() => return,
             _ = tick.tick() => {}
         }
+        worker.set(State::Busy);
         for id in membership.peer_ids() {
             let since_probe = membership.since_probe(id);
             let due = if membership.is_reachable(id) {
@@ -53,13 +54,14 @@ pub async fn run(membership: Arc<Membership>, peers: PeerClient, shutdown: Cance
                 let (peers, id) = (peers.clone(), id.to_string());
                 let membership = membership.clone();
                 // The call's outcome updates the membership view itself.
-                tokio::spawn(async move {
+                worker.spawn(async move {
                     if peers.call::<_, ()>(&id, routes::PING, &(), PROBE_TIMEOUT).await.is_err() {
                         membership.probe_failed(&id);
                     }
                 });
             }
         }
+        worker.round_done();
     }
 }
 

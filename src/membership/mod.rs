@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, MemberConfig};
 use crate::ring::{Member, Ring, RingError};
+use crate::rpc::client::Reachability;
 
 #[derive(Debug)]
 pub struct Membership {
@@ -139,5 +140,15 @@ impl Membership {
     /// The other members' ids.
     pub fn peer_ids(&self) -> impl Iterator<Item = &str> {
         self.peers.keys().map(String::as_str)
+    }
+}
+
+impl Reachability for Membership {
+    fn clock_ms(&self) -> u64 {
+        self.now_ms()
+    }
+
+    fn observe(&self, peer: &str, reached: bool, started_ms: u64) {
+        Membership::observe(self, peer, reached, started_ms)
     }
 }

@@ -8,6 +8,7 @@
 //! thread wake-ups. A synced write (`DW`) waits for the disk and is moved
 //! to the blocking pool so it cannot stall other requests.
 
+mod endpoints;
 #[cfg(test)]
 mod model;
 pub mod stamp;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ObjectLimits;
 use crate::storage::{Found, Object, Storage, StorageError, StoredValue};
+use crate::util::now_ms;
 use crate::version::VersionVector;
 use stamp::Stamper;
 
@@ -110,7 +112,7 @@ pub enum LimitError {
 /// Bytes of every sibling's value plus a per-sibling allowance for its
 /// metadata: what the limits and the byte budgets of repair count.
 pub fn object_bytes(object: &Object) -> usize {
-    object.siblings().iter().map(|s| s.value.value.len() + s.value.content_type.len() + 64).sum()
+    object.siblings().iter().map(|s| s.value.bytes.len() + s.value.content_type.len() + 64).sum()
 }
 
 fn check_limits(object: &Object, limits: &ObjectLimits) -> Result<(), LimitError> {
@@ -119,7 +121,7 @@ fn check_limits(object: &Object, limits: &ObjectLimits) -> Result<(), LimitError
         return Err(LimitError::Siblings { siblings, limit: limits.max_siblings });
     }
     // Values only, as configured: one value of `max_value_bytes` always fits.
-    let bytes: usize = object.siblings().iter().map(|s| s.value.value.len()).sum();
+    let bytes: usize = object.siblings().iter().map(|s| s.value.bytes.len()).sum();
     if bytes > limits.max_object_bytes {
         return Err(LimitError::ObjectBytes { bytes, siblings, limit: limits.max_object_bytes });
     }
@@ -166,18 +168,19 @@ impl Replica {
         &self.storage
     }
 
-    /// Keeps the dot lease ahead of the clock, once a second, until
-    /// `shutdown` (the fsync happens here, not on the write path).
-    pub async fn keep_lease_ahead(self, shutdown: tokio_util::sync::CancellationToken) {
+    /// The `lease` worker: keeps the dot lease ahead of the clock, once a
+    /// second, until cancelled (the fsync happens here, not on the write path).
+    pub async fn keep_lease_ahead(self, worker: crate::worker::Worker) {
         loop {
             let this = self.clone();
             let renewed = tokio::task::spawn_blocking(move || this.stamper.keep_ahead(&this.storage)).await;
             if let Ok(Err(error)) = renewed {
                 tracing::error!(%error, "cannot renew the dot lease; writes renew it themselves");
+                worker.failed(error);
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            worker.round_done();
+            if !worker.idle(std::time::Duration::from_secs(1)).await {
+                return;
             }
         }
     }
@@ -403,14 +406,6 @@ impl Replica {
             (None, None) => Err(ReplicaError::Task("fallback write stored nothing".into())),
         }
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch (hint ages, tombstone ages).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn merge_into(current: Option<Object>, incoming: &Object) -> Object {

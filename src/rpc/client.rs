@@ -10,8 +10,7 @@ use serde::de::DeserializeOwned;
 
 use super::codec::{self, CONTENT_TYPE};
 use super::faults::Faults;
-use crate::membership::Membership;
-use crate::metrics::{RpcHistograms, RpcLabels};
+use super::metrics::RpcMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -34,35 +33,48 @@ pub enum RpcError {
 
 /// The RPC routes of the peer port (the server side is [`super::server`]).
 pub mod routes {
-    /// A batch of [`crate::replica::ReadRequest`]s.
+    /// A batch of `replica::ReadRequest`s (registered by `replica`).
     pub const READ: &str = "/rpc/read";
-    /// A batch of [`crate::replica::ReplicateRequest`]s.
+    /// A batch of `replica::ReplicateRequest`s.
     pub const REPLICATE: &str = "/rpc/replicate";
     pub const PUT: &str = "/rpc/put";
     pub const PING: &str = "/rpc/ping";
-    /// An [`crate::anti_entropy::recovery::Hello`] from a starting node.
+    /// An `anti_entropy::recovery::Hello` from a starting node.
     pub const HELLO: &str = "/rpc/hello";
-    /// An [`crate::anti_entropy::AeRequest`].
+    /// An `anti_entropy::AeRequest`.
     pub const ANTI_ENTROPY: &str = "/rpc/ae";
+}
+
+/// What the client tells of every call's outcome, so this node's view of
+/// each peer's reachability is learned from real traffic. `membership`
+/// implements it: the transport sits below the member list, which uses it
+/// to probe.
+pub trait Reachability: Send + Sync + 'static {
+    /// A monotonic clock in ms, read when a call starts.
+    fn clock_ms(&self) -> u64;
+    /// A call to `peer` that started at `started_ms` reached it or not.
+    fn observe(&self, peer: &str, reached: bool, started_ms: u64);
 }
 
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
     urls: Arc<HashMap<String, String>>,
-    membership: Arc<Membership>,
+    reachability: Arc<dyn Reachability>,
     faults: Faults,
-    latency: RpcHistograms,
+    metrics: RpcMetrics,
 }
 
 impl PeerClient {
     /// `local_ip`: the address calls leave from (the peer listener's, when
     /// it names one), so per-node firewall rules can tell nodes apart.
+    /// `urls`: each peer's id and peer-port base URL.
     pub fn new(
         tls: rustls::ClientConfig,
-        membership: Arc<Membership>,
+        urls: impl IntoIterator<Item = (String, String)>,
+        reachability: Arc<dyn Reachability>,
         local_ip: Option<std::net::IpAddr>,
-        latency: RpcHistograms,
+        metrics: RpcMetrics,
     ) -> Result<Self, RpcError> {
         let http = reqwest::Client::builder()
             .local_address(local_ip)
@@ -81,12 +93,8 @@ impl PeerClient {
             .no_proxy()
             .build()
             .map_err(|e| RpcError::Build(e.to_string()))?;
-        let urls = membership
-            .members()
-            .iter()
-            .map(|m| (m.id.clone(), m.peer_url.trim_end_matches('/').to_string()))
-            .collect();
-        Ok(PeerClient { http, urls: Arc::new(urls), membership, faults: Faults::default(), latency })
+        let urls = urls.into_iter().map(|(id, url)| (id, url.trim_end_matches('/').to_string())).collect();
+        Ok(PeerClient { http, urls: Arc::new(urls), reachability, faults: Faults::default(), metrics })
     }
 
     pub fn faults(&self) -> &Faults {
@@ -102,16 +110,15 @@ impl PeerClient {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, RpcError> {
-        let started = self.membership.now_ms();
+        let started = self.reachability.clock_ms();
         let timer = std::time::Instant::now();
         let result = self.call_inner(peer, route, request, timeout).await;
-        let labels = RpcLabels { peer: peer.to_string(), route };
-        self.latency.get_or_create(&labels).observe(timer.elapsed().as_secs_f64());
+        self.metrics.observe(peer, route, timer.elapsed().as_secs_f64());
         let reached = !matches!(
             result,
             Err(RpcError::Connect { .. } | RpcError::Transport { .. } | RpcError::Timeout { .. })
         );
-        self.membership.observe(peer, reached, started);
+        self.reachability.observe(peer, reached, started);
         result
     }
 

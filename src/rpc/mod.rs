@@ -7,6 +7,7 @@ pub mod client;
 pub mod codec;
 pub mod faults;
 pub mod identity;
+pub mod metrics;
 pub mod server;
 
 /// HTTP/2 flow-control windows of peer connections, both directions.

@@ -1,149 +1,121 @@
-//! The peer port's routes: binary RPCs from other nodes, and
-//! `GET /local/keys/{key}` for operators and tests. Mutual TLS is enforced
-//! by the listener (see `tls::peer_server_config`), before any route runs.
+//! The peer port's server side: a table of endpoints, each a route and a
+//! typed handler registered by the subsystem that owns the message
+//! (`replica` its reads and merges, `coordinator` forwarded writes,
+//! `anti_entropy` exchanges and hellos), as Garage's `rpc` lets each table
+//! register its endpoint. This module only decodes, calls and encodes, so
+//! the transport imports none of the subsystems that use it.
+//!
+//! Mutual TLS is enforced by the listener (see `tls::peer_server_config`);
+//! only a member's certificate reaches an endpoint ([`super::identity`]).
 
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::future::Future;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, Uri, header};
+use axum::extract::{DefaultBodyLimit, Extension};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::client::routes;
 use super::codec::{self, CONTENT_TYPE};
-use crate::anti_entropy::{self, AeRequest, AeResponse};
-use crate::api::error::ApiError;
-use crate::api::keys::key_from_path;
-use crate::api::view;
-use crate::coordinator::{ForwardPut, ForwardPutResponse};
-use crate::node::NodeState;
-use crate::replica::{ReadRequest, ReplicateRequest};
+use super::identity::{Caller, require_node};
 
-/// The RPC routes are for member nodes only ([`super::identity`]); an
-/// operator's certificate may read `/local/keys` and nothing else.
-pub fn router(state: Arc<NodeState>, max_body: usize) -> Router {
-    Router::new()
-        .route(routes::READ, post(read))
-        .route(routes::REPLICATE, post(replicate))
-        .route(routes::PUT, post(forward_put))
-        .route(routes::PING, post(ping))
-        .route(routes::HELLO, post(hello))
-        .route(routes::ANTI_ENTROPY, post(ae_exchange))
-        .route_layer(axum::middleware::from_fn(super::identity::require_node))
-        .route("/local/keys/{*key}", get(local_key))
-        .fallback(|| async { ApiError::NoRoute })
-        // A replicated object can hold several siblings of max_value_bytes.
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state)
+/// Why an endpoint did not run: the status tells the caller whether the
+/// request was looked at (see `RpcError::not_delivered` for 425).
+#[derive(Debug)]
+pub struct Refusal {
+    status: StatusCode,
+    message: Cow<'static, str>,
+}
+
+impl Refusal {
+    /// Refused before any work, so the caller may send it elsewhere (425).
+    pub fn too_early(message: &'static str) -> Refusal {
+        Refusal { status: StatusCode::TOO_EARLY, message: message.into() }
+    }
+
+    pub fn forbidden(message: &'static str) -> Refusal {
+        Refusal { status: StatusCode::FORBIDDEN, message: message.into() }
+    }
+
+    /// The local replica failed (its disk, most likely): logged here, 503.
+    pub fn unavailable(error: impl std::fmt::Display) -> Refusal {
+        tracing::error!(%error, "peer request failed locally");
+        Refusal { status: StatusCode::SERVICE_UNAVAILABLE, message: "replica unavailable".into() }
+    }
+
+    fn bad_request(error: impl std::fmt::Display) -> Refusal {
+        Refusal { status: StatusCode::BAD_REQUEST, message: error.to_string().into() }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.status, self.message).into_response()
+    }
+}
+
+/// The RPC routes of the peer port, filled by the subsystems at start.
+pub struct Endpoints {
+    router: Router,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Endpoints::new()
+    }
+}
+
+impl Endpoints {
+    /// The table with `ping` in it. A ping ignores its body, so a node of
+    /// another wire format still counts as reachable.
+    pub fn new() -> Endpoints {
+        let ping = || async { reply(&()) };
+        Endpoints { router: Router::new().route(routes::PING, post(ping)) }
+    }
+
+    /// Serves `route` with `handler`, which gets the calling member's id and
+    /// the decoded request; a body that does not decode is a 400.
+    pub fn add<Req, Resp, F, Fut>(&mut self, route: &'static str, handler: F)
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+        F: Fn(String, Req) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Refusal>> + Send + 'static,
+    {
+        let serve = move |caller: Option<Extension<Caller>>, body: Bytes| async move {
+            // `require_node` let only members through; this names which one.
+            let Some(Extension(Caller::Node(from))) = caller else {
+                return Refusal::forbidden("only nodes may call replica RPCs").into_response();
+            };
+            let request: Req = match codec::decode(&body) {
+                Ok(request) => request,
+                Err(e) => return Refusal::bad_request(e).into_response(),
+            };
+            match handler(from, request).await {
+                Ok(answer) => reply(&answer),
+                Err(refusal) => refusal.into_response(),
+            }
+        };
+        self.router = std::mem::take(&mut self.router).route(route, post(serve));
+    }
+
+    /// The peer port's app: the endpoints, for members only, and `open`,
+    /// the routes any CA-signed certificate may call (with the fallback).
+    /// `max_body`: a replicated object may hold several siblings of
+    /// `max_value_bytes`.
+    pub fn into_router(self, open: Router, max_body: usize) -> Router {
+        self.router
+            .route_layer(axum::middleware::from_fn(require_node))
+            .merge(open)
+            .layer(DefaultBodyLimit::max(max_body))
+    }
 }
 
 fn reply<T: Serialize>(message: &T) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], codec::encode(message)).into_response()
-}
-
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, (StatusCode, String)> {
-    codec::decode(body).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
-}
-
-fn unavailable(error: impl std::fmt::Display) -> Response {
-    tracing::error!(%error, "peer request failed locally");
-    (StatusCode::SERVICE_UNAVAILABLE, "replica unavailable").into_response()
-}
-
-async fn read(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
-    let requests: Vec<ReadRequest> = match decode(&body) {
-        Ok(r) => r,
-        Err(rejection) => return rejection.into_response(),
-    };
-    reply(&state.coordinator.replica().read_batch(&requests))
-}
-
-async fn replicate(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
-    let requests: Vec<ReplicateRequest> = match decode(&body) {
-        Ok(r) => r,
-        Err(rejection) => return rejection.into_response(),
-    };
-    match state.coordinator.replica().apply_batch(requests).await {
-        Ok(results) => reply(&results),
-        Err(e) => unavailable(e),
-    }
-}
-
-async fn forward_put(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
-    let req: ForwardPut = match decode(&body) {
-        Ok(r) => r,
-        Err(rejection) => return rejection.into_response(),
-    };
-    // Not before this start's hello round: the node may learn its data is
-    // an older copy and renew its actor epoch. Refused untouched (425),
-    // so the forwarding node tries another replica.
-    if state.coordinator.replica().storage().history_pending() {
-        return (StatusCode::TOO_EARLY, "node is still greeting its peers").into_response();
-    }
-    let answer: ForwardPutResponse =
-        state.coordinator.coordinate_put(req.key, req.context, req.value, req.consistency).await;
-    reply(&answer)
-}
-
-async fn ae_exchange(State(state): State<Arc<NodeState>>, body: Bytes) -> Response {
-    let request: AeRequest = match decode(&body) {
-        Ok(r) => r,
-        Err(rejection) => return rejection.into_response(),
-    };
-    let storage = state.coordinator.replica().storage().clone();
-    let answer = tokio::task::spawn_blocking(move || anti_entropy::answer(&storage, request)).await;
-    let answer: Result<AeResponse, String> = match answer {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    reply(&answer)
-}
-
-async fn hello(
-    State(state): State<Arc<NodeState>>,
-    caller: Option<axum::Extension<super::identity::Caller>>,
-    body: Bytes,
-) -> Response {
-    let hello: anti_entropy::recovery::Hello = match decode(&body) {
-        Ok(r) => r,
-        Err(rejection) => return rejection.into_response(),
-    };
-    // A node speaks for itself only: its certificate must name `from`.
-    let named = matches!(caller.as_deref(), Some(super::identity::Caller::Node(id)) if *id == hello.from);
-    if !named {
-        return (StatusCode::FORBIDDEN, "a hello must come from the node it names").into_response();
-    }
-    let storage = state.coordinator.replica().storage().clone();
-    let answer =
-        tokio::task::spawn_blocking(move || anti_entropy::recovery::answer_hello(&storage, &hello)).await;
-    let answer: Result<anti_entropy::recovery::HelloAnswer, String> = match answer {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    reply(&answer)
-}
-
-async fn ping() -> Response {
-    reply(&())
-}
-
-async fn local_key(State(state): State<Arc<NodeState>>, uri: Uri) -> Result<Response, ApiError> {
-    let key = key_from_path(&uri, "/local/keys/")?;
-    let ring = state.coordinator.membership().ring();
-    let object = state
-        .coordinator
-        .replica()
-        .read(ring.partition_of(&key), key.clone())
-        .await
-        .map_err(|_| ApiError::NotReady)?;
-    match object {
-        Some(object) if !object.siblings().is_empty() => {
-            Ok(axum::Json(view::local_view(&key, &object)).into_response())
-        }
-        _ => Err(ApiError::NotFound),
-    }
 }

@@ -171,7 +171,7 @@ impl Storage {
     /// Records that the partition's tree was just rebuilt from its data.
     pub(super) fn set_rebuilt_now(&self, partition: u32) -> Result<(), StorageError> {
         let cf = self.cf(CF_META)?;
-        self.db.put_cf(cf, partition_key(REBUILT_PREFIX, partition), number(crate::replica::now_ms()))?;
+        self.db.put_cf(cf, partition_key(REBUILT_PREFIX, partition), number(crate::util::now_ms()))?;
         Ok(())
     }
 
@@ -185,7 +185,7 @@ impl Storage {
             Some(v) => read_number("rebuilt", &v),
             None => {
                 self.set_rebuilt_now(partition)?;
-                Ok(crate::replica::now_ms())
+                Ok(crate::util::now_ms())
             }
         }
     }

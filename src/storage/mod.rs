@@ -9,6 +9,7 @@
 
 pub mod hints;
 mod meta;
+pub mod metrics;
 pub mod record;
 pub mod tree;
 
@@ -563,7 +564,7 @@ mod tests {
         let s = Storage::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(s.epoch(), epoch, "epoch is stable across restarts");
         let o = s.get(7, b"k").unwrap().unwrap();
-        assert_eq!(o.siblings()[0].value.value, Bytes::from_static(b"v1"));
+        assert_eq!(o.siblings()[0].value.bytes, Bytes::from_static(b"v1"));
         assert!(s.get(8, b"k").unwrap().is_none(), "partitions are separate");
     }
 

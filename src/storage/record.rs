@@ -23,24 +23,25 @@ const FORMAT_V2: u8 = 2;
 /// One version of a value, as a sibling of a [`DvvSet`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredValue {
-    pub value: Bytes,
+    /// The value's bytes as the client sent them (empty for a tombstone).
+    pub bytes: Bytes,
     pub content_type: String,
     /// Wall-clock write time at the coordinator, milliseconds since the epoch.
     pub modified_ms: u64,
-    /// A tombstone: the version records a delete, `value` is empty.
+    /// A tombstone: the version records a delete, `bytes` is empty.
     pub deleted: bool,
-    /// MD5 of `value` computed when the bytes were received.
+    /// MD5 of `bytes` computed when they were received.
     pub digest: [u8; 16],
 }
 
 impl StoredValue {
-    pub fn new(value: Bytes, content_type: String, modified_ms: u64, deleted: bool) -> Self {
-        let digest = md5_of(&value);
-        StoredValue { value, content_type, modified_ms, deleted, digest }
+    pub fn new(bytes: Bytes, content_type: String, modified_ms: u64, deleted: bool) -> Self {
+        let digest = md5_of(&bytes);
+        StoredValue { bytes, content_type, modified_ms, deleted, digest }
     }
 
     pub fn digest_ok(&self) -> bool {
-        md5_of(&self.value) == self.digest
+        md5_of(&self.bytes) == self.digest
     }
 
     /// The quoted hex digest used as HTTP `ETag`.
@@ -157,7 +158,7 @@ pub enum RecordError {
 
 pub fn encode(object: &Object) -> Vec<u8> {
     let mut out =
-        Vec::with_capacity(64 + object.siblings().iter().map(|s| s.value.value.len()).sum::<usize>());
+        Vec::with_capacity(64 + object.siblings().iter().map(|s| s.value.bytes.len()).sum::<usize>());
     out.push(FORMAT_V2);
     // Serializing plain structs into a Vec cannot fail.
     out = postcard::to_extend(object, out).unwrap_or_else(|_| vec![FORMAT_V2]);
@@ -263,7 +264,7 @@ mod tests {
     fn value_digest_is_checked_even_with_valid_crc() {
         let mut o = Object::new();
         let mut v = StoredValue::new(Bytes::from_static(b"abc"), "x/y".into(), 1, false);
-        v.value = Bytes::from_static(b"abd");
+        v.bytes = Bytes::from_static(b"abd");
         o.update(&VersionVector::new(), "a", v);
         assert_eq!(decode(&encode(&o)), Err(RecordError::Digest));
     }

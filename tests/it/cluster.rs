@@ -334,13 +334,13 @@ impl TestCluster {
     pub fn cut(&self, a: usize, b: usize) {
         for (from, to) in [(a, b), (b, a)] {
             let node = self.nodes[from].as_ref().expect("node running");
-            node.state().faults.cut(&self.configs[to].node_id);
+            node.faults().cut(&self.configs[to].node_id);
         }
     }
 
     pub fn heal(&self) {
         for node in self.nodes.iter().flatten() {
-            node.state().faults.heal_all();
+            node.faults().heal_all();
         }
     }
 

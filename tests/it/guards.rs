@@ -123,7 +123,7 @@ async fn a_forwarded_write_with_an_unknown_outcome_answers_503_and_is_not_resent
     // which stores the write, but the reply is lost.
     let node4 = c.node(3);
     for h in &homes {
-        node4.state().faults.lose_replies(&format!("node{}", h + 1), "/rpc/put");
+        node4.faults().lose_replies(&format!("node{}", h + 1), "/rpc/put");
     }
     let r = c.put(3, &key, "maybe", &[("w", "2")]).await;
     assert_eq!(r.status(), 503, "the outcome is unknown: not a success, not retried elsewhere");
@@ -179,10 +179,10 @@ async fn gc_keeps_a_tombstone_while_a_member_holds_a_hint_for_it() {
     // delete goes to a spare as a hint; the spares cannot call any home
     // (one way: the homes still reach them), so the hint can be neither
     // delivered nor expired (expiry asks another home whether it holds it).
-    c.node(first).state().faults.cut(&last_id);
+    c.node(first).faults().cut(&last_id);
     for s in &spares {
         for h in &homes {
-            c.node(*s).state().faults.cut(&format!("node{}", h + 1));
+            c.node(*s).faults().cut(&format!("node{}", h + 1));
         }
     }
     c.wait_reachable(first, &last_id, false).await;
@@ -202,7 +202,7 @@ async fn gc_keeps_a_tombstone_while_a_member_holds_a_hint_for_it() {
     assert_eq!(queued, 1, "a spare holds the hint");
     // The coordinator reaches the last home again: anti-entropy gives it the
     // tombstone, so every home holds the same one, past the grace period.
-    c.node(first).state().faults.heal_all();
+    c.node(first).faults().heal_all();
     c.wait_reachable(first, &last_id, true).await;
     c.wait_local(last, &key, |v| v.is_some_and(|v| v["siblings"][0]["deleted"] == true)).await;
     for s in &spare_ids {

@@ -421,3 +421,46 @@ async fn a_write_returns_a_context_only_when_it_is_all_a_reader_sees() {
     assert_eq!(header(&r, "sibling-count"), "3", "x and y survive next to z");
     c.shutdown().await;
 }
+
+/// An operator sees what each node works on in the background: `/cluster`
+/// lists every worker with its state and the rounds it has run, and a
+/// shutdown waits for them, so the same directory reopens at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_lists_the_background_workers_and_shutdown_waits_for_them() {
+    let mut c = TestCluster::start(2).await;
+    let expected = ["anti_entropy", "detector", "gc", "handoff", "lease"];
+    let mut workers = Vec::new();
+    for _ in 0..100 {
+        let v = c.cluster_view(0).await;
+        workers = v["workers"].as_array().expect("workers listed").clone();
+        let ran = |name: &str| {
+            workers.iter().any(|w| w["name"] == name && w["rounds"].as_u64().is_some_and(|r| r > 0))
+        };
+        if ran("detector") && ran("lease") && ran("handoff") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut names: Vec<&str> = workers.iter().filter_map(|w| w["name"].as_str()).collect();
+    names.sort();
+    assert_eq!(names, expected, "{workers:?}");
+    for w in &workers {
+        assert!(["busy", "idle"].contains(&w["state"].as_str().unwrap_or("")), "running: {w}");
+        assert!(w["errors"].is_u64() && w.get("last_error").is_some(), "{w}");
+    }
+    for name in ["detector", "lease", "handoff"] {
+        let w = workers.iter().find(|w| w["name"] == name).expect("listed");
+        assert!(w["rounds"].as_u64().unwrap_or(0) > 0, "{name} has run: {w}");
+    }
+    c.put(0, "after-restart", "v", &[]).await;
+    c.stop(0).await;
+    // Closed by the time shutdown returns: RocksDB's lock is free.
+    let dir = c.configs[0].data_dir.clone();
+    drop(
+        quorumkv::storage::Storage::open(&dir, 8 << 20).expect("the directory reopens right after shutdown"),
+    );
+    c.restart(0).await;
+    let r = c.get(0, "after-restart", &[("r", "2")]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    c.shutdown().await;
+}

@@ -1,0 +1,26 @@
+//! The coordinator's peer endpoint: a client write forwarded by the node
+//! that received it, to be coordinated here as a home replica.
+
+use super::{Coordinator, ForwardPut, ForwardPutResponse};
+use crate::rpc::client::routes;
+use crate::rpc::server::{Endpoints, Refusal};
+
+impl Coordinator {
+    pub fn register_endpoints(&self, endpoints: &mut Endpoints) {
+        let coordinator = self.clone();
+        endpoints.add(routes::PUT, move |_from, req: ForwardPut| {
+            let coordinator = coordinator.clone();
+            async move {
+                // Not before this start's hello round: the node may learn its
+                // data is an older copy and renew its actor epoch. Refused
+                // untouched (425), so the forwarding node tries another home.
+                if coordinator.replica().storage().history_pending() {
+                    return Err(Refusal::too_early("node is still greeting its peers"));
+                }
+                let answer: ForwardPutResponse =
+                    coordinator.coordinate_put(req.key, req.context, req.value, req.consistency).await;
+                Ok(answer)
+            }
+        });
+    }
+}

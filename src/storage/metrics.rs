@@ -1,0 +1,58 @@
+//! What a scrape reads from the database: integrity failures, queued hints
+//! per target, RocksDB's size and compaction debt.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use super::Storage;
+use crate::metrics::{Registry, counter, gauge};
+
+#[derive(Debug)]
+struct StorageCollector {
+    storage: Arc<Storage>,
+    /// Every other member: its hint queue is shown at zero when empty.
+    peers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Target {
+    target: String,
+}
+
+/// Registers `storage`'s numbers in `registry`; `peers` are shown with an
+/// empty hint queue until they have one.
+pub fn register(storage: &Arc<Storage>, peers: Vec<String>, registry: &mut Registry) {
+    registry.register_collector(Box::new(StorageCollector { storage: storage.clone(), peers }));
+}
+
+impl Collector for StorageCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        counter(
+            &mut e,
+            "corrupt_reads",
+            "Stored records that failed their integrity check",
+            self.storage.corrupt_reads(),
+        )?;
+        let mut hints =
+            e.encode_descriptor("hints_queued", "Hints held for each target node", None, MetricType::Gauge)?;
+        let mut queued = self.storage.hint_counts();
+        for peer in &self.peers {
+            queued.entry(peer.clone()).or_insert(0);
+        }
+        for (target, count) in queued {
+            ConstGauge::new(count as i64).encode(hints.encode_family(&Target { target })?)?;
+        }
+        let (size, pending) = self.storage.disk_usage();
+        gauge(&mut e, "rocksdb_size_bytes", "Size of the live RocksDB files", size as i64)?;
+        gauge(
+            &mut e,
+            "rocksdb_pending_compaction_bytes",
+            "RocksDB's estimate of bytes compaction still has to rewrite",
+            pending as i64,
+        )
+    }
+}
