@@ -8,7 +8,9 @@ This script reads every `crate::<module>` path under src/ (outside
 `#[cfg(test)]` items: tests may reach across layers) and checks each edge
 against the diagram, so the diagram cannot drift from the code. Every
 top-level module must be in exactly one layer. `lib` and `main` are the
-crate roots and may use everything.
+crate roots and may use everything. Two seams are checked too: only
+`membership` (and `node`'s error type) may use `ring`, and only `storage`
+may use `rocksdb`.
 
 Usage: scripts/check-layers.py [--print]   (--print: every edge, by layer)
 """
@@ -98,6 +100,22 @@ for a in sorted(edges):
             problems.append(
                 f"{a} ({layers[depth[a]][0]}) -> {b} ({layers[depth[b]][0]}): an import points up a layer"
             )
+
+# Seams the diagram cannot show: placement is asked of `membership::Layout`
+# (the ring is its detail), and RocksDB is `storage`'s.
+only_users = {"ring": {"membership", "node"}}
+for a in sorted(edges):
+    for b, allowed in only_users.items():
+        if b in edges[a] and a not in allowed:
+            problems.append(f"{a} -> {b}: only {', '.join(sorted(allowed))} may use `{b}` (ask the layout)")
+rocksdb_re = re.compile(r"\brocksdb::")
+for dirpath, _, files in os.walk(src):
+    for name in files:
+        path = os.path.join(dirpath, name)
+        rel = os.path.relpath(path, src)
+        if name.endswith(".rs") and rel.split(os.sep)[0] != "storage":
+            if rocksdb_re.search(without_test_items(open(path, encoding="utf-8").read())):
+                problems.append(f"{rel} uses rocksdb: only `storage` may")
 
 # Within a layer, imports may go either way but never round: Tarjan's
 # strongly connected components over the same-layer edges.

@@ -186,7 +186,7 @@ impl Handoff {
     /// descending the hint), so anti-entropy can bring them to `target`.
     async fn expire_for(&self, target: &str) -> Result<(), String> {
         let oldest_kept = now_ms().saturating_sub(self.window.as_millis() as u64);
-        let ring = self.membership.ring();
+        let layout = self.membership.layout();
         let mut after: Option<(u32, Vec<u8>)> = None;
         loop {
             let from = after.as_ref().map(|(p, k)| (*p, k.as_slice()));
@@ -197,7 +197,8 @@ impl Handoff {
             for hint in page.iter().filter(|h| h.created_ms < oldest_kept) {
                 let Some(object) = &hint.object else { continue };
                 // The key's own homes: its N is in the record.
-                let homes = ring.replicas_for(&hint.key, object.replicas(ring.replicas()));
+                let partition = layout.partition_of(&hint.key);
+                let homes = layout.replicas_of(partition, object.replicas(layout.default_replicas()));
                 for home in homes.iter().filter(|h| *h != target && self.membership.is_reachable(h)) {
                     let held = self.read_from(home, hint.partition, &hint.key).await;
                     if held.is_some_and(|copy| copy.descends(object)) {

@@ -110,7 +110,8 @@ impl Node {
             .map_err(|source| NodeError::Storage { path: config.data_dir.display().to_string(), source })?;
         let local_ip = Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified());
         let rpc_metrics = RpcMetrics::default();
-        let peer_urls = config.members.iter().map(|m| (m.id.clone(), m.peer_url.clone()));
+        let layout = membership.layout();
+        let peer_urls = layout.members().iter().map(|m| (m.id.clone(), m.peer_url.clone()));
         let peers =
             PeerClient::new(peer_client_tls, peer_urls, membership.clone(), local_ip, rpc_metrics.clone())?;
         let workers = Arc::new(Workers::new());
@@ -182,7 +183,7 @@ impl Node {
         let mut servers = vec![tokio::spawn(
             tls_server(listeners.peer, peer_tls)
                 .map(|tls| {
-                    let members = config.members.iter().map(|m| m.id.clone()).collect();
+                    let members = layout.members().iter().map(|m| m.id.clone()).collect();
                     rpc::identity::IdentifyingAcceptor::new(tls, members)
                 })
                 .handle(handles[1].clone())

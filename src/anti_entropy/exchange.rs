@@ -23,11 +23,11 @@ impl AntiEntropy {
     /// of count `N` lives on the first `N` homes, so the homes at
     /// positions `i` and `j` share the keys of `N > max(i, j)`.
     pub(super) fn shared_with(&self, peer: &str) -> Vec<(u32, u8)> {
-        let ring = self.membership.ring();
+        let layout = self.membership.layout();
         let me = self.membership.self_id();
-        (0..ring.partitions())
+        (0..layout.partitions())
             .filter_map(|p| {
-                let homes = &ring.preference_list(p)[..ring.replicas().min(ring.members().len())];
+                let homes = layout.homes(p);
                 let mine = homes.iter().position(|h| h == me)?;
                 let theirs = homes.iter().position(|h| h == peer)?;
                 Some((p, u8::try_from(mine.max(theirs) + 1).unwrap_or(u8::MAX)))

@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::{AeError, AeRequest, AeResponse, AntiEntropy, Throttle};
+use crate::membership::Layout;
 use crate::storage::tree::{self, Hash};
 use crate::util::now_ms;
 
@@ -36,15 +37,14 @@ impl AntiEntropy {
         throttle: &Throttle,
         cursors: &mut HashMap<u32, Vec<u8>>,
     ) -> Result<(), AeError> {
-        let ring = self.membership.ring();
+        let layout = self.membership.layout();
         let me = self.membership.self_id();
-        let n = ring.replicas().min(ring.members().len());
-        for p in 0..ring.partitions() {
-            let homes = &ring.preference_list(p)[..n];
+        for p in 0..layout.partitions() {
+            let homes = layout.homes(p);
             if homes.first().map(String::as_str) != Some(me) {
                 continue;
             }
-            if let Err(error) = self.collect_partition(p, homes, throttle, cursors).await {
+            if let Err(error) = self.collect_partition(&layout, p, throttle, cursors).await {
                 tracing::warn!(partition = p, %error, "tombstone collection of a partition failed; retried next round");
             }
         }
@@ -53,11 +53,12 @@ impl AntiEntropy {
 
     async fn collect_partition(
         &self,
+        layout: &Layout,
         p: u32,
-        homes: &[String],
         throttle: &Throttle,
         cursors: &mut HashMap<u32, Vec<u8>>,
     ) -> Result<(), AeError> {
+        let homes = layout.homes(p);
         let me = self.membership.self_id();
         let grace_ms = self.config.tombstone_grace_secs.saturating_mul(1000);
         let old_before = now_ms().saturating_sub(grace_ms);
@@ -80,7 +81,7 @@ impl AntiEntropy {
             }
             // Every other member, with its position in the partition's
             // preference list (this node is the first home, position 0).
-            let list = self.membership.ring().preference_list(p).to_vec();
+            let list = layout.preference_list(p).to_vec();
             let others: Vec<(usize, &String)> = list.iter().enumerate().filter(|(_, h)| *h != me).collect();
             if !self.membership.peer_ids().all(|m| self.membership.is_reachable(m)) {
                 return Ok(());

@@ -397,8 +397,7 @@ impl AntiEntropy {
         let every = self.config.tree_rebuild_secs;
         if every > 0 && periodic && self.config.anti_entropy {
             let every_ms = every.saturating_mul(1000);
-            let ring = self.membership.ring();
-            let mine = ring.partitions_of(self.membership.self_id());
+            let mine = self.membership.layout().partitions_of(self.membership.self_id());
             let now = crate::util::now_ms();
             let stale = self
                 .blocking(move |s| {

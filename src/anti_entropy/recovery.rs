@@ -192,12 +192,11 @@ async fn hello_round(
 
 /// Every partition this node is a home of, with its other homes.
 fn homes_to_sync(membership: &Membership) -> BTreeMap<u32, BTreeSet<String>> {
-    let ring = membership.ring();
+    let layout = membership.layout();
     let me = membership.self_id();
-    let homes_per = ring.replicas().min(ring.members().len());
-    (0..ring.partitions())
+    (0..layout.partitions())
         .filter_map(|p| {
-            let homes = &ring.preference_list(p)[..homes_per];
+            let homes = layout.homes(p);
             homes.iter().any(|h| h == me).then(|| {
                 let others: BTreeSet<String> = homes.iter().filter(|h| h.as_str() != me).cloned().collect();
                 (p, others)

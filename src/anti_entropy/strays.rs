@@ -26,12 +26,12 @@ impl AntiEntropy {
     /// One sweep over every partition; returns how many strays are left
     /// (not yet handed off: a home unreachable or refusing).
     pub(super) async fn hand_off_strays(&self, throttle: &Throttle) -> Result<u64, AeError> {
-        let ring = self.membership.ring();
+        let layout = self.membership.layout();
         let me = self.membership.self_id().to_string();
-        let homes = ring.replicas().min(ring.members().len());
         let mut left = 0;
-        for p in 0..ring.partitions() {
-            let list: Vec<String> = ring.preference_list(p).to_vec();
+        for p in 0..layout.partitions() {
+            let homes = layout.homes(p).len();
+            let list: Vec<String> = layout.preference_list(p).to_vec();
             let position = list.iter().position(|h| *h == me).unwrap_or(usize::MAX);
             if position == 0 || !self.blocking(move |s| s.holds_strays(p, position, homes)).await? {
                 continue;

@@ -29,8 +29,8 @@ struct MemberView {
 /// (real RPC outcomes plus the failure detector's probes).
 pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let membership = state.coordinator.membership();
-    let ring = membership.ring();
-    let members: Vec<MemberView> = membership
+    let layout = membership.layout();
+    let members: Vec<MemberView> = layout
         .members()
         .iter()
         .map(|m| (m, membership.is_reachable(&m.id)))
@@ -40,7 +40,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
             peer_url: m.peer_url.clone(),
             weight: m.weight,
             reachable,
-            partitions: ring.partitions_of(&m.id).len(),
+            partitions: layout.partitions_of(&m.id).len(),
         })
         .collect();
     let storage = state.coordinator.replica().storage();
@@ -61,7 +61,8 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
     });
     Json(json!({
         "node": membership.self_id(),
-        "partitions": ring.partitions(),
+        "partitions": layout.partitions(),
+        "layout_version": layout.version(),
         "members": members,
         "stats": stats,
         "workers": state.workers.statuses(),
@@ -70,9 +71,9 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
 
 pub async fn preference_list(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_from_path(&uri, "/cluster/preference-list/")?;
-    let ring = state.coordinator.membership().ring();
-    let partition = ring.partition_of(&key);
-    let nodes = ring.replicas_for(&key, ring.replicas());
+    let layout = state.coordinator.membership().layout();
+    let partition = layout.partition_of(&key);
+    let nodes = layout.homes(partition);
     Ok(Json(json!({
         "key": String::from_utf8_lossy(&key),
         "partition": partition,

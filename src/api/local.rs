@@ -25,7 +25,7 @@ pub fn router(coordinator: Coordinator) -> Router {
 
 async fn local_key(State(coordinator): State<Coordinator>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_from_path(&uri, "/local/keys/")?;
-    let partition = coordinator.membership().ring().partition_of(&key);
+    let partition = coordinator.membership().layout().partition_of(&key);
     let object = coordinator.replica().read(partition, key.clone()).await.map_err(|_| ApiError::NotReady)?;
     match object {
         Some(object) if !object.siblings().is_empty() => {

@@ -32,7 +32,7 @@ use quorum::{Call, Reply, gather};
 use targets::{Target, plan};
 
 use crate::config::Defaults;
-use crate::membership::Membership;
+use crate::membership::{Layout, Membership};
 use crate::replica::{
     ClientWrite, LimitError, ReadRequest, ReadResponse, Replica, ReplicaError, ReplicateRequest,
     ReplicateResponse,
@@ -203,6 +203,7 @@ impl Coordinator {
         let read_repair = read_repair.then(|| background.token());
         let limits = BatchLimits { max_batch: 256, max_bytes: 4 << 20, max_in_flight: 2, timeout };
         let queues = membership
+            .layout()
             .members()
             .iter()
             .filter(|m| m.id != membership.self_id())
@@ -262,7 +263,7 @@ impl Coordinator {
 
     /// Resolves a request's knobs against this cluster's defaults and size.
     pub fn consistency(&self, knobs: &KnobRequest) -> Result<Consistency, ConsistencyError> {
-        let limit = self.max_n.min(self.membership.members().len());
+        let limit = self.max_n.min(self.membership.layout().member_count());
         knobs.resolve(&self.defaults, limit)
     }
 
@@ -323,26 +324,26 @@ impl Coordinator {
     }
 
     /// The sloppy-quorum plan for `key`'s partition from this node's view.
-    fn plan(&self, partition: u32, n: usize, writing: bool) -> targets::Plan {
+    fn plan(&self, layout: &Layout, partition: u32, n: usize, writing: bool) -> targets::Plan {
         let m = &self.membership;
-        plan(m.ring().preference_list(partition), n, m.self_id(), writing, |id| {
+        plan(layout.preference_list(partition), n, m.self_id(), writing, |id| {
             id == m.self_id() || m.is_reachable(id)
         })
     }
 
     /// Asks the key's N replicas, answers with the merge of the first R replies.
     pub async fn get(&self, key: Bytes, c: Consistency) -> Result<Outcome, CoordinatorError> {
-        let ring = self.membership.ring();
-        let partition = ring.partition_of(&key);
+        let layout = self.membership.layout();
+        let partition = layout.partition_of(&key);
         let deadline = Instant::now() + self.timeout;
         let self_id = self.membership.self_id();
         let mut calls: Vec<_> = self
-            .plan(partition, c.n, false)
+            .plan(&layout, partition, c.n, false)
             .targets
             .into_iter()
             .map(|t| self.read_call(&t.node, t.hint_for, partition, &key, deadline))
             .collect();
-        if ring.replicas_for(&key, c.n).iter().any(|h| h == self_id) {
+        if layout.replicas_of(partition, c.n).iter().any(|h| h == self_id) {
             calls.push(self.read_call(self_id, None, partition, &key, deadline));
         }
         // Only authoritative answers count: a replica that lost its data
@@ -397,7 +398,8 @@ impl Coordinator {
         value: StoredValue,
         c: Consistency,
     ) -> Result<Outcome, CoordinatorError> {
-        let replicas = self.membership.ring().replicas_for(&key, c.n);
+        let layout = self.membership.layout();
+        let replicas = layout.replicas_of(layout.partition_of(&key), c.n);
         let self_id = self.membership.self_id();
         if replicas.iter().any(|n| n == self_id) {
             match self.coordinate_put(key.clone(), context.clone(), value.clone(), c).await {
@@ -453,8 +455,8 @@ impl Coordinator {
         if !value.digest_ok() {
             return Err(CoordinatorError::DigestMismatch);
         }
-        let ring = self.membership.ring();
-        let partition = ring.partition_of(&key);
+        let layout = self.membership.layout();
+        let partition = layout.partition_of(&key);
         let sync = c.dw > 0;
         let w_fail = |acked| CoordinatorError::QuorumNotMet {
             kind: QuorumKind::W,
@@ -462,7 +464,7 @@ impl Coordinator {
             answered: acked,
             n: c.n,
         };
-        let plan = self.plan(partition, c.n, true);
+        let plan = self.plan(&layout, partition, c.n, true);
         let local_is_home = plan.local_hint.is_none();
         let write = ClientWrite { context, value, n: c.n, sync };
         let written = match plan.local_hint {

@@ -80,9 +80,8 @@ async fn repair(
     // The key's own homes only: a read asking for a larger N than the key
     // was written with does not place it on more homes (anti-entropy and
     // GC would not know of that copy).
-    let ring = coordinator.membership.ring();
-    let list = ring.preference_list(partition);
-    let homes = &list[..merged.replicas(ring.replicas()).min(list.len())];
+    let layout = coordinator.membership.layout();
+    let homes = layout.replicas_of(partition, merged.replicas(layout.default_replicas()));
     let send_deadline = Instant::now() + coordinator.timeout;
     let sends = replies
         .iter()

@@ -1,26 +1,30 @@
 //! Who is in the cluster and how reachable each member looks from here.
 //!
-//! Membership is fixed by configuration for now; the ring is recomputed from
-//! it (a pure function), so dynamic membership can later swap the member
-//! list without touching callers. Reachability is this node's own view,
+//! Membership is fixed by configuration for now: one [`Layout`] (the member
+//! list and the ring computed from it, a pure function) for the node's
+//! life. Callers ask a layout snapshot, so dynamic membership can later
+//! swap it without touching them. Reachability is this node's own view,
 //! learned from the outcome of real RPCs and from the light probes of
 //! [`detector`]: no node is special, nothing is global.
 
 pub mod detector;
+mod layout;
+
+pub use layout::Layout;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, MemberConfig};
-use crate::ring::{Member, Ring, RingError};
+use crate::config::Config;
+use crate::ring::RingError;
 use crate::rpc::client::Reachability;
 
 #[derive(Debug)]
 pub struct Membership {
     self_id: String,
-    members: Vec<MemberConfig>,
-    ring: Ring,
+    layout: Arc<Layout>,
     peers: HashMap<String, PeerHealth>,
     /// Origin of the millisecond clocks in [`PeerHealth`].
     started: Instant,
@@ -40,9 +44,7 @@ struct PeerHealth {
 
 impl Membership {
     pub fn from_config(config: &Config) -> Result<Membership, RingError> {
-        let ring_members =
-            config.members.iter().map(|m| Member { id: m.id.clone(), weight: m.weight }).collect();
-        let ring = Ring::new(ring_members, config.partitions, config.max_n)?;
+        let layout = Layout::new(1, config.members.clone(), config.partitions, config.max_n)?;
         let peers = config
             .members
             .iter()
@@ -59,8 +61,7 @@ impl Membership {
             .collect();
         Ok(Membership {
             self_id: config.node_id.clone(),
-            members: config.members.clone(),
-            ring,
+            layout: Arc::new(layout),
             peers,
             started: Instant::now(),
         })
@@ -108,12 +109,10 @@ impl Membership {
         &self.self_id
     }
 
-    pub fn ring(&self) -> &Ring {
-        &self.ring
-    }
-
-    pub fn members(&self) -> &[MemberConfig] {
-        &self.members
+    /// The current layout: take it once per request or round and ask it
+    /// everything about placement, so one operation sees one layout.
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout.clone()
     }
 
     /// Records the outcome of a call to `id` that started at `started_ms`

@@ -250,7 +250,7 @@ impl TestCluster {
     pub fn corrupt(&self, node: usize, key: &str) {
         let state = self.nodes[node].as_ref().expect("node running").state();
         let coordinator = &state.coordinator;
-        let partition = coordinator.membership().ring().partition_of(key.as_bytes());
+        let partition = coordinator.membership().layout().partition_of(key.as_bytes());
         let storage = coordinator.replica().storage();
         assert!(storage.corrupt_for_test(partition, key.as_bytes()).unwrap(), "{key} stored on node {node}");
     }

@@ -300,6 +300,7 @@ async fn cluster_endpoints_describe_members_and_placement() {
     let c = TestCluster::start(3).await;
     let v: serde_json::Value = c.client.get(c.url(1, "/cluster")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["node"], "node2");
+    assert_eq!(v["layout_version"], 1, "the configured member list is layout 1");
     let members = v["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
     assert!(members.iter().all(|m| m["reachable"] == true));

@@ -367,7 +367,7 @@ async fn a_key_keeps_its_own_n_for_anti_entropy_and_tombstone_gc() {
 fn plant(c: &TestCluster, node: usize, key: &str, n: usize, value: &'static str, deleted: bool) {
     use quorumkv::storage::{Object, StoredValue};
     let replica = c.node(node).state().coordinator.replica();
-    let partition = c.node(node).state().coordinator.membership().ring().partition_of(key.as_bytes());
+    let partition = c.node(node).state().coordinator.membership().layout().partition_of(key.as_bytes());
     let mut object = Object::new();
     object.widen(n);
     let v = StoredValue::new(bytes::Bytes::from_static(value.as_bytes()), "text/plain".into(), 1, deleted);
