@@ -27,7 +27,8 @@ use crate::membership::Membership;
 use crate::metrics::{Registry, counter};
 use crate::replica::{ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse};
 use crate::rpc::client::{PeerClient, RpcError, routes};
-use crate::storage::{Hint, Storage};
+use crate::rpc::error::PeerError;
+use crate::storage::{Hint, Storage, StorageError};
 use crate::util::now_ms;
 use crate::worker::Worker;
 
@@ -39,6 +40,15 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often (at most) the hints of an unreachable target are checked for
 /// expiry; a shorter `hint_window_secs` checks once per window.
 const EXPIRY_CHECK: Duration = Duration::from_secs(60);
+
+/// Why delivery or expiry to one target stopped for this round.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+}
 
 #[derive(Debug, Default)]
 pub struct HandoffStats {
@@ -127,20 +137,19 @@ impl Handoff {
     }
 
     /// Sends every hint queued for `target`, page by page.
-    async fn deliver_to(&self, target: &str) -> Result<usize, String> {
+    async fn deliver_to(&self, target: &str) -> Result<usize, HandoffError> {
         let mut after: Option<(u32, Vec<u8>)> = None;
         let mut sent = 0;
         loop {
             let storage = &self.storage;
             let from = after.as_ref().map(|(p, k)| (*p, k.as_slice()));
-            let page =
-                storage.hint_page(target, from, BATCH_ITEMS, BATCH_BYTES).map_err(|e| e.to_string())?;
+            let page = storage.hint_page(target, from, BATCH_ITEMS, BATCH_BYTES)?;
             let Some(last) = page.last() else { return Ok(sent) };
             // Age does not matter here: the home is back, so it gets all of
             // them (tombstone GC waits for every hint of a key to be gone).
             let (live, dead): (Vec<&Hint>, Vec<&Hint>) = page.iter().partition(|h| h.object.is_some());
             if !dead.is_empty() {
-                let n = storage.remove_hints(target, &dead).map_err(|e| e.to_string())?;
+                let n = storage.remove_hints(target, &dead)?;
                 self.stats.expired.fetch_add(n as u64, Ordering::Relaxed);
                 tracing::warn!(peer = %target, dropped = n, "dropped unreadable hints");
             }
@@ -153,7 +162,7 @@ impl Handoff {
                         Some(ReplicateRequest { partition: h.partition, key, object, sync: true, hint: None })
                     })
                     .collect();
-                let answers: Vec<Result<ReplicateResponse, String>> = match self
+                let answers: Vec<Result<ReplicateResponse, PeerError>> = match self
                     .peers
                     .call(target, routes::REPLICATE, &requests, CALL_TIMEOUT)
                     .await
@@ -167,11 +176,11 @@ impl Handoff {
                         after = Some((last.partition, last.key.clone()));
                         continue;
                     }
-                    Err(error) => return Err(error.to_string()),
+                    Err(error) => return Err(PeerError::from(error).into()),
                 };
                 let acked: Vec<&Hint> =
                     live.iter().zip(&answers).filter(|(_, a)| a.is_ok()).map(|(h, _)| *h).collect();
-                let n = storage.remove_hints(target, &acked).map_err(|e| e.to_string())?;
+                let n = storage.remove_hints(target, &acked)?;
                 self.stats.delivered.fetch_add(n as u64, Ordering::Relaxed);
                 sent += acked.len();
                 let bytes: usize = live.iter().map(|h| h.size()).sum();
@@ -184,14 +193,13 @@ impl Handoff {
     /// Drops the hints for unreachable `target` that are older than the
     /// window and that another home replica already holds (a version
     /// descending the hint), so anti-entropy can bring them to `target`.
-    async fn expire_for(&self, target: &str) -> Result<(), String> {
+    async fn expire_for(&self, target: &str) -> Result<(), HandoffError> {
         let oldest_kept = now_ms().saturating_sub(self.window.as_millis() as u64);
         let layout = self.membership.layout();
         let mut after: Option<(u32, Vec<u8>)> = None;
         loop {
             let from = after.as_ref().map(|(p, k)| (*p, k.as_slice()));
-            let page =
-                self.storage.hint_page(target, from, BATCH_ITEMS, BATCH_BYTES).map_err(|e| e.to_string())?;
+            let page = self.storage.hint_page(target, from, BATCH_ITEMS, BATCH_BYTES)?;
             let Some(last) = page.last() else { return Ok(()) };
             let mut covered = Vec::new();
             for hint in page.iter().filter(|h| h.created_ms < oldest_kept) {
@@ -208,7 +216,7 @@ impl Handoff {
                 }
             }
             if !covered.is_empty() {
-                let n = self.storage.remove_hints(target, &covered).map_err(|e| e.to_string())?;
+                let n = self.storage.remove_hints(target, &covered)?;
                 self.stats.expired.fetch_add(n as u64, Ordering::Relaxed);
                 tracing::info!(peer = %target, dropped = n, "dropped expired hints another home holds");
             }
@@ -222,7 +230,7 @@ impl Handoff {
             return self.storage.get(partition, key).ok().flatten();
         }
         let request = vec![ReadRequest { partition, key: Bytes::copy_from_slice(key), hint: None }];
-        let answers: Vec<Result<ReadResponse, String>> =
+        let answers: Vec<Result<ReadResponse, PeerError>> =
             self.peers.call(node, routes::READ, &request, CALL_TIMEOUT).await.ok()?;
         answers.into_iter().next()?.ok()?.object
     }

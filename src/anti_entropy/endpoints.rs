@@ -1,42 +1,44 @@
 //! Anti-entropy's peer endpoints: a peer's tree exchange, and the hello of
 //! a node that is starting ([`super::recovery`]). Both read RocksDB in bulk,
-//! so they run on the blocking pool.
+//! so they run on the blocking pool, tracked by the replica's task tracker.
 
-use std::sync::Arc;
-
-use super::recovery::{self, Hello, HelloAnswer};
-use super::{AeRequest, AeResponse};
+use super::AeRequest;
+use super::recovery::{self, Hello};
+use crate::replica::Replica;
 use crate::rpc::client::routes;
+use crate::rpc::error::{PeerError, RemoteCode};
 use crate::rpc::server::{Endpoints, Refusal};
-use crate::storage::Storage;
+use crate::storage::StorageError;
 
-pub fn register(storage: &Arc<Storage>, endpoints: &mut Endpoints) {
-    let store = storage.clone();
+/// A storage failure is an answer (the peer logs and retries), not a refusal.
+fn failure_as_answer<T>(
+    answer: Result<Result<T, StorageError>, tokio::task::JoinError>,
+) -> Result<T, PeerError> {
+    match answer {
+        Ok(result) => result.map_err(|e| PeerError::remote(RemoteCode::Storage, e)),
+        Err(e) => Err(PeerError::remote(RemoteCode::Internal, e)),
+    }
+}
+
+pub fn register(replica: &Replica, endpoints: &mut Endpoints) {
+    let store = replica.clone();
     endpoints.add(routes::ANTI_ENTROPY, move |_from, request: AeRequest| {
-        let storage = store.clone();
+        let replica = store.clone();
         async move {
-            let answer = tokio::task::spawn_blocking(move || super::answer(&storage, request)).await;
-            let answer: Result<AeResponse, String> = match answer {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            Ok(answer)
+            let answer = replica.blocking(move |s| super::answer(s, request)).await;
+            Ok(failure_as_answer(answer))
         }
     });
-    let store = storage.clone();
+    let store = replica.clone();
     endpoints.add(routes::HELLO, move |from, hello: Hello| {
-        let storage = store.clone();
+        let replica = store.clone();
         async move {
             // A node speaks for itself only: its certificate must name `from`.
             if from != hello.from {
                 return Err(Refusal::forbidden("a hello must come from the node it names"));
             }
-            let answer = tokio::task::spawn_blocking(move || recovery::answer_hello(&storage, &hello)).await;
-            let answer: Result<HelloAnswer, String> = match answer {
-                Ok(result) => result.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            Ok(answer)
+            let answer = replica.blocking(move |s| recovery::answer_hello(s, &hello)).await;
+            Ok(failure_as_answer(answer))
         }
     });
 }

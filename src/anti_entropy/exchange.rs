@@ -15,6 +15,7 @@ use super::{
 };
 use crate::replica::{ReplicateRequest, ReplicateResponse, object_bytes};
 use crate::rpc::client::routes;
+use crate::rpc::error::PeerError;
 use crate::storage::tree::{self, Hash};
 
 impl AntiEntropy {
@@ -181,7 +182,7 @@ impl AntiEntropy {
                 })
                 .collect();
             self.stats.keys_pulled.fetch_add(merges.len() as u64, Ordering::Relaxed);
-            self.replica.apply_batch(merges).await.map_err(|e| AeError::Task(e.to_string()))?;
+            self.replica.apply_batch(merges).await?;
         }
         Ok(complete)
     }
@@ -227,7 +228,7 @@ impl AntiEntropy {
         throttle: &Throttle,
     ) -> Result<(), AeError> {
         let bytes = crate::rpc::codec::encode(&requests).len();
-        let answers: Vec<Result<ReplicateResponse, String>> = match self
+        let answers: Vec<Result<ReplicateResponse, PeerError>> = match self
             .peers
             .call(peer, routes::REPLICATE, &requests, super::CALL_TIMEOUT)
             .await

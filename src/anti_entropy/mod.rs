@@ -29,6 +29,7 @@ use crate::config::RepairConfig;
 use crate::membership::Membership;
 use crate::replica::Replica;
 use crate::rpc::client::{PeerClient, RpcError, routes};
+use crate::rpc::error::PeerError;
 use crate::storage::tree::{self, Hash};
 use crate::storage::{Storage, StorageError};
 use crate::worker::Worker;
@@ -110,11 +111,13 @@ pub enum AeError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("peer answered {0}")]
-    Peer(String),
+    Peer(#[from] PeerError),
     #[error("unexpected answer to {0}")]
     Protocol(&'static str),
     #[error("storage task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Replica(#[from] crate::replica::ReplicaError),
 }
 
 /// Answers a peer's anti-entropy request from this node's storage.
@@ -230,29 +233,59 @@ impl AeStats {
 }
 
 /// Sleeps so that the bytes spent stay under a rate.
+/// One byte budget for every anti-entropy and GC call of this node: each
+/// call books its bytes after the ones before it and waits for its turn,
+/// so the two workers together stay under `anti_entropy_bytes_per_sec`.
+#[derive(Debug)]
 struct Throttle {
     bytes_per_sec: u64,
+    next: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Throttle {
+    fn new(bytes_per_sec: u64) -> Throttle {
+        Throttle { bytes_per_sec, next: std::sync::Mutex::new(tokio::time::Instant::now()) }
+    }
+
     async fn spend(&self, bytes: usize) {
         let secs = bytes as f64 / self.bytes_per_sec.max(1) as f64;
-        if secs > 0.000_1 {
-            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        let until = match self.next.lock() {
+            Ok(mut next) => {
+                let start = (*next).max(tokio::time::Instant::now());
+                *next = start + Duration::from_secs_f64(secs);
+                *next
+            }
+            // A poisoned lock (a panicked holder): pace this call alone.
+            Err(_) => tokio::time::Instant::now() + Duration::from_secs_f64(secs),
+        };
+        if until > tokio::time::Instant::now() + Duration::from_micros(100) {
+            tokio::time::sleep_until(until).await;
         }
     }
 }
 
 #[derive(Clone)]
 pub struct AntiEntropy {
-    pub replica: Replica,
-    pub membership: Arc<Membership>,
-    pub peers: PeerClient,
-    pub config: RepairConfig,
+    replica: Replica,
+    membership: Arc<Membership>,
+    peers: PeerClient,
+    config: RepairConfig,
     pub stats: Arc<AeStats>,
+    /// Shared by the `anti_entropy` and `gc` workers.
+    throttle: Arc<Throttle>,
 }
 
 impl AntiEntropy {
+    pub fn new(
+        replica: Replica,
+        membership: Arc<Membership>,
+        peers: PeerClient,
+        config: RepairConfig,
+    ) -> Self {
+        let throttle = Arc::new(Throttle::new(config.anti_entropy_bytes_per_sec));
+        AntiEntropy { replica, membership, peers, config, stats: Arc::default(), throttle }
+    }
+
     fn storage(&self) -> &Arc<Storage> {
         self.replica.storage()
     }
@@ -262,19 +295,15 @@ impl AntiEntropy {
         &self,
         f: impl FnOnce(&Storage) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, AeError> {
-        let storage = self.storage().clone();
-        tokio::task::spawn_blocking(move || f(&storage))
-            .await
-            .map_err(|e| AeError::Task(e.to_string()))?
-            .map_err(AeError::from)
+        self.replica.blocking(f).await?.map_err(AeError::from)
     }
 
     /// One anti-entropy call to `peer`; its bytes count against the throttle.
     async fn call(&self, peer: &str, request: AeRequest, throttle: &Throttle) -> Result<AeResponse, AeError> {
         let sent = crate::rpc::codec::encode(&request).len();
-        let answer: Result<AeResponse, String> =
+        let answer: Result<AeResponse, PeerError> =
             self.peers.call(peer, routes::ANTI_ENTROPY, &request, CALL_TIMEOUT).await?;
-        let answer = answer.map_err(AeError::Peer)?;
+        let answer = answer?;
         let bytes = sent + crate::rpc::codec::encode(&answer).len();
         self.stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         throttle.spend(bytes).await;
@@ -286,7 +315,7 @@ impl AntiEntropy {
     /// correctness duty, not an optimisation), then stops.
     pub async fn run(self, worker: Worker) {
         let interval = Duration::from_millis(self.config.anti_entropy_interval_ms);
-        let throttle = Throttle { bytes_per_sec: self.config.anti_entropy_bytes_per_sec };
+        let throttle = self.throttle.clone();
         let mut next_peer = 0usize;
         let mut next_stray_sweep = 0u64;
         let mut round_no = 0u64;
@@ -374,7 +403,7 @@ impl AntiEntropy {
             return;
         }
         let interval = Duration::from_millis(self.config.anti_entropy_interval_ms);
-        let throttle = Throttle { bytes_per_sec: self.config.anti_entropy_bytes_per_sec };
+        let throttle = self.throttle.clone();
         let mut cursors = std::collections::HashMap::new();
         while worker.idle(interval).await {
             tokio::select! {
@@ -425,5 +454,26 @@ impl AntiEntropy {
                 Err(error) => tracing::warn!(partition = p, %error, "tree rebuild failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two workers share one budget: their calls queue behind each
+    /// other rather than each getting the configured rate (virtual time).
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_spenders_share_one_byte_budget() {
+        let throttle = Arc::new(Throttle::new(1_000));
+        let started = tokio::time::Instant::now();
+        let (a, b) = (throttle.clone(), throttle.clone());
+        tokio::join!(a.spend(1_000), b.spend(1_000));
+        assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
+        // An idle budget does not bank: after a pause the next call waits its own share only.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let again = tokio::time::Instant::now();
+        throttle.spend(500).await;
+        assert_eq!(again.elapsed(), Duration::from_millis(500));
     }
 }

@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::membership::Membership;
 use crate::rpc::client::{PeerClient, routes};
+use crate::rpc::error::PeerError;
 use crate::storage::{Sighting, Storage, StorageError};
 
 /// How long a starting node waits for its peers' hello answers.
@@ -174,7 +175,7 @@ async fn hello_round(
     let calls = membership.peer_ids().map(|peer| {
         let hello = Hello { from: membership.self_id().to_string(), me, confirm };
         async move {
-            let answer: Result<Result<HelloAnswer, String>, _> =
+            let answer: Result<Result<HelloAnswer, PeerError>, _> =
                 peers.call(peer, routes::HELLO, &hello, HELLO_TIMEOUT).await;
             (peer.to_string(), answer)
         }

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use super::{AeError, AntiEntropy, CALL_TIMEOUT, KEYS_PER_CALL, Throttle};
 use crate::replica::{ReplicateRequest, ReplicateResponse};
 use crate::rpc::client::routes;
+use crate::rpc::error::PeerError;
 use crate::storage::tree;
 
 impl AntiEntropy {
@@ -85,7 +86,7 @@ impl AntiEntropy {
                 all = false;
                 continue;
             }
-            let answer: Result<Vec<Result<ReplicateResponse, String>>, _> =
+            let answer: Result<Vec<Result<ReplicateResponse, PeerError>>, _> =
                 self.peers.call(target, routes::REPLICATE, &request, CALL_TIMEOUT).await;
             let durable = matches!(answer.as_deref(), Ok([Ok(ReplicateResponse { durable: true })]));
             if !durable {

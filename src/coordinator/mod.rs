@@ -39,6 +39,7 @@ use crate::replica::{
 };
 use crate::rpc::batch::{BatchLimits, Batcher};
 use crate::rpc::client::{PeerClient, routes};
+use crate::rpc::error::{PeerError, RemoteCode};
 use crate::storage::{Object, StoredValue};
 use crate::version::VersionVector;
 use crate::worker::Workers;
@@ -243,10 +244,16 @@ impl Coordinator {
 
     /// Merges `req.object` into `node`'s copy (this node's own, or a peer's
     /// through its queue).
-    async fn send_replica(&self, node: &str, req: ReplicateRequest, deadline: Instant) -> Result<(), String> {
+    async fn send_replica(
+        &self,
+        node: &str,
+        req: ReplicateRequest,
+        deadline: Instant,
+    ) -> Result<(), PeerError> {
         if node == self.membership.self_id() {
-            let answers = self.replica.apply_batch(vec![req]).await.map_err(|e| e.to_string())?;
-            return answers.into_iter().next().unwrap_or(Err("no answer".into())).map(|_| ());
+            let answers = self.replica.apply_batch(vec![req]).await.map_err(|e| e.to_peer())?;
+            let none = || PeerError::remote(RemoteCode::BadAnswer, "no answer");
+            return answers.into_iter().next().unwrap_or_else(|| Err(none())).map(|_| ());
         }
         let bytes = req.key.len() + size_hint(&req.object);
         let (queues, _permit) = self.peer_slot(node, deadline).await?;
@@ -273,15 +280,18 @@ impl Coordinator {
         &self,
         node: &str,
         deadline: Instant,
-    ) -> Result<(PeerQueues, OwnedSemaphorePermit), String> {
-        let queues = self.queues.get(node).ok_or_else(|| format!("unknown peer {node}"))?;
+    ) -> Result<(PeerQueues, OwnedSemaphorePermit), PeerError> {
+        let queues = self.queues.get(node).ok_or_else(|| PeerError::NotDelivered {
+            peer: node.to_string(),
+            reason: "unknown peer".into(),
+        })?;
         let slots = queues.slots.clone();
         let permit = if self.membership.is_reachable(node) {
             tokio::time::timeout_at(deadline, slots.acquire_owned()).await.ok().and_then(Result::ok)
         } else {
             slots.try_acquire_owned().ok()
         };
-        let permit = permit.ok_or_else(|| format!("too many calls pending to peer {node}"))?;
+        let permit = permit.ok_or_else(|| PeerError::QueueFull { peer: node.to_string() })?;
         Ok((queues.clone(), permit))
     }
 
@@ -300,7 +310,7 @@ impl Coordinator {
             let primary = hint.is_none();
             let request = ReadRequest { partition, key, hint };
             let result = if node == this.membership.self_id() {
-                this.replica.read_one(&request).map_err(|e| e.to_string())
+                this.replica.read_one(&request).map_err(|e| e.to_peer())
             } else {
                 match this.peer_slot(&node, deadline).await {
                     Ok((q, _permit)) => {
@@ -314,7 +324,7 @@ impl Coordinator {
             // its "nothing" must not count toward R as a not-found.
             let result = match result {
                 Ok(ReadResponse { object: None, .. }) if !primary => {
-                    Err("the fallback holds no hint for this key".to_string())
+                    Err(PeerError::remote(RemoteCode::NotHeld, "the fallback holds no hint for this key"))
                 }
                 other => other,
             };

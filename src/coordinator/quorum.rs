@@ -12,7 +12,7 @@ pub struct Reply<T> {
     pub node: String,
     /// The node is one of the key's first N home replicas (not a fallback).
     pub primary: bool,
-    pub result: Result<T, String>,
+    pub result: Result<T, crate::rpc::error::PeerError>,
 }
 
 pub type Call<T> = BoxFuture<'static, Reply<T>>;
@@ -105,7 +105,15 @@ mod tests {
         let node = node.to_string();
         async move {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-            Reply { node, primary: true, result: if ok { Ok(1) } else { Err("down".into()) } }
+            Reply {
+                node,
+                primary: true,
+                result: if ok {
+                    Ok(1)
+                } else {
+                    Err(crate::rpc::error::PeerError::QueueFull { peer: "down".into() })
+                },
+            }
         }
         .boxed()
     }

@@ -19,10 +19,12 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ObjectLimits;
+use crate::rpc::error::{PeerError, RemoteCode};
 use crate::storage::{Found, Object, Storage, StorageError, StoredValue};
 use crate::util::now_ms;
 use crate::version::VersionVector;
 use stamp::Stamper;
+use tokio_util::task::TaskTracker;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ReadRequest {
@@ -80,7 +82,10 @@ pub enum ReplicaError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("storage task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
+    /// A fallback's conditional hint write stored nothing and named no reason.
+    #[error("fallback write stored nothing")]
+    NothingStored,
     /// This replica's copy failed its integrity check: it does not know
     /// which siblings the client's context supersedes or keeps, so another
     /// replica coordinates the write.
@@ -94,6 +99,20 @@ pub enum ReplicaError {
     /// never minted (see `stamp::StampError::Unminted`).
     #[error("{0}")]
     ForgedContext(String),
+}
+
+impl ReplicaError {
+    /// The failure as a peer (or the coordinator, for its own replica) sees it.
+    pub fn to_peer(&self) -> PeerError {
+        let code = match self {
+            ReplicaError::Storage(_) => RemoteCode::Storage,
+            ReplicaError::Task(_) | ReplicaError::NothingStored => RemoteCode::Internal,
+            ReplicaError::CorruptLocal => RemoteCode::Corrupt,
+            ReplicaError::Limit(_) => RemoteCode::Limit,
+            ReplicaError::ForgedContext(_) => RemoteCode::Forged,
+        };
+        PeerError::remote(code, self)
+    }
 }
 
 /// A client write refused because the object would grow past a limit.
@@ -137,13 +156,31 @@ pub struct Replica {
     /// Serialises fallback writes of one key (across all the homes this
     /// node holds hints of it for): see `coordinate_as_fallback`.
     fallback_locks: Arc<[std::sync::Mutex<()>]>,
+    /// The node's task tracker: blocking storage calls run on it, so a
+    /// shutdown waits for a call whose caller has gone (a cancelled round,
+    /// a dropped request) before the database closes.
+    tasks: TaskTracker,
 }
 
 impl Replica {
-    pub fn new(storage: Arc<Storage>, node_id: &str, limits: ObjectLimits) -> Result<Replica, StorageError> {
+    pub fn new(
+        storage: Arc<Storage>,
+        node_id: &str,
+        limits: ObjectLimits,
+        tasks: TaskTracker,
+    ) -> Result<Replica, StorageError> {
         let stamper = Arc::new(Stamper::open(&storage)?);
         let fallback_locks = (0..256).map(|_| std::sync::Mutex::new(())).collect();
-        Ok(Replica { storage, node_id: node_id.into(), stamper, limits, fallback_locks })
+        Ok(Replica { storage, node_id: node_id.into(), stamper, limits, fallback_locks, tasks })
+    }
+
+    /// Runs `f` over the storage on the blocking pool, tracked (see `tasks`).
+    pub async fn blocking<T: Send + 'static, E: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Storage) -> Result<T, E> + Send + 'static,
+    ) -> Result<Result<T, E>, tokio::task::JoinError> {
+        let storage = self.storage.clone();
+        self.tasks.spawn_blocking(move || f(&storage)).await
     }
 
     /// The actor id this node stamps on the versions it coordinates as a
@@ -172,8 +209,8 @@ impl Replica {
     /// second, until cancelled (the fsync happens here, not on the write path).
     pub async fn keep_lease_ahead(self, worker: crate::worker::Worker) {
         loop {
-            let this = self.clone();
-            let renewed = tokio::task::spawn_blocking(move || this.stamper.keep_ahead(&this.storage)).await;
+            let stamper = self.stamper.clone();
+            let renewed = self.blocking(move |s| stamper.keep_ahead(s)).await;
             if let Ok(Err(error)) = renewed {
                 tracing::error!(%error, "cannot renew the dot lease; writes renew it themselves");
                 worker.failed(error);
@@ -194,11 +231,7 @@ impl Replica {
         if !sync {
             return f(&self.storage).map_err(ReplicaError::from);
         }
-        let storage = self.storage.clone();
-        tokio::task::spawn_blocking(move || f(&storage))
-            .await
-            .map_err(|e| ReplicaError::Task(e.to_string()))?
-            .map_err(ReplicaError::from)
+        self.blocking(f).await?.map_err(ReplicaError::from)
     }
 
     pub async fn read(&self, partition: u32, key: Bytes) -> Result<Option<Object>, ReplicaError> {
@@ -227,8 +260,8 @@ impl Replica {
     }
 
     /// Answers a batch of reads from peers.
-    pub fn read_batch(&self, requests: &[ReadRequest]) -> Vec<Result<ReadResponse, String>> {
-        requests.iter().map(|r| self.read_one(r).map_err(|e| e.to_string())).collect()
+    pub fn read_batch(&self, requests: &[ReadRequest]) -> Vec<Result<ReadResponse, PeerError>> {
+        requests.iter().map(|r| self.read_one(r).map_err(|e| e.to_peer())).collect()
     }
 
     /// Merges a batch of objects from peers: this node's own copies in one
@@ -236,7 +269,7 @@ impl Replica {
     pub async fn apply_batch(
         &self,
         requests: Vec<ReplicateRequest>,
-    ) -> Result<Vec<Result<ReplicateResponse, String>>, ReplicaError> {
+    ) -> Result<Vec<Result<ReplicateResponse, PeerError>>, ReplicaError> {
         let sync = requests.iter().any(|r| r.sync);
         let count = requests.len();
         let me = self.node_id.clone();
@@ -403,7 +436,7 @@ impl Replica {
         match (written, refused) {
             (Some(object), _) => Ok(object),
             (None, Some(error)) => Err(error),
-            (None, None) => Err(ReplicaError::Task("fallback write stored nothing".into())),
+            (None, None) => Err(ReplicaError::NothingStored),
         }
     }
 }

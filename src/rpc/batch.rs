@@ -14,9 +14,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::client::{PeerClient, RpcError};
+use super::error::{PeerError, RemoteCode};
 
-/// The answer to one request of a batch.
-pub type ItemResult<Resp> = Result<Resp, String>;
+/// The answer to one request of a batch: a whole-call failure is copied to
+/// every item, so each caller can still ask whether its request arrived.
+pub type ItemResult<Resp> = Result<Resp, PeerError>;
 
 struct Pending<Req, Resp> {
     request: Req,
@@ -27,12 +29,13 @@ struct Pending<Req, Resp> {
 
 /// A queue in front of one (peer, route). Dropping it stops its task.
 pub struct Batcher<Req, Resp> {
+    peer: String,
     tx: mpsc::UnboundedSender<Pending<Req, Resp>>,
 }
 
 impl<Req, Resp> Clone for Batcher<Req, Resp> {
     fn clone(&self) -> Self {
-        Batcher { tx: self.tx.clone() }
+        Batcher { peer: self.peer.clone(), tx: self.tx.clone() }
     }
 }
 
@@ -58,15 +61,20 @@ where
     /// Starts the queue's task; needs a tokio runtime.
     pub fn spawn(peers: PeerClient, peer: String, route: &'static str, limits: BatchLimits) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(peers, peer, route, limits, rx));
-        Batcher { tx }
+        tokio::spawn(run(peers, peer.clone(), route, limits, rx));
+        Batcher { peer, tx }
     }
 
     /// Queues `request` (about `bytes` long once encoded) and waits for its answer.
     pub async fn call(&self, request: Req, bytes: usize) -> ItemResult<Resp> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Pending { request, bytes, reply }).map_err(|_| "peer queue closed".to_string())?;
-        answer.await.unwrap_or_else(|_| Err("batch dropped".to_string()))
+        let peer = || self.peer.clone();
+        self.tx
+            .send(Pending { request, bytes, reply })
+            .map_err(|_| PeerError::NotDelivered { peer: peer(), reason: "peer queue closed".into() })?;
+        // The batch task ended without answering (a runtime shutting down):
+        // the call may have left.
+        answer.await.unwrap_or_else(|_| Err(PeerError::Lost { peer: peer(), reason: "batch dropped".into() }))
     }
 }
 
@@ -123,11 +131,13 @@ async fn run<Req, Resp>(
                     }
                 }
                 Ok(results) => {
-                    let e = format!("peer {peer} answered {} of {} requests", results.len(), replies.len());
+                    let message =
+                        format!("peer {peer} answered {} of {} requests", results.len(), replies.len());
+                    let e = PeerError::remote(RemoteCode::BadAnswer, message);
                     replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
                 }
                 Err(error) => {
-                    let e = error.to_string();
+                    let e = PeerError::from(error);
                     replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
                 }
             }

@@ -4,13 +4,14 @@
 //! postcard has no field tags, so any change to a message's shape bumps the
 //! version: a node of another version then refuses the body (400) instead
 //! of reading its fields out of step. Format 2: objects carry their `N`,
-//! anti-entropy tree requests their `from_n`.
+//! anti-entropy tree requests their `from_n`. Format 3: failures travel as
+//! `rpc::error::PeerError`, not strings.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub const CONTENT_TYPE: &str = "application/x-quorumkv-rpc";
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {

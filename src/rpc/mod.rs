@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod client;
 pub mod codec;
+pub mod error;
 pub mod faults;
 pub mod identity;
 pub mod metrics;
