@@ -1,13 +1,20 @@
-//! Command-line interface (clap). `serve` flags mirror every config key and
-//! each can also come from a `QUORUMKV_*` environment variable; precedence
-//! is flag > env > file.
+//! Command-line interface (clap). `serve` has one flag per config key, each
+//! also read from a `QUORUMKV_*` environment variable; precedence is
+//! flag > env > file. The flags are laid onto the file's tables by one
+//! naming rule ([`ServeArgs::to_config`]), and tests check that every key
+//! has its flag, its variable and its line in `config/node.example.toml`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, LogFormat, MemberConfig, parse_member};
+use serde::Serialize;
+
+use crate::config::{
+    Config, ConfigError, Defaults, LogFormat, MemberConfig, ObjectLimits, RepairConfig, TlsConfig,
+    parse_member,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "quorumkv", version, about = "A Dynamo-style distributed key-value store")]
@@ -47,109 +54,149 @@ pub enum Command {
     Man,
 }
 
-#[derive(Debug, Args, Default)]
+/// `serve`'s flags: one per config key (see [`ServeArgs::to_config`]).
+#[derive(Debug, Args, Default, Serialize)]
 pub struct ServeArgs {
     /// TOML config file; flags and QUORUMKV_* variables override its keys.
     #[arg(long, env = "QUORUMKV_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// This node's id, as listed among the members.
     #[arg(long, env = "QUORUMKV_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
     /// Address of the public HTTPS API (e.g. 0.0.0.0:8443).
     #[arg(long, env = "QUORUMKV_CLIENT_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_listen: Option<SocketAddr>,
     /// Address of the node-to-node port (mutual TLS).
     #[arg(long, env = "QUORUMKV_PEER_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_listen: Option<SocketAddr>,
     /// RocksDB data directory.
     #[arg(long, env = "QUORUMKV_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// Cluster CA certificate (PEM): verifies peers and admin clients.
     #[arg(long, env = "QUORUMKV_TLS_CA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
     /// This node's certificate (PEM), signed by the cluster CA.
     #[arg(long, env = "QUORUMKV_TLS_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     /// This node's private key (PEM).
     #[arg(long, env = "QUORUMKV_TLS_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
     /// A member as ID,CLIENT_URL,PEER_URL[,WEIGHT]; repeat the flag, or
     /// separate members by spaces in QUORUMKV_MEMBERS. Replaces the file's list.
     #[arg(long = "member", env = "QUORUMKV_MEMBERS", value_delimiter = ' ', value_parser = parse_member)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberConfig>,
     /// Ring partitions (fixed for the cluster's life; every node the same).
     #[arg(long, env = "QUORUMKV_PARTITIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions: Option<u32>,
     /// Largest N a request may ask for.
     #[arg(long, env = "QUORUMKV_MAX_N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_n: Option<usize>,
     /// N when a request sends none.
     #[arg(long, env = "QUORUMKV_DEFAULT_N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default_n: Option<usize>,
     /// R when a request sends none.
     #[arg(long, env = "QUORUMKV_DEFAULT_R")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default_r: Option<usize>,
     /// W when a request sends none.
     #[arg(long, env = "QUORUMKV_DEFAULT_W")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default_w: Option<usize>,
     /// PR when a request sends none.
     #[arg(long, env = "QUORUMKV_DEFAULT_PR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default_pr: Option<usize>,
     /// PW when a request sends none.
     #[arg(long, env = "QUORUMKV_DEFAULT_PW")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default_pw: Option<usize>,
     /// DW when a request sends none.
     #[arg(long, env = "QUORUMKV_DEFAULT_DW")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub default_dw: Option<usize>,
     /// Largest value a PUT may store (413 above).
     #[arg(long, env = "QUORUMKV_MAX_VALUE_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_value_bytes: Option<usize>,
     /// How long the coordinator waits for replicas before answering 503.
     #[arg(long, env = "QUORUMKV_REQUEST_TIMEOUT_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_timeout_ms: Option<u64>,
     /// On SIGTERM, serve this long while readiness says draining, then stop.
     #[arg(long, env = "QUORUMKV_DRAIN_DELAY_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_delay_ms: Option<u64>,
     /// RocksDB block cache size.
     #[arg(long, env = "QUORUMKV_BLOCK_CACHE_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub block_cache_bytes: Option<usize>,
     /// Log lines as text or JSON.
     #[arg(long, env = "QUORUMKV_LOG_FORMAT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
     /// Repair stale replicas seen by reads.
     #[arg(long, env = "QUORUMKV_READ_REPAIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub read_repair: Option<bool>,
     /// How long hints for an unreachable node are kept.
     #[arg(long, env = "QUORUMKV_HINT_WINDOW_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hint_window_secs: Option<u64>,
     /// Rate limit of hint delivery.
     #[arg(long, env = "QUORUMKV_HANDOFF_BYTES_PER_SEC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub handoff_bytes_per_sec: Option<u64>,
     /// Run Merkle-tree anti-entropy.
     #[arg(long, env = "QUORUMKV_ANTI_ENTROPY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub anti_entropy: Option<bool>,
     /// Pause between anti-entropy rounds.
     #[arg(long, env = "QUORUMKV_ANTI_ENTROPY_INTERVAL_MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub anti_entropy_interval_ms: Option<u64>,
     /// Rate limit of anti-entropy traffic.
     #[arg(long, env = "QUORUMKV_ANTI_ENTROPY_BYTES_PER_SEC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub anti_entropy_bytes_per_sec: Option<u64>,
     /// How often a partition's Merkle tree is rebuilt from the data.
     #[arg(long, env = "QUORUMKV_TREE_REBUILD_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tree_rebuild_secs: Option<u64>,
     /// Age a tombstone must reach before GC may remove it.
     #[arg(long, env = "QUORUMKV_TOMBSTONE_GRACE_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tombstone_grace_secs: Option<u64>,
     /// Most siblings a key may hold (409 above).
     #[arg(long, env = "QUORUMKV_MAX_SIBLINGS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_siblings: Option<usize>,
     /// Most bytes a key's siblings may hold together (413 above).
     #[arg(long, env = "QUORUMKV_MAX_OBJECT_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_object_bytes: Option<usize>,
 }
 
 impl ServeArgs {
     /// File (if any), then every flag/env value given, then validation.
+    ///
+    /// The overlay is generic: the flags given are serialised (unset ones
+    /// skipped) and each lands on the config key it names, by one rule —
+    /// `tls_*` and `default_*` flags fill `[tls]` and `[defaults]`, the keys
+    /// of `[repair]` and `[limits]` keep their own names, the rest are
+    /// top-level keys. A new config key is a `Config` field plus a flag
+    /// here; the tests below fail if either (or the example file) is missing.
     pub fn to_config(&self) -> Result<Config, ConfigError> {
         let mut table = match &self.config {
             Some(path) => {
@@ -160,56 +207,17 @@ impl ServeArgs {
             }
             None => toml::Table::new(),
         };
-        fn set(t: &mut toml::Table, key: &str, v: Option<impl Into<toml::Value>>) {
-            if let Some(v) = v {
-                t.insert(key.to_string(), v.into());
+        let given = toml::Table::try_from(self).map_err(|e| ConfigError::Invalid(format!("flags: {e}")))?;
+        let sections = sections();
+        for (flag, value) in given {
+            match section_of(&sections, &flag) {
+                Some((section, key)) => {
+                    sub_table(&mut table, section).insert(key, value);
+                }
+                None => {
+                    table.insert(flag, value);
+                }
             }
-        }
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        let int = |v: Option<usize>| v.map(|v| v as i64);
-        set(&mut table, "node_id", self.node_id.clone());
-        set(&mut table, "client_listen", self.client_listen.map(|a| a.to_string()));
-        set(&mut table, "peer_listen", self.peer_listen.map(|a| a.to_string()));
-        set(&mut table, "data_dir", path(&self.data_dir));
-        set(&mut table, "partitions", self.partitions.map(i64::from));
-        set(&mut table, "max_n", int(self.max_n));
-        set(&mut table, "max_value_bytes", int(self.max_value_bytes));
-        set(&mut table, "request_timeout_ms", self.request_timeout_ms.map(|v| v as i64));
-        set(&mut table, "drain_delay_ms", self.drain_delay_ms.map(|v| v as i64));
-        set(&mut table, "block_cache_bytes", int(self.block_cache_bytes));
-        set(
-            &mut table,
-            "log_format",
-            self.log_format.map(|f| if f == LogFormat::Json { "json" } else { "text" }),
-        );
-        set(&mut table, "read_repair", self.read_repair);
-        let tls = sub_table(&mut table, "tls");
-        set(tls, "ca", path(&self.tls_ca));
-        set(tls, "cert", path(&self.tls_cert));
-        set(tls, "key", path(&self.tls_key));
-        let defaults = sub_table(&mut table, "defaults");
-        set(defaults, "n", int(self.default_n));
-        set(defaults, "r", int(self.default_r));
-        set(defaults, "w", int(self.default_w));
-        set(defaults, "pr", int(self.default_pr));
-        set(defaults, "pw", int(self.default_pw));
-        set(defaults, "dw", int(self.default_dw));
-        let repair = sub_table(&mut table, "repair");
-        let long = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
-        set(repair, "hint_window_secs", long(self.hint_window_secs));
-        set(repair, "handoff_bytes_per_sec", long(self.handoff_bytes_per_sec));
-        set(repair, "anti_entropy", self.anti_entropy);
-        set(repair, "anti_entropy_interval_ms", long(self.anti_entropy_interval_ms));
-        set(repair, "anti_entropy_bytes_per_sec", long(self.anti_entropy_bytes_per_sec));
-        set(repair, "tree_rebuild_secs", long(self.tree_rebuild_secs));
-        set(repair, "tombstone_grace_secs", long(self.tombstone_grace_secs));
-        let limits = sub_table(&mut table, "limits");
-        set(limits, "max_siblings", int(self.max_siblings));
-        set(limits, "max_object_bytes", int(self.max_object_bytes));
-        if !self.members.is_empty() {
-            let members = toml::Value::try_from(&self.members)
-                .map_err(|e| ConfigError::Invalid(format!("members: {e}")))?;
-            table.insert("members".into(), members);
         }
         let where_from = self.config.clone().unwrap_or_else(|| PathBuf::from("<flags and environment>"));
         let config: Config = toml::Value::Table(table)
@@ -218,6 +226,29 @@ impl ServeArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The config file's sections that `serve` flags fill: (table, flag
+/// prefix, its keys). The keys come from the section types themselves.
+fn sections() -> Vec<(&'static str, &'static str, toml::Table)> {
+    let keys = |v: Result<toml::Table, toml::ser::Error>| v.unwrap_or_default();
+    vec![
+        ("tls", "tls_", keys(toml::Table::try_from(TlsConfig::default()))),
+        ("defaults", "default_", keys(toml::Table::try_from(Defaults::default()))),
+        ("repair", "", keys(toml::Table::try_from(RepairConfig::default()))),
+        ("limits", "", keys(toml::Table::try_from(ObjectLimits::default()))),
+    ]
+}
+
+/// The section and key a flag's value belongs to; `None` for a top-level key.
+fn section_of(
+    sections: &[(&'static str, &'static str, toml::Table)],
+    flag: &str,
+) -> Option<(&'static str, String)> {
+    sections.iter().find_map(|(section, prefix, keys)| {
+        let key = flag.strip_prefix(prefix)?;
+        keys.contains_key(key).then(|| (*section, key.to_string()))
+    })
 }
 
 fn sub_table<'a>(table: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
@@ -317,6 +348,101 @@ mod tests {
         assert_eq!(config.members.len(), 2);
         assert_eq!(config.members[1].weight, 2);
         assert_eq!(config.defaults.n, 2);
+    }
+
+    const EXAMPLE: &str = include_str!("../config/node.example.toml");
+
+    /// Every key of `Config`, as dotted paths (`defaults.r`), from a config
+    /// serialised whole.
+    fn key_paths(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in table {
+            match v {
+                toml::Value::Table(t) => key_paths(t, &format!("{prefix}{k}."), out),
+                _ => out.push(format!("{prefix}{k}")),
+            }
+        }
+    }
+
+    fn config_keys() -> Vec<String> {
+        let config = Config::from_toml(EXAMPLE).unwrap();
+        let mut keys = Vec::new();
+        key_paths(&toml::Table::try_from(&config).unwrap(), "", &mut keys);
+        keys.sort();
+        keys
+    }
+
+    /// The four places a key lives (the struct, its flag, its variable, the
+    /// example file) cannot drift: a key without a flag, a flag or variable
+    /// not named after its key, or a flag with no key fails here.
+    #[test]
+    fn every_config_key_has_a_serve_flag_and_variable_named_after_it() {
+        let cli = <Cli as clap::CommandFactory>::command();
+        let serve = cli.find_subcommand("serve").unwrap();
+        let sections = sections();
+        let mut expected = Vec::new();
+        for path in config_keys() {
+            let id = match path.split_once('.') {
+                Some((section, key)) => {
+                    let (_, prefix, _) =
+                        sections.iter().find(|(s, _, _)| *s == section).expect("a known section");
+                    format!("{prefix}{key}")
+                }
+                None => path.clone(),
+            };
+            let arg = serve.get_arguments().find(|a| a.get_id().as_str() == id);
+            let arg = arg.unwrap_or_else(|| panic!("config key {path} has no `serve` flag (field `{id}`)"));
+            let long = if id == "members" { "member".to_string() } else { id.replace('_', "-") };
+            assert_eq!(arg.get_long(), Some(long.as_str()), "flag of {path}");
+            let env = arg.get_env().and_then(|e| e.to_str()).unwrap_or_default();
+            assert_eq!(env, format!("QUORUMKV_{}", id.to_uppercase()), "variable of {path}");
+            expected.push(id);
+        }
+        for arg in serve.get_arguments() {
+            let id = arg.get_id().as_str();
+            if !["config", "help"].contains(&id) {
+                assert!(expected.iter().any(|e| e == id), "flag --{id} sets no config key");
+            }
+        }
+    }
+
+    #[test]
+    fn the_example_file_shows_every_key() {
+        let mut shown = Vec::new();
+        key_paths(&EXAMPLE.parse::<toml::Table>().unwrap(), "", &mut shown);
+        shown.sort();
+        assert_eq!(shown, config_keys(), "config/node.example.toml and Config differ");
+    }
+
+    #[test]
+    fn every_kind_of_flag_lands_on_its_key() {
+        let cli = Cli::try_parse_from([
+            "quorumkv",
+            "serve",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/node.example.toml"),
+            "--tls-ca",
+            "/x/ca.pem",
+            "--hint-window-secs",
+            "60",
+            "--max-siblings",
+            "7",
+            "--read-repair",
+            "false",
+            "--log-format",
+            "json",
+            "--peer-listen",
+            "127.0.0.1:9999",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else { panic!("serve") };
+        let config = args.to_config().unwrap();
+        assert_eq!(config.tls.ca, PathBuf::from("/x/ca.pem"));
+        assert_eq!(config.tls.cert, PathBuf::from("certs/node1.pem"), "the file's other tls keys stay");
+        assert_eq!(config.repair.hint_window_secs, 60);
+        assert_eq!(config.limits.max_siblings, 7);
+        assert!(!config.read_repair);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.peer_listen, "127.0.0.1:9999".parse().unwrap());
     }
 
     #[test]
