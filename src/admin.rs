@@ -27,7 +27,7 @@ pub enum AdminError {
 
 /// Where and how to reach a node.
 #[derive(Debug, Args, Clone)]
-pub struct Target {
+pub struct NodeAddress {
     /// A node's public URL.
     #[arg(long, env = "QUORUMKV_URL", default_value = "https://127.0.0.1:8443")]
     pub url: String,
@@ -41,7 +41,7 @@ pub enum ClusterCommand {
     /// Members, reachability (as the answering node sees it), partition shares.
     Status {
         #[command(flatten)]
-        target: Target,
+        target: NodeAddress,
         /// Print the raw JSON of `GET /cluster`.
         #[arg(long)]
         json: bool,
@@ -76,7 +76,7 @@ pub struct GetArgs {
     /// The key (any text; sent percent-encoded).
     pub key: String,
     #[command(flatten)]
-    pub target: Target,
+    pub target: NodeAddress,
     #[command(flatten)]
     pub knobs: Knobs,
     /// Print the JSON view (every sibling, base64 values, the context).
@@ -91,7 +91,7 @@ pub struct PutArgs {
     /// The value; read from standard input when absent.
     pub value: Option<String>,
     #[command(flatten)]
-    pub target: Target,
+    pub target: NodeAddress,
     #[command(flatten)]
     pub knobs: Knobs,
     /// The causal context from the read this write supersedes.
@@ -107,7 +107,7 @@ pub struct DeleteArgs {
     /// The key (any text; sent percent-encoded).
     pub key: String,
     #[command(flatten)]
-    pub target: Target,
+    pub target: NodeAddress,
     #[command(flatten)]
     pub knobs: Knobs,
     /// The causal context from the read this delete supersedes (without
@@ -116,18 +116,18 @@ pub struct DeleteArgs {
     pub context: Option<String>,
 }
 
-fn client(target: &Target) -> Result<reqwest::Client, AdminError> {
+fn client(target: &NodeAddress) -> Result<reqwest::Client, AdminError> {
     crate::tls::install_default_provider();
     let tls = crate::tls::public_client_config(&target.cacert, None)?;
     Ok(reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(30)).build()?)
 }
 
-fn key_url(target: &Target, key: &str) -> String {
+fn key_url(target: &NodeAddress, key: &str) -> String {
     route_url(target, "keys", key)
 }
 
 /// `route` is `keys` (raw values) or `versions` (the JSON view).
-fn route_url(target: &Target, route: &str, key: &str) -> String {
+fn route_url(target: &NodeAddress, route: &str, key: &str) -> String {
     let encoded = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC);
     format!("{}/{route}/{encoded}", target.url.trim_end_matches('/'))
 }
@@ -166,7 +166,7 @@ async fn refuse_errors(response: reqwest::Response) -> Result<reqwest::Response,
 }
 
 /// `cluster status`: a table, or the raw JSON.
-pub async fn cluster_status(target: &Target, json: bool) -> Result<String, AdminError> {
+pub async fn cluster_status(target: &NodeAddress, json: bool) -> Result<String, AdminError> {
     let url = format!("{}/cluster", target.url.trim_end_matches('/'));
     let response = refuse_errors(client(target)?.get(url).send().await?).await?;
     let view: Value = serde_json::from_slice(&response.bytes().await?)?;
@@ -201,7 +201,7 @@ pub async fn cluster_status(target: &Target, json: bool) -> Result<String, Admin
 
 /// `health`: the node at `target` answers `/health/live` (the container
 /// image's HEALTHCHECK; no curl needed in the image).
-pub async fn health(target: &Target) -> Result<String, AdminError> {
+pub async fn health(target: &NodeAddress) -> Result<String, AdminError> {
     let url = format!("{}/health/live", target.url.trim_end_matches('/'));
     let response = refuse_errors(client(target)?.get(url).send().await?).await?;
     Ok(response.status().to_string())

@@ -43,7 +43,7 @@ pub enum Command {
     /// Delete a key through the public API.
     Delete(crate::admin::DeleteArgs),
     /// Exit 0 if the node answers /health/live (for container health checks).
-    Health(crate::admin::Target),
+    Health(crate::admin::NodeAddress),
     /// Print a shell completion script (e.g. `quorumkv completions bash > /etc/bash_completion.d/quorumkv`).
     Completions {
         /// The shell to complete for.
