@@ -207,12 +207,13 @@ impl ServeArgs {
             }
             None => toml::Table::new(),
         };
-        let given = toml::Table::try_from(self).map_err(|e| ConfigError::Invalid(format!("flags: {e}")))?;
+        let given = toml::Table::try_from(self)
+            .map_err(|e| ConfigError::Invalid(format!("a `serve` flag or QUORUMKV_* variable: {e}")))?;
         let sections = sections();
         for (flag, value) in given {
             match section_of(&sections, &flag) {
                 Some((section, key)) => {
-                    sub_table(&mut table, section).insert(key, value);
+                    sub_table(&mut table, section)?.insert(key, value);
                 }
                 None => {
                     table.insert(flag, value);
@@ -251,14 +252,13 @@ fn section_of(
     })
 }
 
-fn sub_table<'a>(table: &'a mut toml::Table, key: &str) -> &'a mut toml::Table {
+/// The file's `[key]` table (made if absent); a file whose `key` is not a
+/// table is refused rather than overwritten.
+fn sub_table<'a>(table: &'a mut toml::Table, key: &str) -> Result<&'a mut toml::Table, ConfigError> {
     let entry = table.entry(key.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    if !entry.is_table() {
-        *entry = toml::Value::Table(toml::Table::new());
-    }
     match entry {
-        toml::Value::Table(t) => t,
-        _ => unreachable!("just made a table"),
+        toml::Value::Table(t) => Ok(t),
+        _ => Err(ConfigError::Invalid(format!("`{key}` in the config file is not a table"))),
     }
 }
 

@@ -176,8 +176,9 @@ impl RpcError {
     /// elsewhere cannot apply it twice.
     pub fn not_delivered(&self) -> bool {
         matches!(self, RpcError::UnknownPeer(_) | RpcError::Connect { .. } | RpcError::Build(_))
-            // 425: refused before any work (a starting node), see `rpc::server`.
-            || matches!(self, RpcError::Status { status: 425, .. })
+            // Refused before any work (see `rpc::server`): 425 by a starting
+            // node, 415 by a node of another wire format.
+            || matches!(self, RpcError::Status { status: 425 | 415, .. })
     }
 }
 

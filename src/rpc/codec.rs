@@ -2,7 +2,7 @@
 //! `[format version: u8][postcard(message)]`.
 //!
 //! postcard has no field tags, so any change to a message's shape bumps the
-//! version: a node of another version then refuses the body (400) instead
+//! version: a node of another version then refuses the body (415) instead
 //! of reading its fields out of step. Format 2: objects carry their `N`,
 //! anti-entropy tree requests their `from_n`. Format 3: failures travel as
 //! `rpc::error::PeerError`, not strings.

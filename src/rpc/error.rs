@@ -94,6 +94,8 @@ mod tests {
     fn delivery_is_known_after_conversion_and_survives_the_wire() {
         let refused = PeerError::from(RpcError::Status { peer: "b".into(), status: 425 });
         assert!(refused.not_delivered(), "425 is refused before any work: {refused}");
+        let other_version = PeerError::from(RpcError::Status { peer: "b".into(), status: 415 });
+        assert!(other_version.not_delivered(), "a body in another wire format is not looked at");
         let cut = PeerError::from(RpcError::Connect { peer: "b".into(), reason: "refused".into() });
         assert!(cut.not_delivered());
         let slow = PeerError::from(RpcError::Timeout { peer: "b".into(), ms: 700 });

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::client::routes;
-use super::codec::{self, CONTENT_TYPE};
+use super::codec::{self, CONTENT_TYPE, CodecError};
 use super::identity::{Caller, require_node};
 
 /// Why an endpoint did not run: the status tells the caller whether the
@@ -48,8 +48,16 @@ impl Refusal {
         Refusal { status: StatusCode::SERVICE_UNAVAILABLE, message: "replica unavailable".into() }
     }
 
-    fn bad_request(error: impl std::fmt::Display) -> Refusal {
-        Refusal { status: StatusCode::BAD_REQUEST, message: error.to_string().into() }
+    /// A body that does not decode: 400, or 415 when it is in another
+    /// wire format (a node of another version), which the caller counts
+    /// as not delivered, since nothing was looked at, and so can try
+    /// another replica.
+    fn undecodable(error: CodecError) -> Refusal {
+        let status = match error {
+            CodecError::UnknownFormat(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Refusal { status, message: error.to_string().into() }
     }
 }
 
@@ -94,7 +102,7 @@ impl Endpoints {
             };
             let request: Req = match codec::decode(&body) {
                 Ok(request) => request,
-                Err(e) => return Refusal::bad_request(e).into_response(),
+                Err(e) => return Refusal::undecodable(e).into_response(),
             };
             match handler(from, request).await {
                 Ok(answer) => reply(&answer),
@@ -118,4 +126,19 @@ impl Endpoints {
 
 fn reply<T: Serialize>(message: &T) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], codec::encode(message)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_of_another_wire_format_is_refused_as_not_looked_at() {
+        let other = codec::decode::<u8>(&[codec::encode(&1u8)[0].wrapping_add(1), 1]).unwrap_err();
+        assert_eq!(Refusal::undecodable(other).status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let garbled = codec::decode::<String>(&[codec::encode(&1u8)[0], 0xff]).unwrap_err();
+        assert_eq!(Refusal::undecodable(garbled).status, StatusCode::BAD_REQUEST);
+        let answered = super::super::client::RpcError::Status { peer: "b".into(), status: 415 };
+        assert!(answered.not_delivered(), "the caller may send it to another replica");
+    }
 }
