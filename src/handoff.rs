@@ -109,7 +109,7 @@ impl Handoff {
     /// anything (so the next round starts at once).
     async fn round(&self, checked: &mut HashMap<String, Instant>, worker: &Worker) -> bool {
         let mut worked = false;
-        for (target, count) in self.storage.hint_counts() {
+        for (target, count) in self.storage.hints().counts() {
             if count == 0 || target == self.membership.self_id() {
                 continue;
             }
@@ -143,13 +143,13 @@ impl Handoff {
         loop {
             let storage = &self.storage;
             let from = after.as_ref().map(|(p, k)| (*p, k.as_slice()));
-            let page = storage.hint_page(target, from, BATCH_ITEMS, BATCH_BYTES)?;
+            let page = storage.hints().page(target, from, BATCH_ITEMS, BATCH_BYTES)?;
             let Some(last) = page.last() else { return Ok(sent) };
             // Age does not matter here: the home is back, so it gets all of
             // them (tombstone GC waits for every hint of a key to be gone).
             let (live, dead): (Vec<&Hint>, Vec<&Hint>) = page.iter().partition(|h| h.object.is_some());
             if !dead.is_empty() {
-                let n = storage.remove_hints(target, &dead)?;
+                let n = storage.hints().remove(target, &dead)?;
                 self.stats.expired.fetch_add(n as u64, Ordering::Relaxed);
                 tracing::warn!(peer = %target, dropped = n, "dropped unreadable hints");
             }
@@ -180,7 +180,7 @@ impl Handoff {
                 };
                 let acked: Vec<&Hint> =
                     live.iter().zip(&answers).filter(|(_, a)| a.is_ok()).map(|(h, _)| *h).collect();
-                let n = storage.remove_hints(target, &acked)?;
+                let n = storage.hints().remove(target, &acked)?;
                 self.stats.delivered.fetch_add(n as u64, Ordering::Relaxed);
                 sent += acked.len();
                 let bytes: usize = live.iter().map(|h| h.size()).sum();
@@ -199,7 +199,7 @@ impl Handoff {
         let mut after: Option<(u32, Vec<u8>)> = None;
         loop {
             let from = after.as_ref().map(|(p, k)| (*p, k.as_slice()));
-            let page = self.storage.hint_page(target, from, BATCH_ITEMS, BATCH_BYTES)?;
+            let page = self.storage.hints().page(target, from, BATCH_ITEMS, BATCH_BYTES)?;
             let Some(last) = page.last() else { return Ok(()) };
             let mut covered = Vec::new();
             for hint in page.iter().filter(|h| h.created_ms < oldest_kept) {
@@ -216,7 +216,7 @@ impl Handoff {
                 }
             }
             if !covered.is_empty() {
-                let n = self.storage.remove_hints(target, &covered)?;
+                let n = self.storage.hints().remove(target, &covered)?;
                 self.stats.expired.fetch_add(n as u64, Ordering::Relaxed);
                 tracing::info!(peer = %target, dropped = n, "dropped expired hints another home holds");
             }
@@ -227,7 +227,7 @@ impl Handoff {
     /// `node`'s own copy of a key (this node's, or a peer's), if readable.
     async fn read_from(&self, node: &str, partition: u32, key: &[u8]) -> Option<crate::storage::Object> {
         if node == self.membership.self_id() {
-            return self.storage.get(partition, key).ok().flatten();
+            return self.storage.objects().get(partition, key).ok().flatten();
         }
         let request = vec![ReadRequest { partition, key: Bytes::copy_from_slice(key), hint: None }];
         let answers: Vec<Result<ReadResponse, PeerError>> =

@@ -76,7 +76,7 @@ impl AntiEntropy {
     ) -> Result<Vec<(u32, u8)>, AeError> {
         let ask = partitions.clone();
         let local = self
-            .blocking(move |s| ask.iter().map(|(p, n)| s.tree_root(*p, *n)).collect::<Result<Vec<_>, _>>())
+            .blocking(move |s| ask.iter().map(|(p, n)| s.trees().root(*p, *n)).collect::<Result<Vec<_>, _>>())
             .await?;
         let request = AeRequest::Roots { partitions: partitions.clone() };
         let AeResponse::Hashes(remote) = self.call(peer, request, throttle).await? else {
@@ -93,7 +93,7 @@ impl AntiEntropy {
         from_n: u8,
         throttle: &Throttle,
     ) -> Result<bool, AeError> {
-        let leaves = self.blocking(move |s| s.tree_leaves(partition, from_n)).await?;
+        let leaves = self.blocking(move |s| s.trees().leaves(partition, from_n)).await?;
         let inner = tree::inner_of(&leaves);
         let AeResponse::Hashes(their_inner) =
             self.call(peer, AeRequest::Tree { partition, from_n, groups: vec![] }, throttle).await?
@@ -123,8 +123,11 @@ impl AntiEntropy {
             return Ok(true);
         }
         let ask = buckets.clone();
-        let mine: BTreeMap<Vec<u8>, Hash> =
-            self.blocking(move |s| s.keys_in_buckets(partition, &ask, from_n)).await?.into_iter().collect();
+        let mine: BTreeMap<Vec<u8>, Hash> = self
+            .blocking(move |s| s.objects().keys_in_buckets(partition, &ask, from_n))
+            .await?
+            .into_iter()
+            .collect();
         let AeResponse::Keys(theirs) =
             self.call(peer, AeRequest::Keys { partition, from_n, buckets }, throttle).await?
         else {
@@ -200,7 +203,9 @@ impl AntiEntropy {
         for chunk in keys.chunks(KEYS_PER_CALL) {
             let ask = chunk.to_vec();
             let objects = self
-                .blocking(move |s| ask.iter().map(|k| s.get(partition, k)).collect::<Result<Vec<_>, _>>())
+                .blocking(move |s| {
+                    ask.iter().map(|k| s.objects().get(partition, k)).collect::<Result<Vec<_>, _>>()
+                })
                 .await?;
             let mut batch: Vec<ReplicateRequest> = Vec::new();
             let mut bytes = 0;

@@ -35,7 +35,7 @@ impl AntiEntropy {
     pub(super) async fn collect_tombstones(
         &self,
         throttle: &Throttle,
-        cursors: &mut HashMap<u32, Vec<u8>>,
+        cursors: &mut HashMap<u32, (u64, Vec<u8>)>,
     ) -> Result<(), AeError> {
         let layout = self.membership.layout();
         let me = self.membership.self_id();
@@ -56,7 +56,7 @@ impl AntiEntropy {
         layout: &Layout,
         p: u32,
         throttle: &Throttle,
-        cursors: &mut HashMap<u32, Vec<u8>>,
+        cursors: &mut HashMap<u32, (u64, Vec<u8>)>,
     ) -> Result<(), AeError> {
         let homes = layout.homes(p);
         let me = self.membership.self_id();
@@ -64,18 +64,18 @@ impl AntiEntropy {
         let old_before = now_ms().saturating_sub(grace_ms);
         {
             let after = cursors.get(&p).cloned();
-            let candidates =
-                self.blocking(move |s| s.tombstones_after(p, after.as_deref(), PER_PARTITION)).await?;
+            let due = self
+                .blocking(move |s| {
+                    let after = after.as_ref().map(|(ms, k)| (*ms, k.as_slice()));
+                    s.gc_queue().due(p, old_before, after, PER_PARTITION)
+                })
+                .await?;
             // A short page ends the walk: the next round starts over.
-            match candidates.last() {
-                Some((k, _)) if candidates.len() >= PER_PARTITION => cursors.insert(p, k.clone()),
+            match due.last() {
+                Some((k, ms)) if due.len() >= PER_PARTITION => cursors.insert(p, (*ms, k.clone())),
                 _ => cursors.remove(&p),
             };
-            let old: Vec<Bytes> = candidates
-                .into_iter()
-                .filter(|(_, ms)| *ms <= old_before)
-                .map(|(k, _)| Bytes::from(k))
-                .collect();
+            let old: Vec<Bytes> = due.iter().map(|(k, _)| Bytes::from(k.clone())).collect();
             if old.is_empty() {
                 return Ok(());
             }
@@ -86,22 +86,27 @@ impl AntiEntropy {
             if !self.membership.peer_ids().all(|m| self.membership.is_reachable(m)) {
                 return Ok(());
             }
-            // Re-read each key now: only a tombstone still old enough, and
-            // not held as a hint here, is a candidate (a write since the
-            // index scan makes it live again).
-            let ask = old.clone();
+            // Re-read each key now: only a tombstone still of its queued
+            // time, and not held as a hint here, is a candidate (a write
+            // since the queue was read makes it live again). An entry whose
+            // key is no longer that tombstone is dropped from the queue.
             let max = homes.len();
             // (entry hash, how many homes hold the key) of each candidate.
             let mine: Vec<Option<(Hash, usize)>> = self
                 .blocking(move |s| {
-                    let mut out = Vec::with_capacity(ask.len());
-                    for k in &ask {
-                        let still = s
-                            .get(p, k)?
-                            .filter(|o| tree::tombstone_time(o).is_some_and(|ms| ms <= old_before))
+                    let mut out = Vec::with_capacity(due.len());
+                    let mut stale = Vec::new();
+                    for (k, ms) in &due {
+                        let object = s.objects().get(p, k)?;
+                        let still = object
+                            .filter(|o| tree::tombstone_time(o) == Some(*ms))
                             .map(|o| (tree::entry_hash(k, &o), o.replicas(max)));
-                        out.push(if s.has_hint(p, k)? { None } else { still });
+                        if still.is_none() {
+                            stale.push((k.clone(), *ms));
+                        }
+                        out.push(if s.hints().holds(p, k)? { None } else { still });
                     }
+                    s.objects().drop_stale_tombstones(p, &stale)?;
                     Ok(out)
                 })
                 .await?;
@@ -160,7 +165,7 @@ impl AntiEntropy {
                 .blocking(move |s| {
                     let mut n = 0u64;
                     for (k, h) in &keys {
-                        n += u64::from(s.remove_if_unchanged(p, k, h)?);
+                        n += u64::from(s.objects().remove_if_unchanged(p, k, h)?);
                     }
                     Ok(n)
                 })

@@ -127,24 +127,24 @@ pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, Stora
     // believe its copy matches. A dirty tree is rebuilt before it answers;
     // an unsynced partition answers a root that matches nothing.
     let trusted_root = |p: u32, from_n: u8| -> Result<Hash, StorageError> {
-        if storage.is_dirty(p) {
-            storage.rebuild_tree(p)?;
+        if storage.trees().is_dirty(p) {
+            storage.trees().rebuild(p)?;
         }
-        if storage.is_unsynced(p) {
+        if storage.unsynced().contains(p) {
             return Ok(UNSYNCED_ROOT);
         }
-        storage.tree_root(p, from_n)
+        storage.trees().root(p, from_n)
     };
     Ok(match request {
         AeRequest::Roots { partitions } => AeResponse::Hashes(
             partitions.iter().map(|(p, from_n)| trusted_root(*p, *from_n)).collect::<Result<_, _>>()?,
         ),
         AeRequest::Fetch { partition, keys, budget } => {
-            let unsynced = storage.is_unsynced(partition);
+            let unsynced = storage.unsynced().contains(partition);
             let mut out = Vec::new();
             let mut bytes = 0u64;
             for k in &keys {
-                let (object, authoritative) = match storage.get_found(partition, k)? {
+                let (object, authoritative) = match storage.objects().get_found(partition, k)? {
                     crate::storage::Found::Nothing => (None, !unsynced),
                     crate::storage::Found::Object(o) => (Some(o), !unsynced),
                     crate::storage::Found::Corrupt => (None, false),
@@ -161,7 +161,7 @@ pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, Stora
         }
         AeRequest::Tree { partition, from_n, groups } => {
             trusted_root(partition, from_n)?;
-            let leaves = storage.tree_leaves(partition, from_n)?;
+            let leaves = storage.trees().leaves(partition, from_n)?;
             if groups.is_empty() {
                 AeResponse::Hashes(tree::inner_of(&leaves))
             } else {
@@ -172,6 +172,7 @@ pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, Stora
         }
         AeRequest::Keys { partition, from_n, buckets } => AeResponse::Keys(
             storage
+                .objects()
                 .keys_in_buckets(partition, &buckets, from_n)?
                 .into_iter()
                 .map(|(k, h)| (Bytes::from(k), h))
@@ -179,16 +180,16 @@ pub fn answer(storage: &Storage, request: AeRequest) -> Result<AeResponse, Stora
         ),
         AeRequest::Hashes { partition, keys } => AeResponse::Held(
             keys.iter()
-                .map(|k| Ok(storage.get(partition, k)?.map(|o| tree::entry_hash(k, &o))))
+                .map(|k| Ok(storage.objects().get(partition, k)?.map(|o| tree::entry_hash(k, &o))))
                 .collect::<Result<_, StorageError>>()?,
         ),
         AeRequest::Hinted { partition, keys } => AeResponse::Flags(
-            keys.iter().map(|k| storage.has_hint(partition, k)).collect::<Result<_, StorageError>>()?,
+            keys.iter().map(|k| storage.hints().holds(partition, k)).collect::<Result<_, StorageError>>()?,
         ),
         AeRequest::Reap { partition, keys } => {
             let mut n = 0;
             for (k, h) in &keys {
-                n += usize::from(storage.remove_if_unchanged(partition, k, h)?);
+                n += usize::from(storage.objects().remove_if_unchanged(partition, k, h)?);
             }
             AeResponse::Reaped(n)
         }
@@ -320,7 +321,7 @@ impl AntiEntropy {
         let mut next_stray_sweep = 0u64;
         let mut round_no = 0u64;
         loop {
-            let recovering = self.storage().unsynced();
+            let recovering = self.storage().unsynced().all();
             if !self.config.anti_entropy && recovering.is_empty() {
                 return;
             }
@@ -353,7 +354,7 @@ impl AntiEntropy {
                             if complete {
                                 let shared: Vec<u32> =
                                     self.shared_with(&peer).iter().map(|(p, _)| *p).collect();
-                                if let Err(error) = self.storage().synced_with(&peer, &shared) {
+                                if let Err(error) = self.storage().unsynced().synced_with(&peer, &shared) {
                                     tracing::warn!(%peer, %error, "cannot record a completed refill");
                                 }
                             }
@@ -422,7 +423,7 @@ impl AntiEntropy {
     /// 100 ms rounds of a refill, which need only the dirty ones). Both the
     /// marks and the rebuild times are persisted, so restarts postpone nothing.
     async fn rebuild_trees(&self, periodic: bool) {
-        let mut due = self.storage().dirty_partitions();
+        let mut due = self.storage().trees().dirty_partitions();
         let every = self.config.tree_rebuild_secs;
         if every > 0 && periodic && self.config.anti_entropy {
             let every_ms = every.saturating_mul(1000);
@@ -432,7 +433,7 @@ impl AntiEntropy {
                 .blocking(move |s| {
                     let mut stale = Vec::new();
                     for p in mine {
-                        let at = s.rebuilt_at_ms(p)?;
+                        let at = s.trees().rebuilt_at_ms(p)?;
                         if now.saturating_sub(at) >= every_ms {
                             stale.push((at, p));
                         }
@@ -447,7 +448,7 @@ impl AntiEntropy {
             }
         }
         for p in due {
-            match self.blocking(move |s| s.rebuild_tree(p)).await {
+            match self.blocking(move |s| s.trees().rebuild(p)).await {
                 Ok(()) => {
                     self.stats.trees_rebuilt.fetch_add(1, Ordering::Relaxed);
                 }

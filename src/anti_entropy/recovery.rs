@@ -71,11 +71,11 @@ pub struct HelloAnswer {
 
 /// The peer side of a hello.
 pub fn answer_hello(storage: &Storage, hello: &Hello) -> Result<HelloAnswer, StorageError> {
-    let seen = storage.peer_seen(&hello.from)?;
+    let seen = storage.meta().peer_seen(&hello.from)?;
     if hello.confirm || seen.is_none() {
-        storage.mark_peer_seen(&hello.from, hello.me)?;
+        storage.meta().mark_peer_seen(&hello.from, hello.me)?;
     }
-    Ok(HelloAnswer { seen, me: storage.sighting() })
+    Ok(HelloAnswer { seen, me: storage.meta().sighting() })
 }
 
 /// What a peer's record of this node says about this copy of its data.
@@ -111,14 +111,14 @@ pub async fn greet_peers(
     membership: &Membership,
     peers: &PeerClient,
 ) -> Result<usize, StorageError> {
-    let me = storage.sighting();
+    let me = storage.meta().sighting();
     let answers = hello_round(membership, peers, me, false).await;
     let (mut evidence, mut newest) = (Vec::new(), 0u64);
     for (peer, answer) in &answers {
         // A peer seen for the first time is recorded; a known one is not
         // overwritten by what it says of itself (its own hello does that).
-        if storage.peer_seen(peer)?.is_none() {
-            storage.mark_peer_seen(peer, answer.me)?;
+        if storage.meta().peer_seen(peer)?.is_none() {
+            storage.meta().mark_peer_seen(peer, answer.me)?;
         }
         if verdict(me, answer.seen) != Verdict::Fine {
             newest = newest.max(answer.seen.map_or(0, |s| s.incarnation));
@@ -130,8 +130,8 @@ pub async fn greet_peers(
     // node acknowledged with DW=0 may be gone, so it refills before its
     // answers count again. With every other home up that is one exchange
     // each, about a second; a clean restart skips it.
-    if evidence.is_empty() && !storage.unclean_start() {
-        storage.history_known();
+    if evidence.is_empty() && !storage.meta().unclean_start() {
+        storage.unsynced().history_known();
         hello_round(membership, peers, me, true).await;
         return Ok(0);
     }
@@ -139,29 +139,29 @@ pub async fn greet_peers(
     // not new has also forgotten dots it minted (an older copy, or another
     // directory of this node brought back): new epoch, as after an unclean
     // start (a new directory has a new epoch already).
-    if !evidence.is_empty() && !storage.created_fresh() {
+    if !evidence.is_empty() && !storage.meta().created_fresh() {
         tracing::warn!(
             incarnation = me.incarnation,
             newest,
             "peers have seen this node serve data this copy lacks"
         );
-        storage.renew_epoch_after_restore()?;
-        storage.raise_incarnation(newest)?;
+        storage.meta().renew_epoch_after_restore()?;
+        storage.meta().raise_incarnation(newest)?;
     }
     let unsynced = homes_to_sync(membership);
     let count = unsynced.len();
     tracing::warn!(
         partitions = count,
         seen_by = ?evidence,
-        unclean = storage.unclean_start(),
+        unclean = storage.meta().unclean_start(),
         "this node's data may lack writes it acknowledged (a new, restored or uncleanly stopped volume); \
          its answers do not count toward R/PR until anti-entropy has refilled each partition"
     );
     // Only once the marks are on disk may the blanket doubt go, and only
     // then may the peers replace their record of this node.
-    storage.set_unsynced(unsynced)?;
-    storage.history_known();
-    hello_round(membership, peers, storage.sighting(), true).await;
+    storage.unsynced().set(unsynced)?;
+    storage.unsynced().history_known();
+    hello_round(membership, peers, storage.meta().sighting(), true).await;
     Ok(count)
 }
 

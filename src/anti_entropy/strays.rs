@@ -34,14 +34,16 @@ impl AntiEntropy {
             let homes = layout.homes(p).len();
             let list: Vec<String> = layout.preference_list(p).to_vec();
             let position = list.iter().position(|h| *h == me).unwrap_or(usize::MAX);
-            if position == 0 || !self.blocking(move |s| s.holds_strays(p, position, homes)).await? {
+            if position == 0 || !self.blocking(move |s| s.trees().holds_strays(p, position, homes)).await? {
                 continue;
             }
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let from = after.clone();
                 let page = self
-                    .blocking(move |s| s.strays_after(p, from.as_deref(), position, homes, KEYS_PER_CALL))
+                    .blocking(move |s| {
+                        s.objects().strays_after(p, from.as_deref(), position, homes, KEYS_PER_CALL)
+                    })
                     .await?;
                 let Some((last, _)) = page.last() else { break };
                 after = Some(last.clone());
@@ -50,7 +52,8 @@ impl AntiEntropy {
                     if self.hand_off_one(p, &key, &object, targets, throttle).await {
                         let hash = tree::entry_hash(&key, &object);
                         let k = key.clone();
-                        if self.blocking(move |s| s.remove_stray_if_unchanged(p, &k, &hash)).await? {
+                        if self.blocking(move |s| s.objects().remove_stray_if_unchanged(p, &k, &hash)).await?
+                        {
                             self.stats.strays_handed_off.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }

@@ -48,7 +48,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
         "read_repairs": state.coordinator.read_repairs(),
         "corrupt_reads": storage.corrupt_reads(),
         "hints": {
-            "queued": storage.hint_counts(),
+            "queued": storage.hints().counts(),
             "delivered": state.handoff.delivered.load(Ordering::Relaxed),
             "expired": state.handoff.expired.load(Ordering::Relaxed),
         },
@@ -56,7 +56,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
         // Partitions whose copy here may lack acknowledged writes (this
         // node lost its data and is being refilled): its answers for them
         // do not count toward R/PR.
-        "unsynced_partitions": storage.unsynced().len(),
+        "unsynced_partitions": storage.unsynced().all().len(),
         "unsynced_at_start": state.unsynced_at_start.load(Ordering::Relaxed),
     });
     Json(json!({

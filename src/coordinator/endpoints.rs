@@ -14,11 +14,14 @@ impl Coordinator {
                 // Not before this start's hello round: the node may learn its
                 // data is an older copy and renew its actor epoch. Refused
                 // untouched (425), so the forwarding node tries another home.
-                if coordinator.replica().storage().history_pending() {
+                if coordinator.replica().storage().unsynced().history_pending() {
                     return Err(Refusal::too_early("node is still greeting its peers"));
                 }
-                let answer: ForwardPutResponse =
-                    coordinator.coordinate_put(req.key, req.context, req.value, req.consistency).await;
+                // One snapshot for the whole forwarded write, taken here.
+                let layout = coordinator.membership().layout();
+                let answer: ForwardPutResponse = coordinator
+                    .coordinate_put(&layout, req.key, req.context, req.value, req.consistency)
+                    .await;
                 Ok(answer)
             }
         });

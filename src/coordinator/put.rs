@@ -15,6 +15,7 @@ use super::{
     Consistency, Coordinator, CoordinatorError, ForwardPut, ForwardPutResponse, Outcome, QuorumKind,
     QuorumReport,
 };
+use crate::membership::Layout;
 use crate::replica::ReplicaError;
 use crate::replica::{ClientWrite, ReplicateRequest};
 use crate::rpc::client::routes;
@@ -43,7 +44,7 @@ impl Coordinator {
         let replicas = layout.replicas_of(layout.partition_of(&key), c.n);
         let self_id = self.membership.self_id();
         if replicas.iter().any(|n| n == self_id) {
-            match self.coordinate_put(key.clone(), context.clone(), value.clone(), c).await {
+            match self.coordinate_put(&layout, key.clone(), context.clone(), value.clone(), c).await {
                 Err(CoordinatorError::CorruptLocal) => {
                     tracing::warn!("local copy corrupt; another replica coordinates the write")
                 }
@@ -81,13 +82,16 @@ impl Coordinator {
         // No home took it: this node coordinates as a fallback ("always
         // writeable" while any node is up).
         let ForwardPut { key, context, value, .. } = forward;
-        self.coordinate_put(key, context, value, c).await
+        self.coordinate_put(&layout, key, context, value, c).await
     }
 
     /// The coordinating replica's side of a write: store locally with a new
-    /// dot, then send the resulting object to the other replicas.
+    /// dot, then send the resulting object to the other replicas. The
+    /// whole request uses the caller's `layout` snapshot: the replicas it
+    /// chose and the ones written to are the same set.
     pub async fn coordinate_put(
         &self,
+        layout: &Layout,
         key: Bytes,
         context: VersionVector,
         value: StoredValue,
@@ -96,7 +100,6 @@ impl Coordinator {
         if !value.digest_ok() {
             return Err(CoordinatorError::DigestMismatch);
         }
-        let layout = self.membership.layout();
         let partition = layout.partition_of(&key);
         let sync = c.dw > 0;
         let w_fail = |acked| CoordinatorError::QuorumNotMet {
@@ -105,7 +108,7 @@ impl Coordinator {
             answered: acked,
             n: c.n,
         };
-        let plan = self.plan(&layout, partition, c.n, true);
+        let plan = self.plan(layout, partition, c.n, true);
         let local_is_home = plan.local_hint.is_none();
         let write = ClientWrite { context, value, n: c.n, sync };
         let written = match plan.local_hint {

@@ -192,13 +192,13 @@ impl Replica {
     /// here. Counters come from [`stamp`], so they never repeat either
     /// (which keeps a key whose record GC removed safe).
     pub fn actor(&self) -> String {
-        format!("{}.{:08x}", self.node_id, self.storage.epoch())
+        format!("{}.{:08x}", self.node_id, self.storage.meta().epoch())
     }
 
     /// The actor of this node's fallback writes: `node_id.epoch.f<gen>`,
     /// where the generation changes whenever this node forgets a hint.
     fn fallback_actor(&self) -> String {
-        format!("{}.f{:x}", self.actor(), self.storage.fallback_generation())
+        format!("{}.f{:x}", self.actor(), self.storage.hints().fallback_generation())
     }
 
     pub fn storage(&self) -> &Arc<Storage> {
@@ -235,7 +235,7 @@ impl Replica {
     }
 
     pub async fn read(&self, partition: u32, key: Bytes) -> Result<Option<Object>, ReplicaError> {
-        self.storage_call(false, move |s| s.get(partition, &key)).await
+        self.storage_call(false, move |s| s.objects().get(partition, &key)).await
     }
 
     /// This node's copy, or the hint it holds for `hint`'s home replica.
@@ -244,13 +244,13 @@ impl Replica {
     pub fn read_one(&self, r: &ReadRequest) -> Result<ReadResponse, ReplicaError> {
         match r.hint.as_deref() {
             Some(home) if home != &*self.node_id => {
-                let object = self.storage.hint_get(home, r.partition, &r.key)?;
+                let object = self.storage.hints().get(home, r.partition, &r.key)?;
                 // A hint may be stale too after a lost tail or a restore.
-                Ok(ReadResponse { object, authoritative: !self.storage.recovering() })
+                Ok(ReadResponse { object, authoritative: !self.storage.unsynced().recovering() })
             }
             _ => {
-                let unsynced = self.storage.is_unsynced(r.partition);
-                Ok(match self.storage.get_found(r.partition, &r.key)? {
+                let unsynced = self.storage.unsynced().contains(r.partition);
+                Ok(match self.storage.objects().get_found(r.partition, &r.key)? {
                     Found::Nothing => ReadResponse { object: None, authoritative: !unsynced },
                     Found::Object(o) => ReadResponse { object: Some(o), authoritative: !unsynced },
                     Found::Corrupt => ReadResponse { object: None, authoritative: false },
@@ -278,14 +278,15 @@ impl Replica {
             let (hinted, own): (Vec<_>, Vec<_>) = requests.into_iter().partition(|r| is_hint(r));
             if !own.is_empty() {
                 let keys: Vec<(u32, &[u8])> = own.iter().map(|r| (r.partition, r.key.as_ref())).collect();
-                s.modify_batch(&keys, sync, |i, current| merge_into(current, &own[i].object))?;
+                s.objects().modify_batch(&keys, sync, |i, current| merge_into(current, &own[i].object))?;
             }
             if !hinted.is_empty() {
                 let items: Vec<(&str, u32, &[u8])> = hinted
                     .iter()
                     .map(|r| (r.hint.as_deref().unwrap_or_default(), r.partition, r.key.as_ref()))
                     .collect();
-                s.modify_hints(&items, sync, now_ms(), |i, current| merge_into(current, &hinted[i].object))?;
+                s.hints()
+                    .modify(&items, sync, now_ms(), |i, current| merge_into(current, &hinted[i].object))?;
             }
             Ok(())
         })
@@ -308,7 +309,7 @@ impl Replica {
         let mut refused = None;
         let (written, refused) = self
             .storage_call(sync, move |s| {
-                let written = s.modify(partition, &key, sync, |found| {
+                let written = s.objects().modify(partition, &key, sync, |found| {
                     let mut object = match found {
                         Found::Nothing => Object::new(),
                         Found::Object(o) => o,
@@ -412,10 +413,10 @@ impl Replica {
                     h.finish() as usize % this.fallback_locks.len()
                 };
                 let _one = this.fallback_locks[stripe].lock().unwrap_or_else(|p| p.into_inner());
-                let held = s.hints_of_key(partition, &key)?;
+                let held = s.hints().of_key(partition, &key)?;
                 let items = [(home.as_str(), partition, key.as_ref())];
                 let mut value = Some(value);
-                let written = s.modify_hints_if(&items, sync, now_ms(), |_, current| {
+                let written = s.hints().modify_if(&items, sync, now_ms(), |_, current| {
                     let mut object = current.unwrap_or_default();
                     for other in &held {
                         object.merge(other);

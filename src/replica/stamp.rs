@@ -75,7 +75,7 @@ impl Stamper {
     /// Starts above the persisted lease, so no counter of an earlier
     /// incarnation can come again even if the wall clock stepped back.
     pub fn open(storage: &Storage) -> Result<Stamper, StorageError> {
-        let lease = storage.dot_lease()?;
+        let lease = storage.meta().dot_lease()?;
         Ok(Stamper { last: AtomicU64::new(lease), lease: AtomicU64::new(lease), renewing: Mutex::new(()) })
     }
 
@@ -119,7 +119,7 @@ impl Stamper {
             return Ok(()); // renewed meanwhile
         }
         let lease = counter.saturating_add(LEASE_AHEAD_US);
-        storage.set_dot_lease(lease)?;
+        storage.meta().set_dot_lease(lease)?;
         self.lease.store(lease, Ordering::Release);
         Ok(())
     }
@@ -146,14 +146,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::open(dir.path(), 1 << 20).unwrap();
         let stamper = Stamper::open(&s).unwrap();
-        assert_eq!(s.dot_lease().unwrap(), 0);
+        assert_eq!(s.meta().dot_lease().unwrap(), 0);
         stamper.keep_ahead(&s).unwrap();
-        let lease = s.dot_lease().unwrap();
+        let lease = s.meta().dot_lease().unwrap();
         assert!(lease > now_us() + LEASE_AHEAD_US / 2, "renewed ahead of the clock");
         // Minting below the lease needs no renewal (no fsync on the write path).
         let c = stamper.mint(&s, 0).unwrap();
         assert!(c < lease);
-        assert_eq!(s.dot_lease().unwrap(), lease);
+        assert_eq!(s.meta().dot_lease().unwrap(), lease);
     }
 
     #[test]
@@ -167,10 +167,10 @@ mod tests {
             assert!(matches!(stamper.mint(&s, ahead), Err(StampError::Unminted { .. })));
             let used = stamper.mint(&s, 0).unwrap();
             let used = stamper.mint(&s, used + 1).unwrap();
-            assert!(s.dot_lease().unwrap() > used, "the lease on disk covers it");
-            let lease = s.dot_lease().unwrap();
+            assert!(s.meta().dot_lease().unwrap() > used, "the lease on disk covers it");
+            let lease = s.meta().dot_lease().unwrap();
             stamper.keep_ahead(&s).unwrap();
-            assert_eq!(s.dot_lease().unwrap(), lease, "enough of the lease is left");
+            assert_eq!(s.meta().dot_lease().unwrap(), lease, "enough of the lease is left");
             used
         };
         let s = Storage::open(dir.path(), 1 << 20).unwrap();

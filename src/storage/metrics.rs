@@ -39,7 +39,7 @@ impl Collector for StorageCollector {
         )?;
         let mut hints =
             e.encode_descriptor("hints_queued", "Hints held for each target node", None, MetricType::Gauge)?;
-        let mut queued = self.storage.hint_counts();
+        let mut queued = self.storage.hints().counts();
         for peer in &self.peers {
             queued.entry(peer.clone()).or_insert(0);
         }

@@ -252,7 +252,7 @@ impl TestCluster {
         let coordinator = &state.coordinator;
         let partition = coordinator.membership().layout().partition_of(key.as_bytes());
         let storage = coordinator.replica().storage();
-        assert!(storage.corrupt_for_test(partition, key.as_bytes()).unwrap(), "{key} stored on node {node}");
+        assert!(storage.objects().corrupt_for_test(partition, key.as_bytes()).unwrap(), "{key} stored on node {node}");
     }
 
     /// Polls `node`'s own copy of `key` until `check` holds (at most ~25 s:

@@ -372,7 +372,7 @@ fn plant(c: &TestCluster, node: usize, key: &str, n: usize, value: &'static str,
     object.widen(n);
     let v = StoredValue::new(bytes::Bytes::from_static(value.as_bytes()), "text/plain".into(), 1, deleted);
     object.update(&quorumkv::version::VersionVector::new(), "moved.1", v);
-    replica.storage().modify(partition, key.as_bytes(), true, |_| Some(object)).unwrap();
+    replica.storage().objects().modify(partition, key.as_bytes(), true, |_| Some(object)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
