@@ -4,11 +4,13 @@ when modules of one layer import each other in a cycle.
 
 The layers are the diagram in ARCHITECTURE.md (the fenced block after
 `<!-- layers -->`), top first: each line names a layer and its modules.
-This script reads every `crate::<module>` path under src/ (outside
-`#[cfg(test)]` items: tests may reach across layers) and checks each edge
-against the diagram, so the diagram cannot drift from the code. Every
-top-level module must be in exactly one layer. `lib` and `main` are the
-crate roots and may use everything. Two seams are checked too: only
+This script reads every `crate::<module>` path under src/ (the server
+library) and tools/src/ (the tools crate, whose `quorumkv::<module>` paths
+name the library's modules), outside `#[cfg(test)]` items (tests may reach
+across layers), and checks each edge against the diagram, so the diagram
+cannot drift from the code. Every top-level module of either crate must be
+in exactly one layer. `lib` and `main` are the crate roots and may use
+everything. The library never names the tools crate. Two seams are checked too: only
 `membership` (and `node`'s error type) may use `ring`, and only `storage`
 may use `rocksdb`.
 
@@ -21,6 +23,9 @@ import sys
 here = os.path.dirname(os.path.abspath(__file__))
 root = os.path.join(here, "..")
 src = os.path.join(root, "src")
+tools_src = os.path.join(root, "tools", "src")
+# (source root, the prefixes that name a module from there)
+crates = [(src, ("crate",)), (tools_src, ("crate", "quorumkv"))]
 diagram_path = os.path.join(root, "ARCHITECTURE.md")
 
 
@@ -65,25 +70,36 @@ def read_layers() -> list[tuple[str, list[str]]]:
 
 edges: dict[str, set[str]] = {}
 modules: set[str] = set()
-path_re = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")
-for dirpath, _, files in os.walk(src):
-    for name in files:
-        if not name.endswith(".rs"):
-            continue
-        rel = os.path.relpath(os.path.join(dirpath, name), src)
-        module = rel.split(os.sep)[0].removesuffix(".rs")
-        if module in ("lib", "main"):
-            continue
-        modules.add(module)
-        text = without_test_items(open(os.path.join(dirpath, name), encoding="utf-8").read())
-        for m in path_re.finditer(text):
-            if m.group(1) != module:
-                edges.setdefault(module, set()).add(m.group(1))
+problems = []
+
+
+def sources():
+    """(crate root, path, path relative to its root) of every Rust file."""
+    for base, _ in crates:
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                if name.endswith(".rs"):
+                    path = os.path.join(dirpath, name)
+                    yield base, path, os.path.relpath(path, base)
+
+
+for base, path, rel in sources():
+    module = rel.split(os.sep)[0].removesuffix(".rs")
+    if module in ("lib", "main"):
+        continue
+    modules.add(module)
+    text = without_test_items(open(path, encoding="utf-8").read())
+    prefixes = dict(crates)[base]
+    path_re = re.compile(r"\b(?:" + "|".join(prefixes) + r")::([a-z_][a-z0-9_]*)")
+    for m in path_re.finditer(text):
+        if m.group(1) != module:
+            edges.setdefault(module, set()).add(m.group(1))
+    if base == src and "quorumkv_tools" in text:
+        problems.append(f"src/{rel} names the tools crate: the server library must not")
 
 layers = read_layers()
 # Depth 0 is the top layer.
 depth: dict[str, int] = {}
-problems = []
 for i, (_, names) in enumerate(layers):
     for name in names:
         if name in depth:
@@ -92,7 +108,7 @@ for i, (_, names) in enumerate(layers):
 for m in sorted(modules - depth.keys()):
     problems.append(f"module `{m}` is in no layer of the ARCHITECTURE.md diagram")
 for m in sorted(depth.keys() - modules):
-    problems.append(f"the diagram names `{m}`, which is no module under src/")
+    problems.append(f"the diagram names `{m}`, which is no module under src/ or tools/src/")
 
 for a in sorted(edges):
     for b in sorted(edges[a]):
@@ -109,13 +125,10 @@ for a in sorted(edges):
         if b in edges[a] and a not in allowed:
             problems.append(f"{a} -> {b}: only {', '.join(sorted(allowed))} may use `{b}` (ask the layout)")
 rocksdb_re = re.compile(r"\brocksdb::")
-for dirpath, _, files in os.walk(src):
-    for name in files:
-        path = os.path.join(dirpath, name)
-        rel = os.path.relpath(path, src)
-        if name.endswith(".rs") and rel.split(os.sep)[0] != "storage":
-            if rocksdb_re.search(without_test_items(open(path, encoding="utf-8").read())):
-                problems.append(f"{rel} uses rocksdb: only `storage` may")
+for base, path, rel in sources():
+    if base != src or rel.split(os.sep)[0] != "storage":
+        if rocksdb_re.search(without_test_items(open(path, encoding="utf-8").read())):
+            problems.append(f"{os.path.relpath(path, root)} uses rocksdb: only `storage` may")
 
 # Within a layer, imports may go either way but never round: Tarjan's
 # strongly connected components over the same-layer edges.

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-exec cargo run --release -- dev "$@"
+exec cargo run --release --bin quorumkv -- dev "$@"

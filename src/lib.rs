@@ -6,7 +6,8 @@
 //!   version vector sets and the causal context token. Pure.
 //! - [`config`], [`metrics`], [`util`], [`worker`]: the node's settings, the
 //!   Prometheus registry, the clock, the background-worker model.
-//! - [`storage`]: RocksDB, the versioned on-disk record, integrity digests.
+//! - [`storage`]: RocksDB, one type per column family (objects, trees, the
+//!   GC queue, hints, meta), the versioned on-disk record, integrity digests.
 //! - [`rpc`]: internal HTTPS with mutual TLS between nodes; moves bytes and
 //!   dispatches to the endpoints subsystems register. [`tls`]: rustls configs.
 //! - [`replica`]: a node's own copy of a key: read, coordinate a write, merge.
@@ -17,18 +18,15 @@
 //! - [`anti_entropy`]: Merkle-tree exchanges between replicas; tombstone GC.
 //! - [`api`]: the public HTTPS routes and the error → status mapping.
 //! - [`node`]: wiring and start/stop order; nothing imports it.
-//! - Tools: [`cli`], [`admin`] (`quorumkv cluster status`, `get|put|delete`),
-//!   [`bench`] (`quorumkv bench`), [`dev`] (a local cluster), [`certs`].
+//!
+//! This crate is the server. The `quorumkv` binary and its tools (the CLI,
+//! `bench`, `dev`, admin commands, certificates) are the `quorumkv-tools`
+//! crate in `tools/`, which uses this one through its public API.
 
-pub mod admin;
 pub mod anti_entropy;
 pub mod api;
-pub mod bench;
-pub mod certs;
-pub mod cli;
 pub mod config;
 pub mod coordinator;
-pub mod dev;
 pub mod handoff;
 pub mod membership;
 pub mod metrics;

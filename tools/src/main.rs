@@ -5,10 +5,11 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::Parser;
-use quorumkv::admin::{self, ClusterCommand, GetOutput};
-use quorumkv::cli::{Cli, Command};
 use quorumkv::config::LogFormat;
-use quorumkv::{certs, dev, node::Node};
+use quorumkv::node::Node;
+use quorumkv_tools::admin::{self, ClusterCommand, GetOutput};
+use quorumkv_tools::cli::{Cli, Command};
+use quorumkv_tools::{certs, dev};
 
 /// glibc's allocator spent ~20 % of a node's CPU in malloc/free (arena
 /// locks, consolidation) under load; mimalloc's thread-local heaps avoid it.
@@ -111,7 +112,7 @@ async fn run() -> anyhow::Result<()> {
             println!("CA: {}", args.out.join("ca.pem").display());
         }
         Command::Bench(args) => {
-            let summary = quorumkv::bench::run(&args).await?;
+            let summary = quorumkv_tools::bench::run(&args).await?;
             let text = if args.json { serde_json::to_string_pretty(&summary)? } else { summary.text() };
             // A closed pipe (`| head`) is not worth a panic.
             let _ = writeln!(std::io::stdout(), "{text}");

@@ -72,7 +72,7 @@ async fn peer_port_refuses_clients_without_a_ca_signed_certificate() {
 
     // A certificate from another CA: refused too.
     let other = tempfile::tempdir().unwrap();
-    let rogue_ca = quorumkv::certs::Ca::load_or_create(other.path()).unwrap();
+    let rogue_ca = quorumkv_tools::certs::Ca::load_or_create(other.path()).unwrap();
     let rogue = rogue_ca.issue(other.path(), "rogue", &["localhost".into()]).unwrap();
     let rogue_client = tls_client(&c.ca(), Some((&rogue.cert, &rogue.key)));
     assert!(rogue_client.get(&url).send().await.is_err(), "foreign CA must be refused");

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::certs::{Ca, CertError, default_sans};
-use crate::config::{Config, ConfigError, Defaults, LogFormat, MemberConfig, TlsConfig};
-use crate::node::{Node, NodeError};
+use quorumkv::config::{Config, ConfigError, Defaults, LogFormat, MemberConfig, TlsConfig};
+use quorumkv::node::{Node, NodeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {

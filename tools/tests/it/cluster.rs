@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use quorumkv::certs::{Ca, default_sans};
 use quorumkv::config::{Config, Defaults, LogFormat, MemberConfig, ObjectLimits, RepairConfig, TlsConfig};
 use quorumkv::node::{Listeners, Node};
+use quorumkv_tools::certs::{Ca, default_sans};
 use reqwest::{Client, Method, RequestBuilder, Response};
 
 pub struct TestCluster {
@@ -252,7 +252,10 @@ impl TestCluster {
         let coordinator = &state.coordinator;
         let partition = coordinator.membership().layout().partition_of(key.as_bytes());
         let storage = coordinator.replica().storage();
-        assert!(storage.objects().corrupt_for_test(partition, key.as_bytes()).unwrap(), "{key} stored on node {node}");
+        assert!(
+            storage.objects().corrupt_for_test(partition, key.as_bytes()).unwrap(),
+            "{key} stored on node {node}"
+        );
     }
 
     /// Polls `node`'s own copy of `key` until `check` holds (at most ~25 s:

@@ -27,7 +27,7 @@ pub enum BenchError {
     #[error("{0}")]
     Usage(String),
     #[error("tls: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] quorumkv::tls::TlsError),
     #[error("http client: {0}")]
     Client(#[from] reqwest::Error),
     #[error("cluster file: {0}")]
@@ -211,7 +211,7 @@ fn build_clients(
     ca: &Path,
     identity: &Option<(PathBuf, PathBuf)>,
 ) -> Result<Vec<Client>, BenchError> {
-    crate::tls::install_default_provider();
+    quorumkv::tls::install_default_provider();
     // HTTP/2 multiplexes every request to a node over one connection; a few
     // clients spread the load over a few connections like real callers would.
     let count = match args.protocol {
@@ -220,7 +220,7 @@ fn build_clients(
     };
     (0..count)
         .map(|_| {
-            let tls = crate::tls::public_client_config(
+            let tls = quorumkv::tls::public_client_config(
                 ca,
                 identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
             )?;

@@ -31,7 +31,8 @@ async fn wait_ready(client: &reqwest::Client, url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_dash_nine() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = quorumkv::dev::init(&dir.path().join("c"), 1, free_port(), Default::default()).unwrap();
+    let cluster =
+        quorumkv_tools::dev::init(&dir.path().join("c"), 1, free_port(), Default::default()).unwrap();
     let node = &cluster.nodes[0];
     let client = tls_client(&cluster.ca, None);
     let spawn = || {
@@ -115,7 +116,7 @@ fn dev_init_only_writes_a_usable_cluster_map_and_reuses_it() {
 /// `writes` keys with `headers`, stops it, and returns the fsync and
 /// fdatasync calls all three processes made.
 async fn traced_syncs(dir: &std::path::Path, port: u16, prefix: &str, headers: &[(&str, &str)]) -> usize {
-    let cluster = quorumkv::dev::init(dir, 3, port, Default::default()).unwrap();
+    let cluster = quorumkv_tools::dev::init(dir, 3, port, Default::default()).unwrap();
     let client = tls_client(&cluster.ca, None);
     let mut nodes = Vec::new();
     for (i, node) in cluster.nodes.iter().enumerate() {
@@ -196,7 +197,8 @@ async fn sigterm_under_load_drains_in_flight_requests_and_loses_nothing() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     let dir = tempfile::tempdir().unwrap();
-    let cluster = quorumkv::dev::init(&dir.path().join("c"), 1, free_port(), Default::default()).unwrap();
+    let cluster =
+        quorumkv_tools::dev::init(&dir.path().join("c"), 1, free_port(), Default::default()).unwrap();
     let node = cluster.nodes[0].clone();
     let client = tls_client(&cluster.ca, None);
     let spawn = |drain_ms: &str| {
@@ -319,7 +321,8 @@ async fn sigterm_under_load_drains_in_flight_requests_and_loses_nothing() {
 #[test]
 fn a_typo_anywhere_in_the_config_file_is_refused_with_one_line_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = quorumkv::dev::init(&dir.path().join("c"), 1, free_port(), Default::default()).unwrap();
+    let cluster =
+        quorumkv_tools::dev::init(&dir.path().join("c"), 1, free_port(), Default::default()).unwrap();
     let good = std::fs::read_to_string(&cluster.nodes[0].config).unwrap();
     let cases = [
         ("", "requst_timeout_ms = 5000\n", "requst_timeout_ms"),

@@ -13,7 +13,7 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("tls: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] quorumkv::tls::TlsError),
     #[error("{0}")]
     Http(#[from] reqwest::Error),
     #[error("reading the value: {0}")]
@@ -117,8 +117,8 @@ pub struct DeleteArgs {
 }
 
 fn client(target: &NodeAddress) -> Result<reqwest::Client, AdminError> {
-    crate::tls::install_default_provider();
-    let tls = crate::tls::public_client_config(&target.cacert, None)?;
+    quorumkv::tls::install_default_provider();
+    let tls = quorumkv::tls::public_client_config(&target.cacert, None)?;
     Ok(reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(30)).build()?)
 }
 

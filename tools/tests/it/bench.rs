@@ -1,11 +1,11 @@
 //! `quorumkv bench` against a real cluster: it counts what it sends.
 
 use clap::Parser;
-use quorumkv::cli::{Cli, Command};
+use quorumkv_tools::cli::{Cli, Command};
 
 use crate::cluster::TestCluster;
 
-fn args(c: &TestCluster, extra: &[&str]) -> quorumkv::bench::BenchArgs {
+fn args(c: &TestCluster, extra: &[&str]) -> quorumkv_tools::bench::BenchArgs {
     let ca = c.ca().display().to_string();
     let mut argv = vec!["quorumkv", "bench", "--cacert", &ca, "--quiet", "--concurrency", "8"];
     let urls: Vec<String> = (0..3).map(|i| c.url(i, "")).collect();
@@ -22,10 +22,12 @@ fn args(c: &TestCluster, extra: &[&str]) -> quorumkv::bench::BenchArgs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_counts_requests_statuses_and_bytes() {
     let c = TestCluster::start(3).await;
-    let s =
-        quorumkv::bench::run(&args(&c, &["--workload", "put", "--requests", "200", "--value-size", "100"]))
-            .await
-            .unwrap();
+    let s = quorumkv_tools::bench::run(&args(
+        &c,
+        &["--workload", "put", "--requests", "200", "--value-size", "100"],
+    ))
+    .await
+    .unwrap();
     assert_eq!(s.ops, 200);
     assert_eq!(s.errors, 0);
     assert_eq!(s.statuses.get("204"), Some(&200));
@@ -33,7 +35,7 @@ async fn bench_counts_requests_statuses_and_bytes() {
     assert!(s.latency.p50_ms > 0.0 && s.latency.p50_ms <= s.latency.p99_ms);
 
     // After a preload every read finds its key.
-    let s = quorumkv::bench::run(&args(
+    let s = quorumkv_tools::bench::run(&args(
         &c,
         &[
             "--workload",
@@ -55,7 +57,7 @@ async fn bench_counts_requests_statuses_and_bytes() {
     assert_eq!(s.errors, 0, "{:?}", s.statuses);
 
     // Read-modify-write with the context: every op answered, nothing lost.
-    let s = quorumkv::bench::run(&args(
+    let s = quorumkv_tools::bench::run(&args(
         &c,
         &[
             "--workload",
@@ -78,7 +80,7 @@ async fn bench_counts_requests_statuses_and_bytes() {
     // never more than there are concurrent writers (no sibling explosion).
     assert!(s.max_siblings <= 8, "{} siblings", s.max_siblings);
 
-    let s = quorumkv::bench::run(&args(&c, &["--ceiling", "--requests", "50", "--protocol", "http2"]))
+    let s = quorumkv_tools::bench::run(&args(&c, &["--ceiling", "--requests", "50", "--protocol", "http2"]))
         .await
         .unwrap();
     assert_eq!(s.statuses.get("200"), Some(&50));
@@ -90,14 +92,14 @@ async fn a_run_with_errors_fails_and_runs_do_not_share_keys() {
     let mut c = TestCluster::start(3).await;
     // Two runs without a prefix write different key spaces: no siblings
     // piled onto the first run's keys.
-    let first = quorumkv::bench::run(&args(&c, &["--requests", "50", "--keys", "10"])).await.unwrap();
-    let second = quorumkv::bench::run(&args(&c, &["--requests", "50", "--keys", "10"])).await.unwrap();
+    let first = quorumkv_tools::bench::run(&args(&c, &["--requests", "50", "--keys", "10"])).await.unwrap();
+    let second = quorumkv_tools::bench::run(&args(&c, &["--requests", "50", "--keys", "10"])).await.unwrap();
     assert!(first.passed && second.passed);
     assert_ne!(first.key_prefix, second.key_prefix);
-    let key = quorumkv::bench::key_name(&first.key_prefix, 0);
+    let key = quorumkv_tools::bench::key_name(&first.key_prefix, 0);
     assert!(c.local(0, &key).await.is_some() || c.local(1, &key).await.is_some(), "{key} was written");
     // A preload is not counted in the run.
-    let s = quorumkv::bench::run(&args(
+    let s = quorumkv_tools::bench::run(&args(
         &c,
         &["--workload", "get", "--preload", "--keys", "30", "--requests", "10"],
     ))
@@ -111,7 +113,7 @@ async fn a_run_with_errors_fails_and_runs_do_not_share_keys() {
     let dead = c.url(2, "");
     let argv = ["quorumkv", "bench", "--cacert", &ca, "--quiet", "--url", &dead, "--requests", "20"];
     let Command::Bench(a) = Cli::try_parse_from(argv).unwrap().command else { panic!("bench args") };
-    let s = quorumkv::bench::run(&a).await.unwrap();
+    let s = quorumkv_tools::bench::run(&a).await.unwrap();
     assert!(!s.passed);
     assert_eq!(s.errors, 20);
     assert_eq!(s.ops_per_sec, 0.0);

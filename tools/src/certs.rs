@@ -127,15 +127,15 @@ mod tests {
         // A second run reuses the CA on disk and must still sign valid certs.
         let ca = Ca::load_or_create(dir.path()).unwrap();
         let second = ca.issue(dir.path(), "node2", &default_sans("node2", &[])).unwrap();
-        let roots = crate::tls::load_roots(&dir.path().join("ca.pem")).unwrap();
+        let roots = quorumkv::tls::load_roots(&dir.path().join("ca.pem")).unwrap();
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             std::sync::Arc::new(roots),
-            crate::tls::provider(),
+            quorumkv::tls::provider(),
         )
         .build()
         .unwrap();
         for paths in [first, second] {
-            let chain = crate::tls::load_certs(&paths.cert).unwrap();
+            let chain = quorumkv::tls::load_certs(&paths.cert).unwrap();
             verifier
                 .verify_client_cert(&chain[0], &[], rustls_pki_types::UnixTime::now())
                 .expect("certificate chains to the CA");

@@ -56,7 +56,7 @@ async fn metrics_count_requests_quorum_failures_siblings_and_peer_calls() {
 /// lists is on the first scrape of a node that has served nothing yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_readme_lists_is_on_the_first_scrape() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let section = readme.split("## Metrics\n").nth(1).unwrap().split("\n## ").next().unwrap();
     let listed: Vec<&str> = section
         .lines()

@@ -6,8 +6,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use quorumkv::certs::{Ca, default_sans};
 use quorumkv::config::{Config, Defaults, LogFormat, MemberConfig, RepairConfig, TlsConfig};
+use quorumkv_tools::certs::{Ca, default_sans};
 
 use crate::cluster::{header, sibling_values};
 
