@@ -30,20 +30,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::storage::{Storage, StorageError};
+use crate::util::now_us;
 
 /// How far past the current counter a renewed lease reaches. A background
 /// tick ([`Stamper::keep_ahead`], every second) renews it (one synced write
 /// of a few bytes, on the blocking pool) when less than half is left, so a
 /// write renews it inline only if the counter jumps past the whole lease.
 const LEASE_AHEAD_US: u64 = 60_000_000;
-
-/// Wall-clock microseconds since the Unix epoch.
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 /// The next counter after `last`: at least `now`, `last + 1` and `least`.
 /// Pure, so the model tests can drive it with a clock of their own.

@@ -19,7 +19,7 @@ struct StorageCollector {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Target {
+struct HintTarget {
     target: String,
 }
 
@@ -44,7 +44,7 @@ impl Collector for StorageCollector {
             queued.entry(peer.clone()).or_insert(0);
         }
         for (target, count) in queued {
-            ConstGauge::new(count as i64).encode(hints.encode_family(&Target { target })?)?;
+            ConstGauge::new(count as i64).encode(hints.encode_family(&HintTarget { target })?)?;
         }
         let (size, pending) = self.storage.disk_usage();
         gauge(&mut e, "rocksdb_size_bytes", "Size of the live RocksDB files", size as i64)?;

@@ -138,7 +138,7 @@ struct Endpoints {
 }
 
 /// Everything a worker needs, shared.
-struct Plan {
+struct Run {
     clients: Vec<Client>,
     urls: Vec<String>,
     workload: Workload,
@@ -258,7 +258,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
         (None, None) => Some(Duration::from_secs(20)),
     };
     let prefix = args.key_prefix.clone().unwrap_or_else(|| format!("bench-{:08x}", rand::random::<u32>()));
-    let plan = Arc::new(Plan {
+    let plan = Arc::new(Run {
         clients,
         urls,
         workload: args.workload,
@@ -338,7 +338,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
 }
 
 /// Writes every key once (not measured).
-async fn preload(plan: &Arc<Plan>, keys: u64, concurrency: usize, quiet: bool) -> Result<(), BenchError> {
+async fn preload(plan: &Arc<Run>, keys: u64, concurrency: usize, quiet: bool) -> Result<(), BenchError> {
     let next = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..concurrency)
@@ -374,7 +374,7 @@ async fn preload(plan: &Arc<Plan>, keys: u64, concurrency: usize, quiet: bool) -
     Ok(())
 }
 
-async fn progress(plan: Arc<Plan>, started: Instant) {
+async fn progress(plan: Arc<Run>, started: Instant) {
     let mut last = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
@@ -391,7 +391,7 @@ async fn progress(plan: Arc<Plan>, started: Instant) {
     }
 }
 
-fn request(plan: &Plan, client: &Client, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
+fn request(plan: &Run, client: &Client, method: reqwest::Method, url: String) -> reqwest::RequestBuilder {
     let mut req = client.request(method, url);
     for (h, v) in &plan.headers {
         req = req.header(*h, v.as_str());
@@ -403,7 +403,7 @@ fn header_u64(r: &reqwest::Response, name: &str) -> u64 {
     r.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-fn count(plan: &Plan, tally: &mut Tally, status: Option<StatusCode>) -> bool {
+fn count(plan: &Run, tally: &mut Tally, status: Option<StatusCode>) -> bool {
     plan.done.fetch_add(1, Ordering::Relaxed);
     match status {
         Some(s) => {
@@ -422,7 +422,7 @@ fn count(plan: &Plan, tally: &mut Tally, status: Option<StatusCode>) -> bool {
 }
 
 /// A GET; returns the context it read (for read-modify-write).
-async fn get(plan: &Plan, node: usize, key: &str, tally: &mut Tally) -> Option<String> {
+async fn get(plan: &Run, node: usize, key: &str, tally: &mut Tally) -> Option<String> {
     let client = &plan.clients[node % plan.clients.len()];
     let url = format!("{}/keys/{key}", plan.urls[node]);
     match request(plan, client, reqwest::Method::GET, url).send().await {
@@ -447,7 +447,7 @@ async fn get(plan: &Plan, node: usize, key: &str, tally: &mut Tally) -> Option<S
 }
 
 async fn put(
-    plan: &Plan,
+    plan: &Run,
     node: usize,
     key: &str,
     context: Option<String>,
@@ -468,7 +468,7 @@ async fn put(
     count(plan, tally, status)
 }
 
-async fn ceiling(plan: &Plan, node: usize, tally: &mut Tally) {
+async fn ceiling(plan: &Run, node: usize, tally: &mut Tally) {
     let client = &plan.clients[node % plan.clients.len()];
     let status = match client.get(format!("{}/health/live", plan.urls[node])).send().await {
         Ok(r) => {
@@ -481,7 +481,7 @@ async fn ceiling(plan: &Plan, node: usize, tally: &mut Tally) {
     count(plan, tally, status);
 }
 
-async fn worker(plan: Arc<Plan>, id: usize) -> Tally {
+async fn worker(plan: Arc<Run>, id: usize) -> Tally {
     let mut tally = Tally::new();
     let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
     let interval = plan.rate_per_worker.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
