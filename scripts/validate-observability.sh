@@ -5,7 +5,7 @@
 #  - the Grafana dashboard's shape (unique panel ids, a datasource and a
 #    PromQL target on every panel), every panel query parsed by promtool,
 #    and every quorumkv_* metric the dashboard and the alerts name listed in
-#    the README's metrics table (which tests/it/observe.rs checks against a
+#    the README's metrics table (which tools/tests/it/observe.rs checks against a
 #    live node's /metrics), so neither can query a metric that does not exist.
 # promtool comes from Debian's prometheus package, unpacked into .tools/
 # without installing it (no daemon is started).
