@@ -297,9 +297,25 @@ fn a_directory_with_the_old_tombstone_index_is_migrated_to_the_queue() {
         .unwrap();
         raw.put_cf(raw.cf_handle(db::CF_TOMBSTONES_V1).unwrap(), db::db_key(4, b"gone"), 77u64.to_be_bytes())
             .unwrap();
+        // More than one migration batch, and a first batch already moved by
+        // an open that crashed before it finished: its entry is in the queue.
+        let mut batch = rocksdb::WriteBatch::default();
+        for i in 0..5000u64 {
+            let key = db::db_key(5, format!("k{i:05}").as_bytes());
+            batch.put_cf(raw.cf_handle(db::CF_TOMBSTONES_V1).unwrap(), key, (1000 + i).to_be_bytes());
+        }
+        raw.write(batch).unwrap();
+        let mut moved = 5u32.to_be_bytes().to_vec();
+        moved.extend_from_slice(&999u64.to_be_bytes());
+        moved.extend_from_slice(b"already moved");
+        raw.put_cf(raw.cf_handle(db::CF_GC_QUEUE).unwrap(), moved, []).unwrap();
     }
     let s = Storage::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(s.gc_queue().due(4, u64::MAX, None, 10).unwrap(), vec![(b"gone".to_vec(), 77)]);
+    let p5 = s.gc_queue().due(5, u64::MAX, None, 10_000).unwrap();
+    assert_eq!(p5.len(), 5001, "every entry of both halves, once");
+    assert_eq!(p5[0], (b"already moved".to_vec(), 999), "oldest first");
+    assert_eq!(p5[5000], (b"k04999".to_vec(), 5999));
     drop(s);
     let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
     assert!(!families.iter().any(|f| f == db::CF_TOMBSTONES_V1), "the old index is dropped: {families:?}");
