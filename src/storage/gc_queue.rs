@@ -110,32 +110,32 @@ impl GcQueue {
 }
 
 /// Moves the index of a directory written before the queue (`tombstones`:
-/// `[partition][key]` → time) into the queue, then drops it. Each batch
-/// writes new entries and deletes the old ones together, so a crash midway
-/// leaves every tombstone in one of the two and the next open goes on.
+/// `[partition][key]` → time) into the queue, then drops it. One iterator
+/// walks it (its snapshot is not disturbed by the batches, so the walk
+/// never re-skips what it already deleted); each batch writes new entries
+/// and deletes the old ones together, so a crash midway leaves every
+/// tombstone in one of the two and the next open goes on. A malformed time
+/// is queued as 0: GC re-reads the object before it acts.
 pub(super) fn migrate_v1(db: &mut Db) -> Result<(), StorageError> {
     let Some(old) = db.rocks.cf_handle(CF_TOMBSTONES_V1) else { return Ok(()) };
     let queue = db.cf(CF_GC_QUEUE)?;
-    let mut moved = 0usize;
-    loop {
-        let mut opts = rocksdb::ReadOptions::default();
-        opts.set_total_order_seek(true);
-        let mut batch = WriteBatch::default();
-        let mut n = 0;
-        for item in db.rocks.iterator_cf_opt(old, opts, rocksdb::IteratorMode::Start) {
-            let (k, v) = item?;
-            if n >= MIGRATE_BATCH {
-                break;
-            }
-            if let (Some((p, key)), Ok(ms)) = (k.split_first_chunk::<4>(), <[u8; 8]>::try_from(v.as_ref())) {
-                batch.put_cf(queue, queue_key(u32::from_be_bytes(*p), u64::from_be_bytes(ms), key), []);
-            }
-            batch.delete_cf(old, &k);
-            n += 1;
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_total_order_seek(true);
+    let (mut moved, mut batch, mut n) = (0usize, WriteBatch::default(), 0usize);
+    for item in db.rocks.iterator_cf_opt(old, opts, rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        if let Some((p, key)) = k.split_first_chunk::<4>() {
+            let ms = <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
+            batch.put_cf(queue, queue_key(u32::from_be_bytes(*p), ms, key), []);
         }
-        if n == 0 {
-            break;
+        batch.delete_cf(old, &k);
+        n += 1;
+        if n >= MIGRATE_BATCH {
+            db.rocks.write_opt(std::mem::take(&mut batch), &super::db::write_options(true))?;
+            (moved, n) = (moved + n, 0);
         }
+    }
+    if n > 0 {
         db.rocks.write_opt(batch, &super::db::write_options(true))?;
         moved += n;
     }

@@ -305,6 +305,8 @@ fn a_directory_with_the_old_tombstone_index_is_migrated_to_the_queue() {
             batch.put_cf(raw.cf_handle(db::CF_TOMBSTONES_V1).unwrap(), key, (1000 + i).to_be_bytes());
         }
         raw.write(batch).unwrap();
+        // A time that is not 8 bytes (never written, but read as 0 before).
+        raw.put_cf(raw.cf_handle(db::CF_TOMBSTONES_V1).unwrap(), db::db_key(6, b"odd"), [1, 2, 3]).unwrap();
         let mut moved = 5u32.to_be_bytes().to_vec();
         moved.extend_from_slice(&999u64.to_be_bytes());
         moved.extend_from_slice(b"already moved");
@@ -316,6 +318,7 @@ fn a_directory_with_the_old_tombstone_index_is_migrated_to_the_queue() {
     assert_eq!(p5.len(), 5001, "every entry of both halves, once");
     assert_eq!(p5[0], (b"already moved".to_vec(), 999), "oldest first");
     assert_eq!(p5[5000], (b"k04999".to_vec(), 5999));
+    assert_eq!(s.gc_queue().due(6, 0, None, 10).unwrap(), vec![(b"odd".to_vec(), 0)], "kept, as due at once");
     drop(s);
     let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
     assert!(!families.iter().any(|f| f == db::CF_TOMBSTONES_V1), "the old index is dropped: {families:?}");
