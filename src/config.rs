@@ -20,7 +20,7 @@ pub enum ConfigError {
 }
 
 /// One member of the cluster as every node is told about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberConfig {
     pub id: String,
@@ -90,6 +90,10 @@ impl std::str::FromStr for LogFormat {
 pub struct Config {
     /// This node's id; must be one of `members`.
     pub node_id: String,
+    /// The cluster's name: nodes of another cluster refuse this one's
+    /// gossip (and it theirs), so two clusters sharing a CA never merge.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
     /// Address the public HTTPS API listens on.
     pub client_listen: SocketAddr,
     /// Address the internal mutual-TLS API listens on.
@@ -97,8 +101,21 @@ pub struct Config {
     /// RocksDB directory (one database per node).
     pub data_dir: PathBuf,
     pub tls: TlsConfig,
-    /// The fixed membership (every node must be given the same list).
+    /// The cluster's first layout when it is created (no `seeds`); a node
+    /// that joins lists only itself here (its URLs and weight). Once a node
+    /// has stored a layout, the stored one is used.
     pub members: Vec<MemberConfig>,
+    /// Peer URLs of existing members: a node started with seeds and no
+    /// stored layout fetches the cluster's layout from them (and joins).
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// A node absent from the layout it fetched asks to join by itself;
+    /// with `false` it waits for `quorumkv cluster join ID`.
+    #[serde(default = "default_true")]
+    pub auto_join: bool,
+    /// Pause between gossip rounds (each round: a few random peers).
+    #[serde(default = "default_gossip_interval_ms")]
+    pub gossip_interval_ms: u64,
     /// Number of ring partitions Q: a power of two, fixed when the cluster is created.
     #[serde(default = "default_partitions")]
     pub partitions: u32,
@@ -202,6 +219,14 @@ fn default_true() -> bool {
 fn default_weight() -> u32 {
     1
 }
+fn default_cluster() -> String {
+    "quorumkv".into()
+}
+
+fn default_gossip_interval_ms() -> u64 {
+    1000
+}
+
 fn default_partitions() -> u32 {
     1024
 }
@@ -282,7 +307,9 @@ impl Config {
             return bad("max_n must be at least 1".into());
         }
         let d = self.defaults;
-        let n_limit = self.max_n.min(self.members.len());
+        // A joining node lists only itself: the cluster it joins is bigger.
+        let known = if self.seeds.is_empty() { self.members.len() } else { self.max_n };
+        let n_limit = self.max_n.min(known);
         if d.n == 0 || d.n > n_limit {
             return bad(format!("defaults.n {} is not in 1..={n_limit} (max_n, cluster size)", d.n));
         }
@@ -294,6 +321,15 @@ impl Config {
         }
         if self.max_value_bytes == 0 {
             return bad("max_value_bytes must be positive".into());
+        }
+        if self.cluster.is_empty() {
+            return bad("cluster is empty".into());
+        }
+        if let Some(seed) = self.seeds.iter().find(|s| !s.starts_with("https://")) {
+            return bad(format!("seed {seed:?} is not https://"));
+        }
+        if self.gossip_interval_ms == 0 {
+            return bad("gossip_interval_ms must be positive".into());
         }
         if self.request_timeout_ms == 0 {
             return bad("request_timeout_ms must be positive".into());

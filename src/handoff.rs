@@ -113,6 +113,17 @@ impl Handoff {
             if count == 0 || target == self.membership.self_id() {
                 continue;
             }
+            if !self.membership.layout().is_member(&target) {
+                // Its home left the cluster: the key's homes now get it.
+                match self.retarget(&target).await {
+                    Ok(sent) => worked |= sent > 0,
+                    Err(error) => {
+                        tracing::warn!(peer = %target, %error, "re-targeting hints paused");
+                        worker.failed(&error);
+                    }
+                }
+                continue;
+            }
             if !self.membership.is_reachable(&target) {
                 // At least once per window, so a short window is honoured.
                 let every = EXPIRY_CHECK.min(self.window);
@@ -186,6 +197,44 @@ impl Handoff {
                 let bytes: usize = live.iter().map(|h| h.size()).sum();
                 tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64)).await;
             }
+            after = Some((last.partition, last.key.clone()));
+        }
+    }
+
+    /// Sends every hint held for `gone` (no longer a member) to the key's
+    /// homes in the current layout, synced; a hint is removed once every
+    /// other home acknowledged it.
+    async fn retarget(&self, gone: &str) -> Result<usize, HandoffError> {
+        let mut after: Option<(u32, Vec<u8>)> = None;
+        let mut sent = 0;
+        let me = self.membership.self_id().to_string();
+        loop {
+            let from = after.as_ref().map(|(p, k)| (*p, k.as_slice()));
+            let page = self.storage.hints().page(gone, from, BATCH_ITEMS, BATCH_BYTES)?;
+            let Some(last) = page.last() else { return Ok(sent) };
+            let layout = self.membership.layout();
+            let mut delivered = Vec::new();
+            for hint in &page {
+                let Some(object) = hint.object.clone() else {
+                    delivered.push(hint);
+                    continue;
+                };
+                let key = Bytes::copy_from_slice(&hint.key);
+                let request =
+                    vec![ReplicateRequest { partition: hint.partition, key, object, sync: true, hint: None }];
+                let mut all = true;
+                for home in layout.homes(hint.partition).iter().filter(|h| **h != me) {
+                    let answer: Result<Vec<Result<ReplicateResponse, PeerError>>, _> =
+                        self.peers.call(home, routes::REPLICATE, &request, CALL_TIMEOUT).await;
+                    all &= matches!(answer.as_deref(), Ok([Ok(_)]));
+                }
+                if all {
+                    delivered.push(hint);
+                }
+            }
+            let n = self.storage.hints().remove(gone, &delivered)?;
+            self.stats.delivered.fetch_add(n as u64, Ordering::Relaxed);
+            sent += n;
             after = Some((last.partition, last.key.clone()));
         }
     }

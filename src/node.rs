@@ -17,6 +17,8 @@ use crate::api::metrics::ApiMetrics;
 use crate::config::Config;
 use crate::coordinator::Coordinator;
 use crate::handoff::Handoff;
+use crate::membership::history::History;
+use crate::membership::join::JoinRequest;
 use crate::membership::{Membership, detector};
 use crate::replica::Replica;
 use crate::rpc::client::PeerClient;
@@ -25,7 +27,7 @@ use crate::rpc::metrics::RpcMetrics;
 use crate::rpc::server::Endpoints;
 use crate::storage::{Storage, StorageError};
 use crate::worker::Workers;
-use crate::{anti_entropy, api, coordinator, metrics, rpc, tls};
+use crate::{anti_entropy, api, coordinator, membership, metrics, rpc, tls};
 
 /// How long in-flight requests get to finish on shutdown (well inside a
 /// Kubernetes grace period).
@@ -45,6 +47,12 @@ pub enum NodeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("peer client: {0}")]
     Rpc(#[from] rpc::client::RpcError),
+    #[error("membership: {0}")]
+    Membership(#[from] crate::membership::MembershipError),
+    #[error("joining the cluster: {0}")]
+    Join(#[from] crate::membership::join::JoinError),
+    #[error("the data directory belongs to cluster {stored:?}, the config names {configured:?}")]
+    OtherCluster { stored: String, configured: String },
 }
 
 /// Pre-bound listeners, so tests can bind port 0 and learn the addresses
@@ -105,16 +113,14 @@ impl Node {
             })?
             .map_err(|source| NodeError::Storage { path: config.data_dir.display().to_string(), source })?;
         let storage = Arc::new(storage);
-        let membership = Arc::new(Membership::from_config(&config)?);
+        let local_ip = Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified());
+        let history = initial_history(&config, &storage, &peer_client_tls, local_ip).await?;
+        let membership = Arc::new(Membership::new(&config.node_id, history, Some(storage.clone()))?);
         let workers = Arc::new(Workers::new());
         let replica = Replica::new(storage.clone(), &config.node_id, config.limits, workers.tasks().clone())
             .map_err(|source| NodeError::Storage { path: config.data_dir.display().to_string(), source })?;
-        let local_ip = Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified());
         let rpc_metrics = RpcMetrics::default();
-        let layout = membership.layout();
-        let peer_urls = layout.members().iter().map(|m| (m.id.clone(), m.peer_url.clone()));
-        let peers =
-            PeerClient::new(peer_client_tls, peer_urls, membership.clone(), local_ip, rpc_metrics.clone())?;
+        let peers = PeerClient::new(peer_client_tls, membership.clone(), local_ip, rpc_metrics.clone())?;
         let detector_peers = peers.clone();
         let faults = peers.faults().clone();
         let handoff = Handoff {
@@ -140,7 +146,7 @@ impl Node {
             &workers,
         );
         // Each subsystem registers its own metrics and its own peer endpoints.
-        let peer_ids: Vec<String> = coordinator.membership().peer_ids().map(str::to_string).collect();
+        let peer_ids: Vec<String> = coordinator.membership().peer_ids();
         let mut registry = metrics::registry();
         let api_metrics = ApiMetrics::new(&mut registry);
         rpc_metrics.register(&mut registry);
@@ -153,6 +159,8 @@ impl Node {
         coordinator.replica().register_endpoints(&mut endpoints);
         coordinator.register_endpoints(&mut endpoints);
         anti_entropy::register_endpoints(coordinator.replica(), &mut endpoints);
+        membership::gossip::register_endpoints(coordinator.membership(), &mut endpoints);
+        membership::join::register_endpoints(coordinator.membership(), coordinator.peers(), &mut endpoints);
         let local_routes = api::local::router(coordinator.clone());
         let state = Arc::new(AppState::new(
             coordinator,
@@ -164,6 +172,7 @@ impl Node {
             workers.clone(),
         ));
 
+        let roster: Arc<dyn rpc::identity::Roster> = state.coordinator.membership().clone();
         let client_addr = listener_addr(&listeners.client)?;
         let peer_addr = listener_addr(&listeners.peer)?;
         let handles = [Handle::new(), Handle::new()];
@@ -177,10 +186,7 @@ impl Node {
         let client_app = api::router(state.clone());
         let mut servers = vec![tokio::spawn(
             tls_server(listeners.peer, peer_tls)
-                .map(|tls| {
-                    let members = layout.members().iter().map(|m| m.id.clone()).collect();
-                    rpc::identity::IdentifyingAcceptor::new(tls, members)
-                })
+                .map(|tls| rpc::identity::IdentifyingAcceptor::new(tls, roster))
                 .handle(handles[1].clone())
                 .serve(peer_app.into_make_service()),
         )];
@@ -188,6 +194,8 @@ impl Node {
         // other), before the public port: a node that lost its data learns
         // it from its peers here; until then a fresh directory's answers
         // do not count.
+        membership::gossip::catch_up(state.coordinator.membership(), &detector_peers, Duration::from_secs(2))
+            .await;
         let greeted =
             anti_entropy::recovery::greet_peers(&storage, state.coordinator.membership(), &detector_peers)
                 .await;
@@ -208,11 +216,22 @@ impl Node {
         // Spawned last: nothing fallible remains, so it cannot outlive a
         // node that failed to start.
         let membership = state.coordinator.membership().clone();
+        let gossip_peers = detector_peers.clone();
+        let (gossip_membership, interval) =
+            (membership.clone(), Duration::from_millis(config.gossip_interval_ms));
+        // The longest a request started under an older layout can still be
+        // running: its deadline, a forward's margin, and a second to spare.
+        let grace = Duration::from_millis(config.request_timeout_ms) + Duration::from_secs(2);
+        workers.start("gossip", |w| {
+            membership::gossip::run(gossip_membership, gossip_peers, interval, grace, w)
+        });
         workers.start("detector", |w| detector::run(membership, detector_peers, w));
         workers.start("handoff", |w| handoff.run(w));
         workers.start("lease", |w| state.coordinator.replica().clone().keep_lease_ahead(w));
         // Runs even with anti-entropy off while partitions are unsynced.
         workers.start("anti_entropy", |w| anti_entropy.clone().run(w));
+        let transfers = anti_entropy.clone();
+        workers.start("transfer", |w| transfers.run_transfers(w));
         workers.start("gc", |w| anti_entropy.run_gc(w));
         state.mark_ready();
         tracing::info!(node = %config.node_id, %client_addr, %peer_addr, actor = state.coordinator.replica().actor(), "node serving");
@@ -310,6 +329,63 @@ fn tls_server(
 /// headers, so any key the stack can parse gets the API's JSON `414`; no
 /// more, since each concurrent stream may hold this much.
 const MAX_HEADER_LIST_BYTES: u32 = 128 * 1024;
+
+/// The layout this node starts from: the one it stored; else, with seeds,
+/// the one a seed gives (joining it unless `auto_join` is off); else a new
+/// cluster of the configured members.
+async fn initial_history(
+    config: &Config,
+    storage: &Storage,
+    tls: &rustls::ClientConfig,
+    local_ip: Option<std::net::IpAddr>,
+) -> Result<History, NodeError> {
+    if let Some(stored) = Membership::stored(storage)? {
+        if stored.cluster() != config.cluster {
+            return Err(NodeError::OtherCluster {
+                stored: stored.cluster().to_string(),
+                configured: config.cluster.clone(),
+            });
+        }
+        return Ok(stored);
+    }
+    let max_n = u32::try_from(config.max_n).unwrap_or(u32::MAX);
+    if config.seeds.is_empty() {
+        return Ok(History::initial(&config.cluster, config.partitions, max_n, &config.members));
+    }
+    let Some(me) = config.members.iter().find(|m| m.id == config.node_id) else {
+        return Err(NodeError::Config(crate::config::ConfigError::Invalid(
+            "node_id is not in members".into(),
+        )));
+    };
+    let client = PeerClient::new(tls.clone(), Arc::new(NoPeers), local_ip, RpcMetrics::default())?;
+    let request = JoinRequest { cluster: config.cluster.clone(), member: me.clone(), join: config.auto_join };
+    tracing::info!(seeds = ?config.seeds, join = config.auto_join, "fetching the cluster's layout from the seeds");
+    let history = membership::join::fetch(&client, &config.seeds, &request, SEED_PATIENCE).await?;
+    if (history.partitions(), history.max_n()) != (config.partitions, max_n) {
+        tracing::warn!(
+            partitions = history.partitions(),
+            max_n = history.max_n(),
+            "the cluster's ring settings differ from this config's: the cluster's are used"
+        );
+    }
+    Ok(history)
+}
+
+/// How long a joining node waits for a seed to answer before it gives up.
+const SEED_PATIENCE: Duration = Duration::from_secs(120);
+
+/// The reachability of the client that asks seeds: it knows no member.
+struct NoPeers;
+
+impl rpc::client::Reachability for NoPeers {
+    fn clock_ms(&self) -> u64 {
+        0
+    }
+    fn observe(&self, _: &str, _: bool, _: u64) {}
+    fn url_of(&self, _: &str) -> Option<String> {
+        None
+    }
+}
 
 fn listener_addr(l: &std::net::TcpListener) -> Result<SocketAddr, NodeError> {
     l.local_addr().map_err(|source| NodeError::Bind { addr: SocketAddr::from(([0, 0, 0, 0], 0)), source })

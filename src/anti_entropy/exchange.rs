@@ -18,6 +18,13 @@ use crate::rpc::client::routes;
 use crate::rpc::error::PeerError;
 use crate::storage::tree::{self, Hash};
 
+/// The smallest replica count of the keys both `a` and `b` hold in
+/// partition `p` (in whichever versions make them homes).
+pub(super) fn from_n(layout: &crate::membership::Layout, p: u32, a: &str, b: &str) -> Option<u8> {
+    let (i, j) = (layout.position(p, a)?, layout.position(p, b)?);
+    Some(u8::try_from(i.max(j) + 1).unwrap_or(u8::MAX))
+}
+
 impl AntiEntropy {
     /// Partitions whose home replicas include both this node and `peer`,
     /// each with the smallest replica count of the keys both hold: a key
@@ -28,10 +35,8 @@ impl AntiEntropy {
         let me = self.membership.self_id();
         (0..layout.partitions())
             .filter_map(|p| {
-                let homes = layout.homes(p);
-                let mine = homes.iter().position(|h| h == me)?;
-                let theirs = homes.iter().position(|h| h == peer)?;
-                Some((p, u8::try_from(mine.max(theirs) + 1).unwrap_or(u8::MAX)))
+                // In any version: a partition's new homes are filled so.
+                Some((p, from_n(&layout, p, me, peer)?))
             })
             .collect()
     }
@@ -42,6 +47,16 @@ impl AntiEntropy {
     /// not stop the exchange with this peer. Only a failed roots call does.
     pub(super) async fn exchange_with(&self, peer: &str, throttle: &Throttle) -> Result<bool, AeError> {
         let shared = self.shared_with(peer);
+        self.exchange_partitions(peer, &shared, throttle).await
+    }
+
+    /// [`AntiEntropy::exchange_with`] over the given `(partition, from_n)`.
+    pub(super) async fn exchange_partitions(
+        &self,
+        peer: &str,
+        shared: &[(u32, u8)],
+        throttle: &Throttle,
+    ) -> Result<bool, AeError> {
         let mut complete = true;
         for chunk in shared.chunks(ROOTS_PER_CALL) {
             let differing = self.differing_roots(peer, chunk.to_vec(), throttle).await?;

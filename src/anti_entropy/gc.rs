@@ -39,6 +39,11 @@ impl AntiEntropy {
     ) -> Result<(), AeError> {
         let layout = self.membership.layout();
         let me = self.membership.self_id();
+        if layout.history().versions().len() > 1 {
+            // Partitions are moving: "every home holds the tombstone" is
+            // not yet a fact about one replica set. GC waits for the move.
+            return Ok(());
+        }
         for p in 0..layout.partitions() {
             let homes = layout.homes(p);
             if homes.first().map(String::as_str) != Some(me) {
@@ -83,7 +88,7 @@ impl AntiEntropy {
             // preference list (this node is the first home, position 0).
             let list = layout.preference_list(p).to_vec();
             let others: Vec<(usize, &String)> = list.iter().enumerate().filter(|(_, h)| *h != me).collect();
-            if !self.membership.peer_ids().all(|m| self.membership.is_reachable(m)) {
+            if !self.membership.peer_ids().iter().all(|m| self.membership.is_reachable(m)) {
                 return Ok(());
             }
             // Re-read each key now: only a tombstone still of its queued
@@ -131,7 +136,7 @@ impl AntiEntropy {
                     }
                 }
             }
-            let peers: Vec<String> = self.membership.peer_ids().map(str::to_string).collect();
+            let peers: Vec<String> = self.membership.peer_ids();
             for m in &peers {
                 let request = AeRequest::Hinted { partition: p, keys: old.clone() };
                 let AeResponse::Flags(hinted) = self.call(m, request, throttle).await? else {

@@ -7,7 +7,9 @@
 //! partition it shares with the next reachable peer ([`exchange`]), hands
 //! off copies of keys it is no home of ([`strays`]: at start, then every
 //! [`STRAY_SWEEP_ROUNDS`] rounds), and reaps tombstones that every home
-//! replica holds ([`gc`]). All of it is throttled to
+//! replica holds ([`gc`]). When the layout changes, the `transfer` worker
+//! fills this node's new partitions with the same exchanges
+//! ([`transfer`]). All of it is throttled to
 //! `anti_entropy_bytes_per_sec`.
 
 mod endpoints;
@@ -17,6 +19,7 @@ pub mod metrics;
 pub mod recovery;
 pub use endpoints::register as register_endpoints;
 mod strays;
+mod transfer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,6 +121,8 @@ pub enum AeError {
     Task(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Replica(#[from] crate::replica::ReplicaError),
+    #[error("layout: {0}")]
+    Layout(String),
 }
 
 /// Answers a peer's anti-entropy request from this node's storage.
@@ -213,6 +218,15 @@ pub struct AeStats {
     /// (reset by one that did not): "this node is in sync" once it has had
     /// one with each peer.
     pub clean_in_a_row: AtomicU64,
+    /// Stray copies the last sweep could not hand off (1 after a failed
+    /// sweep): 0 on a node that left means it holds nothing needed.
+    pub strays_left: AtomicU64,
+    /// The layout version the last completed sweep ran under.
+    pub strays_swept_version: AtomicU64,
+    /// Partitions this node still has to receive for the newest layout.
+    pub transfer_pending: AtomicU64,
+    /// Partitions received since start ([`transfer`]).
+    pub transfer_done: AtomicU64,
 }
 
 impl AeStats {
@@ -229,6 +243,10 @@ impl AeStats {
             "trees_rebuilt": g(&self.trees_rebuilt),
             "strays_handed_off": g(&self.strays_handed_off),
             "clean_in_a_row": g(&self.clean_in_a_row),
+            "strays_left": g(&self.strays_left),
+            "strays_swept_version": g(&self.strays_swept_version),
+            "transfer_pending": g(&self.transfer_pending),
+            "transfer_done": g(&self.transfer_done),
         })
     }
 }
@@ -320,6 +338,9 @@ impl AntiEntropy {
         let mut next_peer = 0usize;
         let mut next_stray_sweep = 0u64;
         let mut round_no = 0u64;
+        // A layout change makes strays (a finished move's old copies): a
+        // sweep follows each one.
+        let mut swept_layout = (0u64, 0usize);
         loop {
             let recovering = self.storage().unsynced().all();
             if !self.config.anti_entropy && recovering.is_empty() {
@@ -336,7 +357,7 @@ impl AntiEntropy {
                     self.rebuild_trees(recovering.is_empty()).await;
                 }
                 let mut sorted: Vec<String> = if recovering.is_empty() {
-                    self.membership.peer_ids().map(str::to_string).collect()
+                    self.membership.peer_ids()
                 } else {
                     // Recovering: only the peers some partition still waits for.
                     let wanted: std::collections::BTreeSet<&String> = recovering.values().flatten().collect();
@@ -373,8 +394,19 @@ impl AntiEntropy {
                         }
                     }
                 }
+                let layout = self.membership.layout();
+                let now_layout = (layout.version(), layout.history().versions().len());
+                if now_layout != swept_layout {
+                    next_stray_sweep = round_no;
+                }
                 if self.config.anti_entropy && recovering.is_empty() && round_no >= next_stray_sweep {
-                    next_stray_sweep = match self.hand_off_strays(&throttle).await {
+                    swept_layout = now_layout;
+                    let swept = self.hand_off_strays(&throttle).await;
+                    self.stats.strays_left.store(*swept.as_ref().unwrap_or(&1), Ordering::Relaxed);
+                    if swept.is_ok() {
+                        self.stats.strays_swept_version.store(now_layout.0, Ordering::Relaxed);
+                    }
+                    next_stray_sweep = match swept {
                         Ok(0) => round_no + STRAY_SWEEP_ROUNDS,
                         Ok(left) => {
                             tracing::info!(left, "stray copies not yet handed off; next round retries");

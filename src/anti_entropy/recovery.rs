@@ -172,12 +172,12 @@ async fn hello_round(
     me: Sighting,
     confirm: bool,
 ) -> Vec<(String, HelloAnswer)> {
-    let calls = membership.peer_ids().map(|peer| {
+    let calls = membership.peer_ids().into_iter().map(|peer| {
         let hello = Hello { from: membership.self_id().to_string(), me, confirm };
         async move {
             let answer: Result<Result<HelloAnswer, PeerError>, _> =
-                peers.call(peer, routes::HELLO, &hello, HELLO_TIMEOUT).await;
-            (peer.to_string(), answer)
+                peers.call(&peer, routes::HELLO, &hello, HELLO_TIMEOUT).await;
+            (peer, answer)
         }
     });
     let mut out = Vec::new();

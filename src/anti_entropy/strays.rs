@@ -31,6 +31,11 @@ impl AntiEntropy {
         let me = self.membership.self_id().to_string();
         let mut left = 0;
         for p in 0..layout.partitions() {
+            if layout.is_moving(p) {
+                // Every version's homes keep their copies until the move
+                // is over; then the old owners' copies are strays.
+                continue;
+            }
             let homes = layout.homes(p).len();
             let list: Vec<String> = layout.preference_list(p).to_vec();
             let position = list.iter().position(|h| *h == me).unwrap_or(usize::MAX);

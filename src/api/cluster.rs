@@ -18,6 +18,9 @@ use super::keys::key_from_path;
 #[derive(Serialize)]
 struct MemberView {
     id: String,
+    /// `active`, `joining` (not yet in the read version) or `leaving` (out
+    /// of the newest version, still handing over).
+    state: &'static str,
     client_url: String,
     peer_url: String,
     weight: u32,
@@ -35,6 +38,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
         .iter()
         .map(|m| (m, membership.is_reachable(&m.id)))
         .map(|(m, reachable)| MemberView {
+            state: layout.state_of(&m.id),
             id: m.id.clone(),
             client_url: m.client_url.clone(),
             peer_url: m.peer_url.clone(),
@@ -59,14 +63,56 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
         "unsynced_partitions": storage.unsynced().all().len(),
         "unsynced_at_start": state.unsynced_at_start.load(Ordering::Relaxed),
     });
+    // A node out of every version that swept its copies to their homes
+    // under the current layout and holds no hint: nothing it holds is
+    // needed any more, so it may be stopped and its directory deleted.
+    let ae = &state.anti_entropy;
+    let drained = !layout.is_member(membership.self_id())
+        && ae.strays_swept_version.load(Ordering::Relaxed) >= layout.version()
+        && ae.strays_left.load(Ordering::Relaxed) == 0
+        && storage.hints().counts().iter().all(|(_, n)| *n == 0);
     Json(json!({
         "node": membership.self_id(),
+        "drained": drained,
         "partitions": layout.partitions(),
         "layout_version": layout.version(),
+        "layout": layout_view(&layout),
         "members": members,
         "stats": stats,
         "workers": state.workers.statuses(),
     }))
+}
+
+/// The history as `/cluster` shows it: versions in force, the read
+/// version, each node's tracker marks, and the members that left.
+fn layout_view(layout: &crate::membership::Layout) -> serde_json::Value {
+    use crate::membership::history::{Desire, Tracker};
+    let history = layout.history();
+    let versions: Vec<u64> = history.versions().iter().map(|v| v.number).collect();
+    let newest = versions.len() - 1;
+    let progress: serde_json::Map<String, serde_json::Value> = history
+        .tracked()
+        .into_iter()
+        .map(|id| {
+            let at = |t| history.reached(t, id, newest);
+            let marks = json!({ "ack": at(Tracker::Ack), "sync": at(Tracker::Sync), "sync_ack": at(Tracker::SyncAck) });
+            (id.to_string(), marks)
+        })
+        .collect();
+    let left: Vec<&String> = history
+        .wishes()
+        .iter()
+        .filter(|(id, w)| !matches!(w.desire, Desire::Member(_)) && !layout.is_member(id))
+        .map(|(id, _)| id)
+        .collect();
+    json!({
+        "cluster": history.cluster(),
+        "version": layout.version(),
+        "read_version": layout.read_version(),
+        "versions": versions,
+        "newest_reached": progress,
+        "left": left,
+    })
 }
 
 pub async fn preference_list(State(state): State<Arc<AppState>>, uri: Uri) -> Result<Response, ApiError> {
@@ -94,4 +140,55 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "starting" }))).into_response()
     }
+}
+
+/// `POST /cluster/members/{id}/leave`: the member hands its partitions to
+/// their new owners and then drops out; `GET /cluster` on it shows when it
+/// holds nothing the cluster needs (`"left"`).
+pub async fn leave(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    change_member(&state, &id, crate::membership::history::Desire::Leaving).await
+}
+
+/// `POST /cluster/members/{id}/remove`: takes a dead member out; its
+/// partitions are rebuilt from the surviving copies.
+pub async fn remove(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    change_member(&state, &id, crate::membership::history::Desire::Removed).await
+}
+
+async fn change_member(
+    state: &AppState,
+    id: &str,
+    desire: crate::membership::history::Desire,
+) -> Result<Response, ApiError> {
+    let membership = state.coordinator.membership();
+    let layout = membership.layout();
+    if !layout.is_member(id) {
+        return Err(ApiError::NotMember(id.to_string()));
+    }
+    let others = layout.history().wanted().iter().filter(|m| m.id != id).count();
+    if others == 0 {
+        return Err(ApiError::LayoutRefused("the last member cannot leave".into()));
+    }
+    let me = membership.self_id().to_string();
+    membership
+        .update(|h| {
+            if h.wishes().get(id).is_some_and(|w| w.desire == desire) && !h.current().has(id) {
+                return false;
+            }
+            h.wish(&me, id, desire);
+            h.commit();
+            true
+        })
+        .map_err(|e| ApiError::LayoutRefused(e.to_string()))?;
+    crate::membership::gossip::broadcast(membership, state.coordinator.peers()).await;
+    let layout = membership.layout();
+    tracing::info!(member = id, version = layout.version(), "membership change committed");
+    Ok((StatusCode::ACCEPTED, Json(json!({ "member": id, "layout_version": layout.version() })))
+        .into_response())
 }

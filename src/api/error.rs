@@ -43,6 +43,10 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("node is not ready")]
     NotReady,
+    #[error("{0} is not a member of the layout")]
+    NotMember(String),
+    #[error("{0}")]
+    LayoutRefused(String),
     #[error(transparent)]
     Coordinator(#[from] CoordinatorError),
 }
@@ -52,7 +56,8 @@ impl ApiError {
         match self {
             ApiError::KeyTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoRoute | ApiError::NotMember(_) => StatusCode::NOT_FOUND,
+            ApiError::LayoutRefused(_) => StatusCode::CONFLICT,
             ApiError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Coordinator(CoordinatorError::Limit(LimitError::Siblings { .. })) => {
@@ -86,6 +91,8 @@ impl ApiError {
             ApiError::NoRoute => "no_route",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::NotReady => "not_ready",
+            ApiError::NotMember(_) => "not_a_member",
+            ApiError::LayoutRefused(_) => "layout_change_refused",
             ApiError::Coordinator(CoordinatorError::QuorumNotMet { .. }) => "quorum_not_met",
             ApiError::Coordinator(CoordinatorError::DigestMismatch) => "value_corrupted_in_transit",
             ApiError::Coordinator(CoordinatorError::CorruptLocal) => "replica_corrupt",

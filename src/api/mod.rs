@@ -41,6 +41,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(keys)
         .route("/cluster", get(cluster::cluster))
         .route("/cluster/preference-list/{*key}", get(cluster::preference_list))
+        .route("/cluster/members/{id}/leave", axum::routing::post(cluster::leave))
+        .route("/cluster/members/{id}/remove", axum::routing::post(cluster::remove))
         .route("/health/live", get(cluster::live))
         .route("/health/ready", get(cluster::ready))
         .route("/metrics", get(metrics))

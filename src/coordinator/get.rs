@@ -45,7 +45,7 @@ impl Coordinator {
                 }
                 other => other,
             };
-            Reply { node, primary, result }
+            Reply { stands_for: node.clone(), node, primary, result }
         }
         .boxed()
     }

@@ -19,8 +19,8 @@ pub mod targets;
 mod wire;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -53,7 +53,9 @@ pub struct Coordinator {
     membership: Arc<Membership>,
     replica: Replica,
     peers: PeerClient,
-    queues: Arc<HashMap<String, PeerQueues>>,
+    /// One per peer, made when it is first called (members come and go).
+    queues: Arc<RwLock<HashMap<String, PeerQueues>>>,
+    limits: BatchLimits,
     defaults: Defaults,
     max_n: usize,
     timeout: Duration,
@@ -94,25 +96,12 @@ impl Coordinator {
         let tasks = background.tasks().clone();
         let read_repair = read_repair.then(|| background.token());
         let limits = BatchLimits { max_batch: 256, max_bytes: 4 << 20, max_in_flight: 2, timeout };
-        let queues = membership
-            .layout()
-            .members()
-            .iter()
-            .filter(|m| m.id != membership.self_id())
-            .map(|m| {
-                let q = PeerQueues {
-                    read: Batcher::spawn(peers.clone(), m.id.clone(), routes::READ, limits),
-                    replicate: Batcher::spawn(peers.clone(), m.id.clone(), routes::REPLICATE, limits),
-                    slots: Arc::new(Semaphore::new(MAX_PENDING_PER_PEER)),
-                };
-                (m.id.clone(), q)
-            })
-            .collect();
         Coordinator {
             membership,
             replica,
             peers,
-            queues: Arc::new(queues),
+            queues: Arc::default(),
+            limits,
             defaults,
             max_n,
             timeout,
@@ -141,6 +130,28 @@ impl Coordinator {
         &self.replica
     }
 
+    /// The client of the peer port (for membership changes made by the API).
+    pub fn peers(&self) -> &PeerClient {
+        &self.peers
+    }
+
+    /// The queues to `node`, made on first use while it is a member.
+    fn queues_of(&self, node: &str) -> Option<PeerQueues> {
+        if let Some(q) = self.queues.read().unwrap_or_else(|e| e.into_inner()).get(node) {
+            return Some(q.clone());
+        }
+        if node == self.membership.self_id() || !self.membership.layout().is_member(node) {
+            return None;
+        }
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        let q = queues.entry(node.to_string()).or_insert_with(|| PeerQueues {
+            read: Batcher::spawn(self.peers.clone(), node.to_string(), routes::READ, self.limits),
+            replicate: Batcher::spawn(self.peers.clone(), node.to_string(), routes::REPLICATE, self.limits),
+            slots: Arc::new(Semaphore::new(MAX_PENDING_PER_PEER)),
+        });
+        Some(q.clone())
+    }
+
     /// Resolves a request's knobs against this cluster's defaults and size.
     pub fn consistency(&self, knobs: &KnobRequest) -> Result<Consistency, ConsistencyError> {
         let limit = self.max_n.min(self.membership.layout().member_count());
@@ -149,9 +160,12 @@ impl Coordinator {
 
     /// The sloppy-quorum plan for `key`'s partition from this node's view.
     fn plan(&self, layout: &Layout, partition: u32, n: usize, writing: bool) -> targets::Plan {
+        self.plan_over(layout.preference_list(partition), n, writing)
+    }
+
+    /// The sloppy-quorum plan over `preference`, its first `n` the homes.
+    fn plan_over(&self, preference: &[String], n: usize, writing: bool) -> targets::Plan {
         let m = &self.membership;
-        plan(layout.preference_list(partition), n, m.self_id(), writing, |id| {
-            id == m.self_id() || m.is_reachable(id)
-        })
+        plan(preference, n, m.self_id(), writing, |id| id == m.self_id() || m.is_reachable(id))
     }
 }

@@ -41,7 +41,8 @@ impl Coordinator {
         c: Consistency,
     ) -> Result<Outcome, CoordinatorError> {
         let layout = self.membership.layout();
-        let replicas = layout.replicas_of(layout.partition_of(&key), c.n);
+        let (list, homes) = layout.write_preference(layout.partition_of(&key), c.n);
+        let replicas = &list[..homes];
         let self_id = self.membership.self_id();
         if replicas.iter().any(|n| n == self_id) {
             match self.coordinate_put(&layout, key.clone(), context.clone(), value.clone(), c).await {
@@ -108,8 +109,13 @@ impl Coordinator {
             answered: acked,
             n: c.n,
         };
-        let plan = self.plan(layout, partition, c.n, true);
+        // While the partition moves, the write must reach its quorum in
+        // every version's replica set: plan over their union.
+        let sets = layout.write_sets(partition, c.n);
+        let (preference, homes) = layout.write_preference(partition, c.n);
+        let plan = self.plan_over(&preference, homes, true);
         let local_is_home = plan.local_hint.is_none();
+        let local_stands_for = plan.local_hint.clone();
         let write = ClientWrite { context, value, n: c.n, sync };
         let written = match plan.local_hint {
             None => self.replica.coordinate(partition, key.clone(), write).await,
@@ -126,7 +132,8 @@ impl Coordinator {
             }
         };
         let self_id = self.membership.self_id().to_string();
-        let local = Reply { node: self_id, primary: local_is_home, result: Ok(sync) };
+        let stands_for = local_stands_for.unwrap_or_else(|| self_id.clone());
+        let local = Reply { node: self_id, stands_for, primary: local_is_home, result: Ok(sync) };
         let mut calls: Vec<Call<bool>> = vec![futures::future::ready(local).boxed()];
         let deadline = Instant::now() + self.timeout;
         // Each copy waits for its own peer's slot inside its call, so a
@@ -138,15 +145,15 @@ impl Coordinator {
             slotted.push(has_slot);
         }
         let gathered = gather(calls, deadline, |ok| {
-            ok.len() >= c.w
-                && ok.iter().filter(|r| r.primary).count() >= c.pw
-                && ok.iter().filter(|r| matches!(r.result, Ok(true))).count() >= c.dw
+            per_set(&sets, ok, |_| true) >= c.w
+                && per_set(&sets, ok, |r| r.primary) >= c.pw
+                && per_set(&sets, ok, |r| matches!(r.result, Ok(true))) >= c.dw
         })
         .await;
-        let acked = gathered.ok.len();
-        let primaries = gathered.primaries();
-        let fallback = acked - primaries;
-        let durable = gathered.values().filter(|d| **d).count();
+        let acked = per_set(&sets, &gathered.ok, |_| true);
+        let primaries = per_set(&sets, &gathered.ok, |r| r.primary);
+        let fallback = acked.saturating_sub(primaries);
+        let durable = per_set(&sets, &gathered.ok, |r| matches!(r.result, Ok(true)));
         // The copies not yet answered must keep running before anything
         // waits on their slots: `gather` may have stopped polling them
         // before they took one (with W=1 the local write alone meets the
@@ -199,6 +206,7 @@ impl Coordinator {
         let this = self.clone();
         let call = async move {
             let primary = target.is_home();
+            let stands_for = target.hint_for.clone().unwrap_or_else(|| target.node.clone());
             // With a spare to fall back to, a full queue is waited on only
             // briefly: the copy goes to the spare (as a hint) instead.
             let patience =
@@ -218,7 +226,7 @@ impl Coordinator {
                 Err(e) => Err(e),
             };
             match (result, target.spare) {
-                (Ok(durable), _) => Reply { node: target.node, primary, result: Ok(durable) },
+                (Ok(durable), _) => Reply { node: target.node, stands_for, primary, result: Ok(durable) },
                 (Err(error), Some(spare)) => {
                     tracing::debug!(peer = %target.node, %error, %spare, "replica write failed; using a fallback");
                     let slot = this.peer_slot(&spare, deadline).await;
@@ -227,12 +235,21 @@ impl Coordinator {
                         Ok((q, _permit)) => q.replicate.call(spare_req, bytes).await.map(|r| r.durable),
                         Err(e) => Err(e),
                     };
-                    Reply { node: spare, primary: false, result }
+                    Reply { node: spare, stands_for, primary: false, result }
                 }
-                (Err(error), None) => Reply { node: target.node, primary, result: Err(error) },
+                (Err(error), None) => Reply { node: target.node, stands_for, primary, result: Err(error) },
             }
         }
         .boxed();
         (call, has_slot)
     }
+}
+
+/// The fewest replies meeting `f` that count for any one of `sets` (a
+/// reply counts for the set holding the home it stands for).
+fn per_set(sets: &[&[String]], ok: &[Reply<bool>], f: impl Fn(&Reply<bool>) -> bool) -> usize {
+    sets.iter()
+        .map(|set| ok.iter().filter(|r| set.contains(&r.stands_for) && f(r)).count())
+        .min()
+        .unwrap_or(0)
 }

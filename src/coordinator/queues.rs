@@ -51,7 +51,7 @@ impl Coordinator {
         node: &str,
         deadline: Instant,
     ) -> Result<(PeerQueues, OwnedSemaphorePermit), PeerError> {
-        let queues = self.queues.get(node).ok_or_else(|| PeerError::NotDelivered {
+        let queues = self.queues_of(node).ok_or_else(|| PeerError::NotDelivered {
             peer: node.to_string(),
             reason: "unknown peer".into(),
         })?;
@@ -62,6 +62,6 @@ impl Coordinator {
             slots.try_acquire_owned().ok()
         };
         let permit = permit.ok_or_else(|| PeerError::QueueFull { peer: node.to_string() })?;
-        Ok((queues.clone(), permit))
+        Ok((queues, permit))
     }
 }

@@ -10,6 +10,9 @@ use tokio::time::Instant;
 /// One target's answer.
 pub struct Reply<T> {
     pub node: String,
+    /// The home the reply counts for: `node` itself, or the home a
+    /// fallback stands in for (a write's quorum is counted per replica set).
+    pub stands_for: String,
     /// The node is one of the key's first N home replicas (not a fallback).
     pub primary: bool,
     pub result: Result<T, crate::rpc::error::PeerError>,
@@ -106,6 +109,7 @@ mod tests {
         async move {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             Reply {
+                stands_for: node.clone(),
                 node,
                 primary: true,
                 result: if ok {

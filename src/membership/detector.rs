@@ -42,7 +42,8 @@ pub async fn run(membership: Arc<Membership>, peers: PeerClient, worker: Worker)
             _ = tick.tick() => {}
         }
         worker.set(State::Busy);
-        for id in membership.peer_ids() {
+        for id in &membership.peer_ids() {
+            let id = id.as_str();
             let since_probe = membership.since_probe(id);
             let due = if membership.is_reachable(id) {
                 membership.since_ok(id).is_none_or(|d| d >= IDLE) && since_probe >= PROBE_TIMEOUT

@@ -9,84 +9,289 @@
 //! this seam (a versioned layout, with moving partitions' two replica sets),
 //! not its callers (after Garage's `rpc/layout/helper.rs`).
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use super::history::{History, Tracker};
 use crate::config::MemberConfig;
 use crate::ring::{Member, NodeId, Ring, RingError};
 
+/// One version of the history with its ring.
+#[derive(Debug)]
+struct Placed {
+    number: u64,
+    members: Vec<MemberConfig>,
+    /// Shared with the layouts before and after while the version is in
+    /// force: a tracker mark or a merge does not recompute it.
+    ring: Arc<Ring>,
+}
+
+/// What placement means while the history holds more than one version (a
+/// partition moving): writes reach a quorum in every version's replica
+/// set, reads go to the *read version* (the newest every node synced), and
+/// the background work (anti-entropy, GC, recovery, strays) treats a node
+/// as a home of a partition if any version makes it one.
 #[derive(Debug)]
 pub struct Layout {
-    version: u64,
-    members: Vec<MemberConfig>,
-    ring: Ring,
+    history: History,
+    /// Oldest first, as in the history.
+    placed: Vec<Placed>,
+    /// Index of the read version in `placed`.
+    read: usize,
+    /// Every member of any version, sorted by id.
+    all: Vec<MemberConfig>,
 }
 
 impl Layout {
-    /// The layout of `members` (its ring: `partitions` partitions, up to
-    /// `max_n` replicas each).
-    pub fn new(
-        version: u64,
-        members: Vec<MemberConfig>,
-        partitions: u32,
-        max_n: usize,
-    ) -> Result<Layout, RingError> {
-        let ring_members = members.iter().map(|m| Member { id: m.id.clone(), weight: m.weight }).collect();
-        let ring = Ring::new(ring_members, partitions, max_n)?;
-        Ok(Layout { version, members, ring })
+    /// A one-version layout of `members` (its ring: `partitions`
+    /// partitions, up to `max_n` replicas each).
+    pub fn new(members: Vec<MemberConfig>, partitions: u32, max_n: usize) -> Result<Layout, RingError> {
+        let max_n = u32::try_from(max_n).unwrap_or(u32::MAX);
+        Layout::of(History::initial("", partitions, max_n, &members))
     }
 
-    /// Which layout this is; the static member list is version 1.
+    /// The placement a history asks for.
+    pub fn of(history: History) -> Result<Layout, RingError> {
+        Layout::after(history, None)
+    }
+
+    /// [`Layout::of`], reusing the rings of `previous` for the versions
+    /// both hold.
+    pub fn after(history: History, previous: Option<&Layout>) -> Result<Layout, RingError> {
+        let max_n = history.max_n() as usize;
+        let placed = history
+            .versions()
+            .iter()
+            .map(|v| {
+                let known = previous
+                    .and_then(|l| l.placed.iter().find(|p| p.number == v.number && p.members == v.members));
+                let ring = match known {
+                    Some(p) => p.ring.clone(),
+                    None => {
+                        let ring_members =
+                            v.members.iter().map(|m| Member { id: m.id.clone(), weight: m.weight });
+                        Arc::new(Ring::new(ring_members.collect(), history.partitions(), max_n)?)
+                    }
+                };
+                Ok(Placed { number: v.number, members: v.members.clone(), ring })
+            })
+            .collect::<Result<Vec<_>, RingError>>()?;
+        let mut all: Vec<MemberConfig> = Vec::new();
+        for p in placed.iter().rev() {
+            for m in &p.members {
+                if !all.iter().any(|a| a.id == m.id) {
+                    all.push(m.clone());
+                }
+            }
+        }
+        all.sort();
+        let read = history.read_index();
+        Ok(Layout { history, placed, read, all })
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    fn newest(&self) -> &Placed {
+        &self.placed[self.placed.len() - 1]
+    }
+
+    fn reading(&self) -> &Placed {
+        &self.placed[self.read]
+    }
+
+    /// The newest committed version's number.
     pub fn version(&self) -> u64 {
-        self.version
+        self.newest().number
     }
 
-    /// Every member, as configured.
+    /// The version reads go to.
+    pub fn read_version(&self) -> u64 {
+        self.reading().number
+    }
+
+    /// Every member of any version in force (the newest's URLs when they
+    /// changed), sorted by id: every node this one may have to call.
     pub fn members(&self) -> &[MemberConfig] {
-        &self.members
+        &self.all
     }
 
+    pub fn is_member(&self, id: &str) -> bool {
+        self.all.binary_search_by(|m| m.id.as_str().cmp(id)).is_ok()
+    }
+
+    /// `active` (in the read and the newest version), `joining` (in the
+    /// newest only), `leaving` (not in the newest), `none` otherwise.
+    pub fn state_of(&self, id: &str) -> &'static str {
+        let has = |p: &Placed| p.members.binary_search_by(|m| m.id.as_str().cmp(id)).is_ok();
+        match (has(self.newest()), has(self.reading()), self.is_member(id)) {
+            (true, true, _) => "active",
+            (true, false, _) => "joining",
+            (false, _, true) => "leaving",
+            _ => "none",
+        }
+    }
+
+    /// The member count that bounds a request's N: the smallest version's.
     pub fn member_count(&self) -> usize {
-        self.members.len()
+        self.placed.iter().map(|p| p.members.len()).min().unwrap_or(0)
     }
 
     /// `Q`, the fixed number of partitions.
     pub fn partitions(&self) -> u32 {
-        self.ring.partitions()
+        self.reading().ring.partitions()
     }
 
     pub fn partition_of(&self, key: &[u8]) -> u32 {
-        self.ring.partition_of(key)
+        self.reading().ring.partition_of(key)
     }
 
     /// The replica count a record that names none had (`max_n`, not capped
     /// by the member count).
     pub fn default_replicas(&self) -> usize {
-        self.ring.replicas()
+        self.reading().ring.replicas()
     }
 
-    /// The partition's homes: every node that must store it (the first
-    /// `min(max_n, members)` of its preference list). Anti-entropy, GC,
-    /// recovery and stray hand-off work over these.
-    pub fn homes(&self, partition: u32) -> &[NodeId] {
+    /// Whether the versions in force disagree on the partition's homes: it
+    /// is being moved, so GC leaves it alone.
+    pub fn is_moving(&self, partition: u32) -> bool {
+        let first = self.placed[0].homes(partition);
+        self.placed[1..].iter().any(|p| p.homes(partition) != first)
+    }
+
+    /// The partition's homes: every node that must store it in any version
+    /// in force (the read version's first, in its order). Anti-entropy, GC,
+    /// recovery and stray hand-off work over these, so a partition's new
+    /// homes are filled by the same Merkle exchanges that repair it.
+    pub fn homes(&self, partition: u32) -> Vec<NodeId> {
+        let mut homes = self.reading().homes(partition).to_vec();
+        for p in &self.placed {
+            for h in p.homes(partition) {
+                if !homes.contains(h) {
+                    homes.push(h.clone());
+                }
+            }
+        }
+        homes
+    }
+
+    /// `node`'s earliest position among the partition's homes in any
+    /// version: it holds the keys of replica count above that position.
+    pub fn position(&self, partition: u32, node: &str) -> Option<usize> {
+        self.placed.iter().filter_map(|p| p.homes(partition).iter().position(|h| h == node)).min()
+    }
+
+    /// The read version's first `n` homes: where a read of a key of
+    /// replica count `n` goes.
+    pub fn replicas_of(&self, partition: u32, n: usize) -> &[NodeId] {
+        self.reading().replicas_of(partition, n)
+    }
+
+    /// The replica sets a write of replica count `n` must reach a quorum
+    /// in: one per version in force, without repeats (one set when nothing
+    /// moves).
+    pub fn write_sets(&self, partition: u32, n: usize) -> Vec<&[NodeId]> {
+        let mut sets: Vec<&[NodeId]> = Vec::with_capacity(self.placed.len());
+        for p in &self.placed {
+            let set = p.replicas_of(partition, n);
+            if !sets.iter().any(|s| same_nodes(s, set)) {
+                sets.push(set);
+            }
+        }
+        sets
+    }
+
+    /// Every member in the read version's order for the partition: its
+    /// homes, then the fallbacks a sloppy quorum takes in turn. Empty for
+    /// an out-of-range partition (a peer-supplied number).
+    pub fn preference_list(&self, partition: u32) -> &[NodeId] {
+        self.reading().ring.preference_list(partition)
+    }
+
+    /// The write preference list: every write set's nodes first (the
+    /// oldest version's in order, then the others'), then the newest
+    /// version's fallbacks. Its first `len` nodes are the write's homes.
+    /// Borrowed from the ring when nothing moves (the common case).
+    pub fn write_preference(&self, partition: u32, n: usize) -> (Cow<'_, [NodeId]>, usize) {
+        if self.placed.len() == 1 {
+            let list = self.placed[0].ring.preference_list(partition);
+            return (Cow::Borrowed(list), n.min(list.len()));
+        }
+        let mut list: Vec<NodeId> = Vec::new();
+        for set in self.write_sets(partition, n) {
+            for h in set {
+                if !list.contains(h) {
+                    list.push(h.clone());
+                }
+            }
+        }
+        let homes = list.len();
+        for f in self.newest().ring.preference_list(partition) {
+            if !list.contains(f) {
+                list.push(f.clone());
+            }
+        }
+        (Cow::Owned(list), homes)
+    }
+
+    /// The partitions `node` is a home of in any version (the data it must
+    /// hold).
+    pub fn partitions_of(&self, node: &str) -> Vec<u32> {
+        (0..self.partitions())
+            .filter(|&p| self.placed.iter().any(|v| v.homes(p).iter().any(|h| h == node)))
+            .collect()
+    }
+
+    /// The partitions `node` must receive before it may mark the newest
+    /// version synced: those it is a home of in the newest version whose
+    /// homes differ in an older one, each with the older versions' homes
+    /// (other than `node`) it must pull from.
+    pub fn incoming(&self, node: &str) -> Vec<(u32, Vec<NodeId>)> {
+        let newest = self.newest();
+        let mut out = Vec::new();
+        for p in 0..self.partitions() {
+            let mine = newest.homes(p);
+            if !mine.iter().any(|h| h == node) {
+                continue;
+            }
+            let mut sources: Vec<NodeId> = Vec::new();
+            for old in &self.placed[..self.placed.len() - 1] {
+                let theirs = old.homes(p);
+                if theirs != mine {
+                    for h in theirs {
+                        if h != node && !sources.contains(h) {
+                            sources.push(h.clone());
+                        }
+                    }
+                }
+            }
+            if !sources.is_empty() {
+                out.push((p, sources));
+            }
+        }
+        out
+    }
+
+    /// Whether `node`'s mark on tracker `t` reached the newest version.
+    pub fn reached_newest(&self, t: Tracker, node: &str) -> bool {
+        self.history.reached(t, node, self.placed.len() - 1)
+    }
+}
+
+impl Placed {
+    fn homes(&self, partition: u32) -> &[NodeId] {
         self.replicas_of(partition, self.ring.replicas())
     }
 
-    /// The first `n` homes: where a key of replica count `n` lives, so
-    /// where its reads and writes go.
-    pub fn replicas_of(&self, partition: u32, n: usize) -> &[NodeId] {
+    fn replicas_of(&self, partition: u32, n: usize) -> &[NodeId] {
         let list = self.ring.preference_list(partition);
         &list[..n.min(list.len())]
     }
+}
 
-    /// Every member in the partition's order: its homes, then the
-    /// fallbacks a sloppy quorum takes in turn. Empty for an out-of-range
-    /// partition (a peer-supplied number).
-    pub fn preference_list(&self, partition: u32) -> &[NodeId] {
-        self.ring.preference_list(partition)
-    }
-
-    /// The partitions `node` is a home of (the data it must hold).
-    pub fn partitions_of(&self, node: &str) -> Vec<u32> {
-        self.ring.partitions_of(node)
-    }
+fn same_nodes(a: &[NodeId], b: &[NodeId]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
 }
 
 #[cfg(test)]
@@ -105,7 +310,7 @@ mod tests {
     #[test]
     fn homes_are_the_first_replicas_and_every_member_is_in_each_preference_list() {
         let members: Vec<MemberConfig> = ["a", "b", "c", "d"].into_iter().map(member).collect();
-        let layout = Layout::new(1, members, 16, 3).unwrap();
+        let layout = Layout::new(members, 16, 3).unwrap();
         assert_eq!(layout.member_count(), 4);
         let mut held = 0;
         for p in 0..layout.partitions() {
@@ -124,8 +329,68 @@ mod tests {
 
     #[test]
     fn a_single_member_is_the_only_home() {
-        let layout = Layout::new(1, vec![member("solo")], 8, 3).unwrap();
+        let layout = Layout::new(vec![member("solo")], 8, 3).unwrap();
         assert_eq!(layout.homes(0), ["solo".to_string()]);
         assert_eq!(layout.default_replicas(), 3, "a record's default N is max_n, not the member count");
+    }
+
+    fn grown(ids: &[&str], joiner: &str) -> History {
+        let members: Vec<MemberConfig> = ids.iter().map(|id| member(id)).collect();
+        let mut h = History::initial("t", 64, 3, &members);
+        h.wish(joiner, joiner, crate::membership::history::Desire::Member(member(joiner)));
+        assert!(h.commit());
+        h
+    }
+
+    #[test]
+    fn while_a_partition_moves_writes_reach_both_sets_and_reads_the_old_one() {
+        let mut h = grown(&["a", "b", "c"], "d");
+        let layout = Layout::of(h.clone()).unwrap();
+        assert_eq!((layout.version(), layout.read_version()), (2, 1));
+        assert_eq!(layout.state_of("d"), "joining");
+        assert_eq!(layout.state_of("a"), "active");
+        let moving: Vec<u32> = (0..64).filter(|&p| layout.is_moving(p)).collect();
+        assert!(!moving.is_empty() && moving.len() < 64);
+        for p in 0..64 {
+            let sets = layout.write_sets(p, 3);
+            assert_eq!(sets.len(), if layout.is_moving(p) { 2 } else { 1 });
+            assert!(!layout.replicas_of(p, 3).contains(&"d".to_string()), "reads stay on version 1");
+            let (list, homes) = layout.write_preference(p, 3);
+            assert_eq!(homes, if layout.is_moving(p) { 4 } else { 3 });
+            assert_eq!(list.len(), 4, "every member once");
+            for set in sets {
+                assert!(set.iter().all(|n| list[..homes].contains(n)));
+            }
+        }
+        let incoming = layout.incoming("d");
+        assert_eq!(incoming.len(), layout.partitions_of("d").len(), "d receives every partition it homes");
+        assert!(incoming.iter().all(|(_, from)| from.len() == 3 && !from.contains(&"d".to_string())));
+        // Once everyone synced version 2, reads move there.
+        for id in ["a", "b", "c", "d"] {
+            h.mark(Tracker::Ack, id, 1);
+            h.mark(Tracker::Sync, id, 1);
+        }
+        let layout = Layout::of(h).unwrap();
+        assert_eq!(layout.read_version(), 2);
+        assert_eq!(layout.state_of("d"), "active");
+    }
+
+    #[test]
+    fn one_join_moves_about_the_ideal_share() {
+        // 3 -> 4 members: the newcomer should take 1/4 of all replicas,
+        // and nothing else should move.
+        let h = grown(&["a", "b", "c"], "d");
+        let layout = Layout::of(h).unwrap();
+        let total = 64 * 3;
+        let moved: usize = (0..64)
+            .map(|p| {
+                let sets = layout.write_sets(p, 3);
+                let old = sets[0];
+                let new = sets.last().copied().unwrap_or(old);
+                new.iter().filter(|n| !old.contains(n)).count()
+            })
+            .sum();
+        let ideal = total / 4;
+        assert!(moved >= ideal && moved * 4 <= ideal * 5, "moved {moved} replicas, ideal {ideal}");
     }
 }

@@ -1,33 +1,64 @@
 //! Who is in the cluster and how reachable each member looks from here.
 //!
-//! Membership is fixed by configuration for now: one [`Layout`] (the member
-//! list and the ring computed from it, a pure function) for the node's
-//! life. Callers ask a layout snapshot, so dynamic membership can later
-//! swap it without touching them. Reachability is this node's own view,
-//! learned from the outcome of real RPCs and from the light probes of
-//! [`detector`]: no node is special, nothing is global.
+//! Membership is a replicated, versioned [`history::History`]: the member
+//! sets the cluster committed and every node's progress in moving to the
+//! newest, merged by gossip ([`gossip`]) and persisted in `meta`. Callers
+//! take one [`Layout`] snapshot per request or round (the history with a
+//! ring per version) and ask it where data goes, so a layout change is one
+//! swap here. Reachability is this node's own view, learned from the
+//! outcome of real RPCs and from the light probes of [`detector`]: no node
+//! is special, nothing is global.
 
 pub mod detector;
+pub mod gossip;
+pub mod history;
+pub mod join;
 mod layout;
 
 pub use layout::Layout;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use history::{History, MergeError};
+
 use crate::ring::RingError;
 use crate::rpc::client::Reachability;
+use crate::rpc::identity::Roster;
+use crate::storage::{Storage, StorageError};
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("layout: {0}")]
+    Ring(#[from] RingError),
+    #[error("{0}")]
+    Merge(#[from] MergeError),
+    #[error("storing the layout: {0}")]
+    Storage(#[from] StorageError),
+    #[error("stored layout does not decode: {0}")]
+    Decode(String),
+}
+
 pub struct Membership {
     self_id: String,
-    layout: Arc<Layout>,
-    peers: HashMap<String, PeerHealth>,
+    layout: RwLock<Arc<Layout>>,
+    /// Serialises changes: read, change, persist, then publish.
+    changing: Mutex<()>,
+    /// Where each change is persisted (none in unit tests).
+    storage: Option<Arc<Storage>>,
+    peers: RwLock<HashMap<String, Arc<PeerHealth>>>,
     /// Origin of the millisecond clocks in [`PeerHealth`].
     started: Instant,
+    /// Bumped on every change, so workers can wake up on one.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership").field("self_id", &self.self_id).finish_non_exhaustive()
+    }
 }
 
 /// What this node knows of one peer's health.
@@ -42,29 +73,107 @@ struct PeerHealth {
     last_probe_ms: AtomicU64,
 }
 
-impl Membership {
-    pub fn from_config(config: &Config) -> Result<Membership, RingError> {
-        let layout = Layout::new(1, config.members.clone(), config.partitions, config.max_n)?;
-        let peers = config
-            .members
-            .iter()
-            .filter(|m| m.id != config.node_id)
-            .map(|m| {
-                let health = PeerHealth {
-                    reachable: AtomicBool::new(true),
-                    last_ok_ms: AtomicU64::new(0),
-                    failures: AtomicU32::new(0),
-                    last_probe_ms: AtomicU64::new(0),
-                };
-                (m.id.clone(), health)
-            })
-            .collect();
-        Ok(Membership {
-            self_id: config.node_id.clone(),
-            layout: Arc::new(layout),
-            peers,
-            started: Instant::now(),
+impl PeerHealth {
+    fn new() -> Arc<PeerHealth> {
+        Arc::new(PeerHealth {
+            reachable: AtomicBool::new(true),
+            last_ok_ms: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            last_probe_ms: AtomicU64::new(0),
         })
+    }
+}
+
+impl Membership {
+    /// This node's membership, from the history it stored or was given.
+    pub fn new(
+        self_id: &str,
+        history: History,
+        storage: Option<Arc<Storage>>,
+    ) -> Result<Membership, MembershipError> {
+        let layout = Arc::new(Layout::of(history)?);
+        if let Some(storage) = &storage {
+            storage.meta().set_layout_history(&encode(layout.history()))?;
+        }
+        let (changes, _) = tokio::sync::watch::channel(0);
+        let m = Membership {
+            self_id: self_id.to_string(),
+            layout: RwLock::new(layout.clone()),
+            changing: Mutex::new(()),
+            storage,
+            peers: RwLock::new(HashMap::new()),
+            started: Instant::now(),
+            changes,
+        };
+        m.track_peers(&layout);
+        Ok(m)
+    }
+
+    /// The history stored in `storage`, if any.
+    pub fn stored(storage: &Storage) -> Result<Option<History>, MembershipError> {
+        match storage.meta().layout_history()? {
+            None => Ok(None),
+            Some(bytes) => {
+                postcard::from_bytes(&bytes).map(Some).map_err(|e| MembershipError::Decode(e.to_string()))
+            }
+        }
+    }
+
+    fn track_peers(&self, layout: &Layout) {
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        for m in layout.members() {
+            if m.id != self.self_id && !peers.contains_key(&m.id) {
+                peers.insert(m.id.clone(), PeerHealth::new());
+            }
+        }
+    }
+
+    fn peer(&self, id: &str) -> Option<Arc<PeerHealth>> {
+        self.peers.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// Changes the history with `change` (which says whether it changed
+    /// anything): the result is persisted, synced, before anyone sees it.
+    pub fn update(&self, change: impl FnOnce(&mut History) -> bool) -> Result<bool, MembershipError> {
+        let _guard = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.layout();
+        let mut history = previous.history().clone();
+        if !change(&mut history) {
+            return Ok(false);
+        }
+        let layout = Arc::new(Layout::after(history, Some(&previous))?);
+        if let Some(storage) = &self.storage {
+            storage.meta().set_layout_history(&encode(layout.history()))?;
+        }
+        let (old, new) = (self.layout().version(), layout.version());
+        if old != new {
+            tracing::info!(version = new, members = layout.members().len(), "new layout version");
+        }
+        self.track_peers(&layout);
+        *self.layout.write().unwrap_or_else(|e| e.into_inner()) = layout;
+        self.changes.send_modify(|n| *n += 1);
+        Ok(true)
+    }
+
+    /// Merges a peer's history into this node's; true if it changed.
+    pub fn merge(&self, other: &History) -> Result<bool, MembershipError> {
+        let mut refused = None;
+        let changed = self.update(|h| match h.merge(other) {
+            Ok(changed) => changed,
+            Err(e) => {
+                refused = Some(e);
+                false
+            }
+        })?;
+        match refused {
+            Some(e) => Err(e.into()),
+            None => Ok(changed),
+        }
+    }
+
+    /// A receiver that sees every change.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// This node's clock for [`Membership::observe`]: ms since start.
@@ -74,20 +183,20 @@ impl Membership {
 
     /// How long since a call to `id` last succeeded (`None` if never).
     pub fn since_ok(&self, id: &str) -> Option<Duration> {
-        let p = self.peers.get(id)?;
+        let p = self.peer(id)?;
         let last = p.last_ok_ms.load(Ordering::Relaxed);
         (last > 0).then(|| Duration::from_millis(self.now_ms().saturating_sub(last)))
     }
 
     /// How long since the failure detector last probed `id`.
     pub fn since_probe(&self, id: &str) -> Duration {
-        let last = self.peers.get(id).map_or(0, |p| p.last_probe_ms.load(Ordering::Relaxed));
+        let last = self.peer(id).map_or(0, |p| p.last_probe_ms.load(Ordering::Relaxed));
         Duration::from_millis(self.now_ms().saturating_sub(last))
     }
 
     /// Notes that a probe of `id` starts now.
     pub fn probe_started(&self, id: &str) {
-        if let Some(p) = self.peers.get(id) {
+        if let Some(p) = self.peer(id) {
             p.last_probe_ms.store(self.now_ms(), Ordering::Relaxed);
         }
     }
@@ -95,14 +204,14 @@ impl Membership {
     /// Counts a failed probe of `id` (foreground failures do not lengthen
     /// the back-off: a burst of them is one event).
     pub fn probe_failed(&self, id: &str) {
-        if let Some(p) = self.peers.get(id) {
+        if let Some(p) = self.peer(id) {
             p.failures.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Failed probes of `id` since it last answered.
     pub fn failures(&self, id: &str) -> u32 {
-        self.peers.get(id).map_or(0, |p| p.failures.load(Ordering::Relaxed))
+        self.peer(id).map_or(0, |p| p.failures.load(Ordering::Relaxed))
     }
 
     pub fn self_id(&self) -> &str {
@@ -112,7 +221,7 @@ impl Membership {
     /// The current layout: take it once per request or round and ask it
     /// everything about placement, so one operation sees one layout.
     pub fn layout(&self) -> Arc<Layout> {
-        self.layout.clone()
+        self.layout.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Records the outcome of a call to `id` that started at `started_ms`
@@ -120,7 +229,7 @@ impl Membership {
     /// down — unless a call started later has already succeeded (a slow
     /// timeout must not overrule newer evidence).
     pub fn observe(&self, id: &str, ok: bool, started_ms: u64) {
-        let Some(p) = self.peers.get(id) else { return };
+        let Some(p) = self.peer(id) else { return };
         if ok {
             p.last_ok_ms.store(self.now_ms().max(1), Ordering::Relaxed);
             p.failures.store(0, Ordering::Relaxed);
@@ -133,12 +242,33 @@ impl Membership {
     }
 
     pub fn is_reachable(&self, id: &str) -> bool {
-        id == self.self_id || self.peers.get(id).is_some_and(|p| p.reachable.load(Ordering::Relaxed))
+        id == self.self_id || self.peer(id).is_some_and(|p| p.reachable.load(Ordering::Relaxed))
     }
 
-    /// The other members' ids.
-    pub fn peer_ids(&self) -> impl Iterator<Item = &str> {
-        self.peers.keys().map(String::as_str)
+    /// The other members' ids (of every version in force).
+    pub fn peer_ids(&self) -> Vec<String> {
+        self.layout().members().iter().filter(|m| m.id != self.self_id).map(|m| m.id.clone()).collect()
+    }
+}
+
+/// The stored form of a history.
+pub fn encode(history: &History) -> Vec<u8> {
+    // Plain data: encoding cannot fail.
+    postcard::to_stdvec(history).unwrap_or_default()
+}
+
+impl Roster for Membership {
+    /// Every member of a version in force, and the members leaving: one
+    /// that is out of every version still hands its last copies over.
+    fn member_ids(&self) -> Vec<String> {
+        let layout = self.layout();
+        let mut ids: Vec<String> = layout.members().iter().map(|m| m.id.clone()).collect();
+        for (id, wish) in layout.history().wishes() {
+            if wish.desire == history::Desire::Leaving && !layout.is_member(id) {
+                ids.push(id.clone());
+            }
+        }
+        ids
     }
 }
 
@@ -149,5 +279,11 @@ impl Reachability for Membership {
 
     fn observe(&self, peer: &str, reached: bool, started_ms: u64) {
         Membership::observe(self, peer, reached, started_ms)
+    }
+
+    fn url_of(&self, peer: &str) -> Option<String> {
+        let layout = self.layout();
+        let members = layout.members();
+        members.binary_search_by(|m| m.id.as_str().cmp(peer)).ok().map(|i| members[i].peer_url.clone())
     }
 }

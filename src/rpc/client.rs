@@ -1,7 +1,6 @@
 //! Calls to other nodes' peer ports: HTTPS with mutual TLS over one pooled
 //! HTTP/2 connection per peer, a deadline on every call.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +42,11 @@ pub mod routes {
     pub const HELLO: &str = "/rpc/hello";
     /// An `anti_entropy::AeRequest`.
     pub const ANTI_ENTROPY: &str = "/rpc/ae";
+    /// Gossip: a `membership::history::History`, answered with the merge.
+    pub const LAYOUT: &str = "/rpc/layout";
+    /// A node asking a seed for the layout (and to join it); open to any
+    /// CA-signed certificate, which must name the joining id.
+    pub const JOIN: &str = "/rpc/join";
 }
 
 /// What the client tells of every call's outcome, so this node's view of
@@ -54,12 +58,13 @@ pub trait Reachability: Send + Sync + 'static {
     fn clock_ms(&self) -> u64;
     /// A call to `peer` that started at `started_ms` reached it or not.
     fn observe(&self, peer: &str, reached: bool, started_ms: u64);
+    /// The peer-port base URL of member `peer` in the current layout.
+    fn url_of(&self, peer: &str) -> Option<String>;
 }
 
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
-    urls: Arc<HashMap<String, String>>,
     reachability: Arc<dyn Reachability>,
     faults: Faults,
     metrics: RpcMetrics,
@@ -68,10 +73,9 @@ pub struct PeerClient {
 impl PeerClient {
     /// `local_ip`: the address calls leave from (the peer listener's, when
     /// it names one), so per-node firewall rules can tell nodes apart.
-    /// `urls`: each peer's id and peer-port base URL.
+    /// Peers are named by id; `reachability` knows their URLs.
     pub fn new(
         tls: rustls::ClientConfig,
-        urls: impl IntoIterator<Item = (String, String)>,
         reachability: Arc<dyn Reachability>,
         local_ip: Option<std::net::IpAddr>,
         metrics: RpcMetrics,
@@ -93,8 +97,7 @@ impl PeerClient {
             .no_proxy()
             .build()
             .map_err(|e| RpcError::Build(e.to_string()))?;
-        let urls = urls.into_iter().map(|(id, url)| (id, url.trim_end_matches('/').to_string())).collect();
-        Ok(PeerClient { http, urls: Arc::new(urls), reachability, faults: Faults::default(), metrics })
+        Ok(PeerClient { http, reachability, faults: Faults::default(), metrics })
     }
 
     pub fn faults(&self) -> &Faults {
@@ -122,6 +125,40 @@ impl PeerClient {
         result
     }
 
+    /// Calls `route` at a base URL rather than a member (a seed, before
+    /// this node knows the cluster); reachability is not updated.
+    pub async fn call_url<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        base: &str,
+        route: &'static str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError> {
+        let peer = base.to_string();
+        let work = async {
+            let response = self
+                .http
+                .post(format!("{}{route}", base.trim_end_matches('/')))
+                .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+                .body(codec::encode(request))
+                .send()
+                .await
+                .map_err(|e| RpcError::Connect { peer: peer.clone(), reason: error_chain(&e) })?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(RpcError::Status { peer: peer.clone(), status: status.as_u16() });
+            }
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| RpcError::Transport { peer: peer.clone(), reason: error_chain(&e) })?;
+            codec::decode(&body).map_err(|e| RpcError::Body { peer: peer.clone(), reason: e.to_string() })
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(RpcError::Timeout { peer: peer.clone(), ms: timeout.as_millis() }))
+    }
+
     async fn call_inner<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         peer: &str,
@@ -129,7 +166,7 @@ impl PeerClient {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, RpcError> {
-        let base = self.urls.get(peer).ok_or_else(|| RpcError::UnknownPeer(peer.to_string()))?;
+        let base = self.reachability.url_of(peer).ok_or_else(|| RpcError::UnknownPeer(peer.to_string()))?;
         if self.faults.is_cut(peer) {
             return Err(RpcError::Connect {
                 peer: peer.to_string(),
@@ -138,7 +175,7 @@ impl PeerClient {
         }
         let send = self
             .http
-            .post(format!("{base}{route}"))
+            .post(format!("{}{route}", base.trim_end_matches('/')))
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
             .body(codec::encode(request))
             .send();

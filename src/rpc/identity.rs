@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -49,41 +49,83 @@ pub fn classify(certs: Option<&[CertificateDer<'_>]>, members: &[String]) -> Cal
         .map_or(Caller::Operator, |id| Caller::Node(id.clone()))
 }
 
+/// Who the members are right now: `membership` implements it, so a node
+/// that joined after a connection was made is recognised on it.
+pub trait Roster: Send + Sync + 'static {
+    fn member_ids(&self) -> Vec<String>;
+}
+
+/// The client certificate of a peer-port connection, classified against
+/// the roster when a request needs it: a member stays one for the
+/// connection's life; any other certificate is looked at again per
+/// request, since its node may have joined meanwhile.
+pub struct Identity {
+    cert: Option<CertificateDer<'static>>,
+    roster: Arc<dyn Roster>,
+    node: OnceLock<String>,
+}
+
+impl Identity {
+    pub fn caller(&self) -> Caller {
+        if let Some(id) = self.node.get() {
+            return Caller::Node(id.clone());
+        }
+        let certs = self.cert.as_ref().map(std::slice::from_ref);
+        let caller = classify(certs, &self.roster.member_ids());
+        if let Caller::Node(id) = &caller {
+            let _ = self.node.set(id.clone());
+        }
+        caller
+    }
+
+    /// Whether the certificate names `id` (a joining node proves its id so).
+    pub fn names(&self, id: &str) -> bool {
+        let Some(cert) = &self.cert else { return false };
+        classify(Some(std::slice::from_ref(cert)), &[id.to_string()]) == Caller::Node(id.to_string())
+    }
+}
+
 /// The TLS acceptor of the peer port, plus the classification.
 #[derive(Clone)]
 pub struct IdentifyingAcceptor {
     inner: RustlsAcceptor<NoDelayAcceptor>,
-    members: Arc<Vec<String>>,
+    roster: Arc<dyn Roster>,
 }
 
 impl IdentifyingAcceptor {
-    pub fn new(inner: RustlsAcceptor<NoDelayAcceptor>, members: Vec<String>) -> Self {
-        IdentifyingAcceptor { inner, members: Arc::new(members) }
+    pub fn new(inner: RustlsAcceptor<NoDelayAcceptor>, roster: Arc<dyn Roster>) -> Self {
+        IdentifyingAcceptor { inner, roster }
     }
 }
 
 type Stream = tokio_rustls::server::TlsStream<TcpStream>;
-type Accepted<S> = (Stream, axum::middleware::AddExtension<S, Caller>);
+type Accepted<S> = (Stream, axum::middleware::AddExtension<S, Arc<Identity>>);
 
 impl<S: Send + 'static> Accept<TcpStream, S> for IdentifyingAcceptor {
     type Stream = Stream;
-    type Service = axum::middleware::AddExtension<S, Caller>;
+    type Service = axum::middleware::AddExtension<S, Arc<Identity>>;
     type Future = Pin<Box<dyn Future<Output = io::Result<Accepted<S>>> + Send>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
         let handshake = self.inner.accept(stream, service);
-        let members = self.members.clone();
+        let roster = self.roster.clone();
         Box::pin(async move {
             let (stream, service) = handshake.await?;
-            let caller = classify(stream.get_ref().1.peer_certificates(), &members);
-            Ok((stream, axum::Extension(caller).layer(service)))
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned());
+            let identity = Arc::new(Identity { cert, roster, node: OnceLock::new() });
+            Ok((stream, axum::Extension(identity).layer(service)))
         })
     }
 }
 
 /// Middleware of the RPC routes: only a member's certificate gets through.
 pub async fn require_node(request: Request, next: Next) -> Response {
-    match request.extensions().get::<Caller>() {
+    match request.extensions().get::<Arc<Identity>>().map(|i| i.caller()) {
         Some(Caller::Node(_)) => next.run(request).await,
         _ => (
             StatusCode::FORBIDDEN,

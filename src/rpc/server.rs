@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -22,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use super::client::routes;
 use super::codec::{self, CONTENT_TYPE, CodecError};
-use super::identity::{Caller, require_node};
+use super::identity::{Caller, Identity, require_node};
 
 /// Why an endpoint did not run: the status tells the caller whether the
 /// request was looked at (see `RpcError::not_delivered` for 425).
@@ -70,6 +71,8 @@ impl IntoResponse for Refusal {
 /// The RPC routes of the peer port, filled by the subsystems at start.
 pub struct Endpoints {
     router: Router,
+    /// Routes any CA-signed certificate may call (a joining node's).
+    open: Router,
 }
 
 impl Default for Endpoints {
@@ -83,7 +86,7 @@ impl Endpoints {
     /// another wire format still counts as reachable.
     pub fn new() -> Endpoints {
         let ping = || async { reply(&()) };
-        Endpoints { router: Router::new().route(routes::PING, post(ping)) }
+        Endpoints { router: Router::new().route(routes::PING, post(ping)), open: Router::new() }
     }
 
     /// Serves `route` with `handler`, which gets the calling member's id and
@@ -95,9 +98,9 @@ impl Endpoints {
         F: Fn(String, Req) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, Refusal>> + Send + 'static,
     {
-        let serve = move |caller: Option<Extension<Caller>>, body: Bytes| async move {
+        let serve = move |identity: Option<Extension<Arc<Identity>>>, body: Bytes| async move {
             // `require_node` let only members through; this names which one.
-            let Some(Extension(Caller::Node(from))) = caller else {
+            let Some(Caller::Node(from)) = identity.map(|Extension(i)| i.caller()) else {
                 return Refusal::forbidden("only nodes may call replica RPCs").into_response();
             };
             let request: Req = match codec::decode(&body) {
@@ -112,6 +115,31 @@ impl Endpoints {
         self.router = std::mem::take(&mut self.router).route(route, post(serve));
     }
 
+    /// Serves `route` to any certificate the CA signed, not only members':
+    /// `handler` gets the caller's [`Identity`] to check what it claims.
+    pub fn add_open<Req, Resp, F, Fut>(&mut self, route: &'static str, handler: F)
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + 'static,
+        F: Fn(Arc<Identity>, Req) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, Refusal>> + Send + 'static,
+    {
+        let serve = move |identity: Option<Extension<Arc<Identity>>>, body: Bytes| async move {
+            let Some(Extension(identity)) = identity else {
+                return Refusal::forbidden("no client certificate").into_response();
+            };
+            let request: Req = match codec::decode(&body) {
+                Ok(request) => request,
+                Err(e) => return Refusal::undecodable(e).into_response(),
+            };
+            match handler(identity, request).await {
+                Ok(answer) => reply(&answer),
+                Err(refusal) => refusal.into_response(),
+            }
+        };
+        self.open = std::mem::take(&mut self.open).route(route, post(serve));
+    }
+
     /// The peer port's app: the endpoints, for members only, and `open`,
     /// the routes any CA-signed certificate may call (with the fallback).
     /// `max_body`: a replicated object may hold several siblings of
@@ -119,6 +147,7 @@ impl Endpoints {
     pub fn into_router(self, open: Router, max_body: usize) -> Router {
         self.router
             .route_layer(axum::middleware::from_fn(require_node))
+            .merge(self.open)
             .merge(open)
             .layer(DefaultBodyLimit::max(max_body))
     }

@@ -31,6 +31,7 @@ pub(super) const FORMAT: u8 = 1;
 const META_INCARNATION: &[u8] = b"incarnation";
 const META_DIR_ID: &[u8] = b"dir_id";
 const META_CLEAN: &[u8] = b"clean_shutdown";
+const META_LAYOUT: &[u8] = b"layout_history";
 
 /// `[format][u64 BE]`, the value of every numeric entry.
 pub(super) fn number(n: u64) -> Vec<u8> {
@@ -236,6 +237,28 @@ impl Meta {
         Ok(())
     }
 
+    /// The cluster's layout history as this node last stored it (opaque
+    /// here: `membership` owns its encoding), `None` in a new directory.
+    pub fn layout_history(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.db.rocks.get_cf(self.db.cf(CF_META)?, META_LAYOUT)? {
+            None => Ok(None),
+            Some(v) => match v.split_first() {
+                Some((&FORMAT, rest)) => Ok(Some(rest.to_vec())),
+                _ => Err(corrupt("layout_history")),
+            },
+        }
+    }
+
+    /// Stores the layout history, synced: a node must not come back from a
+    /// crash having forgotten a version it acknowledged or a mark it made.
+    pub fn set_layout_history(&self, encoded: &[u8]) -> Result<(), StorageError> {
+        let mut value = Vec::with_capacity(encoded.len() + 1);
+        value.push(FORMAT);
+        value.extend_from_slice(encoded);
+        self.db.rocks.put_cf_opt(self.db.cf(CF_META)?, META_LAYOUT, value, &synced())?;
+        Ok(())
+    }
+
     /// Written (synced) when the database closes after a clean shutdown;
     /// its absence at open means the last run ended in a crash or power
     /// cut, which may have lost the WAL's unsynced tail.
@@ -271,6 +294,9 @@ mod tests {
             epoch = m.epoch();
             assert_eq!(m.dot_lease().unwrap(), 0);
             m.set_dot_lease(42).unwrap();
+            assert_eq!(m.layout_history().unwrap(), None);
+            m.set_layout_history(b"v1").unwrap();
+            m.set_layout_history(b"v2").unwrap();
             m.mark_peer_seen("b", Sighting { dir: 7, incarnation: 3, run: 1 }).unwrap();
             m.mark_peer_seen("b", Sighting { dir: 7, incarnation: 2, run: 2 }).unwrap();
         }
@@ -280,6 +306,7 @@ mod tests {
         assert_eq!(m.epoch(), epoch, "a clean restart keeps the epoch");
         assert_eq!(m.incarnation(), 2, "one incarnation per open");
         assert_eq!(m.dot_lease().unwrap(), 42);
+        assert_eq!(m.layout_history().unwrap().as_deref(), Some(&b"v2"[..]), "the last layout stored");
         let b = Sighting { dir: 7, incarnation: 3, run: 1 };
         assert_eq!(
             (m.peer_seen("b").unwrap(), m.peer_seen("c").unwrap()),

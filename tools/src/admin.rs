@@ -23,6 +23,8 @@ pub enum AdminError {
     /// The server answered with an error status; its JSON body is shown.
     #[error("{status}: {body}")]
     Refused { status: StatusCode, body: String },
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// Where and how to reach a node.
@@ -45,6 +47,27 @@ pub enum ClusterCommand {
         /// Print the raw JSON of `GET /cluster`.
         #[arg(long)]
         json: bool,
+    },
+    /// Make a member hand its partitions to their new owners and drop out.
+    Leave {
+        /// The member's id.
+        id: String,
+        #[command(flatten)]
+        target: NodeAddress,
+        /// Return only once the member holds nothing the cluster needs (its
+        /// process may then be stopped and its directory deleted).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
+    },
+    /// Take a dead member out; its partitions are rebuilt from the other copies.
+    Remove {
+        /// The member's id.
+        id: String,
+        #[command(flatten)]
+        target: NodeAddress,
     },
 }
 
@@ -175,15 +198,21 @@ pub async fn cluster_status(target: &NodeAddress, json: bool) -> Result<String, 
     }
     let partitions = view["partitions"].as_u64().unwrap_or(0).max(1);
     let mut out = format!("seen from {} ({} partitions)\n", view["node"].as_str().unwrap_or("?"), partitions);
+    let layout = &view["layout"];
     out.push_str(&format!(
-        "{:<16} {:<10} {:>6} {:>10} {:>7}  {}\n",
-        "MEMBER", "REACHABLE", "WEIGHT", "PARTITIONS", "SHARE", "CLIENT URL"
+        "layout version {} (reads from {}; versions in force {})\n",
+        layout["version"], layout["read_version"], layout["versions"]
+    ));
+    out.push_str(&format!(
+        "{:<16} {:<8} {:<10} {:>6} {:>10} {:>7}  {}\n",
+        "MEMBER", "STATE", "REACHABLE", "WEIGHT", "PARTITIONS", "SHARE", "CLIENT URL"
     ));
     for m in view["members"].as_array().into_iter().flatten() {
         let held = m["partitions"].as_u64().unwrap_or(0);
         out.push_str(&format!(
-            "{:<16} {:<10} {:>6} {:>10} {:>6.1}%  {}\n",
+            "{:<16} {:<8} {:<10} {:>6} {:>10} {:>6.1}%  {}\n",
             m["id"].as_str().unwrap_or("?"),
+            m["state"].as_str().unwrap_or("?"),
             if m["reachable"].as_bool().unwrap_or(false) { "yes" } else { "NO" },
             m["weight"].as_u64().unwrap_or(0),
             held,
@@ -196,7 +225,57 @@ pub async fn cluster_status(target: &NodeAddress, json: bool) -> Result<String, 
         "read repairs {}, corrupt reads {}, hints queued {}\n",
         stats["read_repairs"], stats["corrupt_reads"], stats["hints"]["queued"]
     ));
+    let ae = &stats["anti_entropy"];
+    out.push_str(&format!(
+        "transfers to this node: {} partitions pending, {} done; anti-entropy bytes {}\n",
+        ae["transfer_pending"], ae["transfer_done"], ae["bytes"]
+    ));
     Ok(out)
+}
+
+async fn cluster_view(client: &reqwest::Client, url: &str) -> Result<Value, AdminError> {
+    let response =
+        refuse_errors(client.get(format!("{}/cluster", url.trim_end_matches('/'))).send().await?).await?;
+    Ok(serde_json::from_slice(&response.bytes().await?)?)
+}
+
+/// `cluster leave|remove`: posts the change to `target`; with `wait`, polls
+/// the leaving member itself until it says it is drained.
+pub async fn change_member(
+    target: &NodeAddress,
+    id: &str,
+    action: &str,
+    wait: Option<Duration>,
+) -> Result<String, AdminError> {
+    let client = client(target)?;
+    let before = cluster_view(&client, &target.url).await?;
+    let leaving_url = before["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["id"].as_str() == Some(id))
+        .and_then(|m| m["client_url"].as_str())
+        .map(str::to_string);
+    let encoded = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+    let url = format!("{}/cluster/members/{encoded}/{action}", target.url.trim_end_matches('/'));
+    let response = refuse_errors(client.post(url).send().await?).await?;
+    let answer: Value = serde_json::from_slice(&response.bytes().await?)?;
+    let version = answer["layout_version"].as_u64().unwrap_or(0);
+    let mut out = format!("{id}: {action} committed in layout version {version}\n");
+    let (Some(patience), Some(leaving_url)) = (wait, leaving_url) else { return Ok(out) };
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Ok(view) = cluster_view(&client, &leaving_url).await {
+            if view["drained"].as_bool() == Some(true) {
+                out.push_str(&format!("{id} holds nothing the cluster needs: it may be stopped now\n"));
+                return Ok(out);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AdminError::Timeout(format!("{id} still holds data after {} s", patience.as_secs())));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// `health`: the node at `target` answers `/health/live` (the container

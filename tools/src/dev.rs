@@ -69,31 +69,26 @@ pub fn init(
     let cluster_path = dir.join("cluster.json");
     if cluster_path.exists() {
         let existing = ClusterFile::load(&cluster_path)?;
-        if existing.nodes.len() != nodes {
+        if existing.nodes.len() > nodes {
             tracing::warn!(
                 existing = existing.nodes.len(),
                 requested = nodes,
-                "reusing the existing cluster in {}",
+                "reusing the existing cluster in {} (shrink it with `quorumkv cluster leave`)",
                 dir.display()
             );
         }
-        return Ok(existing);
+        if existing.nodes.len() >= nodes {
+            return Ok(existing);
+        }
+        return grow(&dir, existing, nodes, first_port);
     }
     let certs_dir = dir.join("certs");
     let ca = Ca::load_or_create(&dir)?;
     let admin = ca.issue(&certs_dir, "admin", &["localhost".to_string(), "127.0.0.1".to_string()])?;
     let ids: Vec<String> = (1..=nodes).map(|i| format!("node{i}")).collect();
     let port = |i: usize, offset: u16| first_port.saturating_add(offset).saturating_add(i as u16);
-    let members: Vec<MemberConfig> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| MemberConfig {
-            id: id.clone(),
-            client_url: format!("https://127.0.0.1:{}", port(i, 0)),
-            peer_url: format!("https://127.0.0.1:{}", port(i, 1000)),
-            weight: 1,
-        })
-        .collect();
+    let members: Vec<MemberConfig> =
+        ids.iter().enumerate().map(|(i, id)| local_member(id, port(i, 0), port(i, 1000))).collect();
     let mut cluster_nodes = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let node_certs = ca.issue(&certs_dir, id, &default_sans(id, &[]))?;
@@ -106,6 +101,10 @@ pub fn init(
             data_dir: data_dir.clone(),
             tls: TlsConfig { ca: dir.join("ca.pem"), cert: node_certs.cert, key: node_certs.key },
             members: members.clone(),
+            cluster: "quorumkv".into(),
+            seeds: Vec::new(),
+            auto_join: true,
+            gossip_interval_ms: 1000,
             partitions: 1024,
             max_n: 3.min(nodes),
             defaults: dev_defaults(nodes),
@@ -140,6 +139,68 @@ pub fn init(
         .map_err(|source| DevError::Json { path: cluster_path.clone(), source })?;
     std::fs::write(&cluster_path, json).map_err(io(&cluster_path))?;
     Ok(file)
+}
+
+/// A member on 127.0.0.1 with these client and peer ports.
+fn local_member(id: &str, client: u16, peer: u16) -> MemberConfig {
+    MemberConfig {
+        id: id.to_string(),
+        client_url: format!("https://127.0.0.1:{client}"),
+        peer_url: format!("https://127.0.0.1:{peer}"),
+        weight: 1,
+    }
+}
+
+/// Adds nodes `existing + 1 ..= nodes` to the cluster of `existing`: their
+/// certificates, and configs that list only themselves and the existing
+/// nodes as seeds, so starting them (`quorumkv serve --config`) is the
+/// whole scale-up: they join by themselves.
+fn grow(
+    dir: &Path,
+    mut existing: ClusterFile,
+    nodes: usize,
+    first_port: u16,
+) -> Result<ClusterFile, DevError> {
+    let template = match existing.nodes.first() {
+        Some(first) => Config::from_file(&first.config)?,
+        None => return Ok(existing),
+    };
+    let ca = Ca::load_or_create(dir)?;
+    let certs_dir = dir.join("certs");
+    let seeds: Vec<String> = existing.nodes.iter().map(|n| n.peer_url.clone()).collect();
+    let port = |i: usize, offset: u16| first_port.saturating_add(offset).saturating_add(i as u16);
+    for i in existing.nodes.len()..nodes {
+        let id = format!("node{}", i + 1);
+        let node_certs = ca.issue(&certs_dir, &id, &default_sans(&id, &[]))?;
+        let data_dir = dir.join(&id).join("data");
+        std::fs::create_dir_all(&data_dir).map_err(io(&data_dir))?;
+        let me = local_member(&id, port(i, 0), port(i, 1000));
+        let config = Config {
+            node_id: id.clone(),
+            client_listen: ([127, 0, 0, 1], port(i, 0)).into(),
+            peer_listen: ([127, 0, 0, 1], port(i, 1000)).into(),
+            data_dir: data_dir.clone(),
+            tls: TlsConfig { ca: dir.join("ca.pem"), cert: node_certs.cert, key: node_certs.key },
+            members: vec![me.clone()],
+            seeds: seeds.clone(),
+            ..template.clone()
+        };
+        config.validate()?;
+        let config_path = dir.join(format!("{id}.toml"));
+        std::fs::write(&config_path, config.to_toml()).map_err(io(&config_path))?;
+        existing.nodes.push(ClusterNode {
+            id,
+            client_url: me.client_url,
+            peer_url: me.peer_url,
+            config: config_path,
+            data_dir,
+        });
+    }
+    let cluster_path = dir.join("cluster.json");
+    let json = serde_json::to_string_pretty(&existing)
+        .map_err(|source| DevError::Json { path: cluster_path.clone(), source })?;
+    std::fs::write(&cluster_path, json).map_err(io(&cluster_path))?;
+    Ok(existing)
 }
 
 /// Defaults that work on a cluster smaller than three nodes too.

@@ -128,6 +128,14 @@ async fn run() -> anyhow::Result<()> {
         Command::Cluster(ClusterCommand::Status { target, json }) => {
             let _ = write!(std::io::stdout(), "{}", admin::cluster_status(&target, json).await?);
         }
+        Command::Cluster(ClusterCommand::Leave { id, target, wait, timeout_secs }) => {
+            let wait = wait.then(|| std::time::Duration::from_secs(timeout_secs));
+            let _ = write!(std::io::stdout(), "{}", admin::change_member(&target, &id, "leave", wait).await?);
+        }
+        Command::Cluster(ClusterCommand::Remove { id, target }) => {
+            let _ =
+                write!(std::io::stdout(), "{}", admin::change_member(&target, &id, "remove", None).await?);
+        }
         Command::Get(args) => match admin::get(&args).await? {
             GetOutput::Value(bytes) => {
                 let _ = std::io::stdout().write_all(&bytes);

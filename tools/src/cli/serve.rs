@@ -32,6 +32,8 @@ enum Kind {
     Boolean,
     /// An array of tables, one flag value per entry (`[[members]]`).
     Members,
+    /// An array of strings (`seeds`): space-separated in the variable.
+    List,
 }
 
 /// One config key as a flag.
@@ -63,6 +65,7 @@ impl Flag {
             Kind::Text => arg.value_name(self.key.to_uppercase()),
             Kind::Integer => arg.value_name("N").value_parser(value_parser!(i64)),
             Kind::Boolean => arg.value_name("true|false").value_parser(value_parser!(bool)),
+            Kind::List => arg.value_name("URL").action(ArgAction::Append).value_delimiter(' '),
             Kind::Members => arg
                 .value_name("ID,CLIENT_URL,PEER_URL[,WEIGHT]")
                 .action(ArgAction::Append)
@@ -80,6 +83,10 @@ impl Flag {
             }
             Kind::Integer => m.try_get_one::<i64>(&self.id).map_err(bad)?.map(|v| toml::Value::Integer(*v)),
             Kind::Boolean => m.try_get_one::<bool>(&self.id).map_err(bad)?.map(|v| toml::Value::Boolean(*v)),
+            Kind::List => m
+                .try_get_many::<String>(&self.id)
+                .map_err(bad)?
+                .map(|v| toml::Value::Array(v.map(|s| toml::Value::String(s.clone())).collect())),
             Kind::Members => match m.try_get_many::<MemberConfig>(&self.id).map_err(bad)? {
                 None => None,
                 Some(members) => Some(toml::Value::Array(
@@ -129,6 +136,7 @@ fn flags_of(text: &str) -> Vec<Flag> {
             let kind = match value {
                 Some(toml::Value::Integer(_)) => Kind::Integer,
                 Some(toml::Value::Boolean(_)) => Kind::Boolean,
+                Some(toml::Value::Array(_)) => Kind::List,
                 _ => Kind::Text,
             };
             let id = match &section {

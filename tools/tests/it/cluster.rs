@@ -67,6 +67,18 @@ pub fn free_port() -> u16 {
     panic!("no free port in 20000..31000");
 }
 
+/// A first port for a `dev` cluster of `nodes`: it and the next `nodes - 1`
+/// are free, and so are the same `+1000` (the peer ports).
+pub fn free_ports(nodes: u16) -> u16 {
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    loop {
+        let port = free_port();
+        if (0..nodes).all(|i| free(port + i) && free(port + 1000 + i)) {
+            return port;
+        }
+    }
+}
+
 /// Listeners on ports below Linux's ephemeral range (32768+): a stopped
 /// node's port must still be free when it restarts, and an outgoing
 /// connection of any concurrent test could otherwise take it meanwhile.
@@ -128,6 +140,10 @@ impl TestCluster {
                 data_dir: dir.path().join(&id),
                 tls: TlsConfig { ca: dir.path().join("ca.pem"), cert: node_certs.cert, key: node_certs.key },
                 members: members.clone(),
+                cluster: "quorumkv".into(),
+                seeds: Vec::new(),
+                auto_join: true,
+                gossip_interval_ms: 1000,
                 partitions: 64,
                 max_n: n,
                 defaults: Defaults { n, r: (n / 2 + 1).min(2), w: (n / 2 + 1).min(2), ..Defaults::default() },
@@ -373,6 +389,62 @@ impl TestCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("node {viewer} never saw {peer} reachable={want}");
+    }
+
+    /// Starts one more node that knows only its own address and a seed
+    /// (node `seed`'s peer URL), as a user grows a cluster; returns its
+    /// index. Its id is `node{index + 1}`.
+    pub async fn add_node(&mut self, seed: usize) -> usize {
+        let i = self.nodes.len();
+        let config = self.joiner_config(i, seed);
+        let l = bind_below_ephemeral();
+        let mut config = config;
+        config.client_listen = l.client.local_addr().unwrap();
+        config.peer_listen = l.peer.local_addr().unwrap();
+        config.members[0].client_url = format!("https://{}", config.client_listen);
+        config.members[0].peer_url = format!("https://{}", config.peer_listen);
+        let node = Node::start_with(config.clone(), l).await.expect("the new node starts and joins");
+        self.configs.push(config);
+        self.nodes.push(Some(node));
+        i
+    }
+
+    /// The config of a node `node{i + 1}` that joins through node `seed`
+    /// (listen addresses still node `seed`'s: set them before use).
+    pub fn joiner_config(&self, i: usize, seed: usize) -> Config {
+        let id = format!("node{}", i + 1);
+        let ca = Ca::load_or_create(self.dir.path()).expect("ca");
+        let certs = ca.issue(&self.dir.path().join("certs"), &id, &default_sans(&id, &[])).expect("cert");
+        let mut config = self.configs[seed].clone();
+        config.node_id = id.clone();
+        config.data_dir = self.dir.path().join(&id);
+        config.tls.cert = certs.cert;
+        config.tls.key = certs.key;
+        config.members =
+            vec![MemberConfig { id, client_url: String::new(), peer_url: String::new(), weight: 1 }];
+        config.seeds = vec![format!("https://{}", self.configs[seed].peer_listen)];
+        config
+    }
+
+    /// Waits (up to `secs`) until every running node reports one layout
+    /// version in force, the same on all of them, and returns it.
+    pub async fn wait_settled(&self, secs: u64) -> u64 {
+        let mut last = Vec::new();
+        for _ in 0..secs * 5 {
+            last.clear();
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.is_some() {
+                    let view = self.cluster_view(i).await;
+                    last.push(view["layout"]["versions"].clone());
+                }
+            }
+            let one = last.first().and_then(|v| v.as_array()).is_some_and(|v| v.len() == 1);
+            if one && last.iter().all(|v| *v == last[0]) {
+                return last[0][0].as_u64().expect("version");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the layout did not settle in {secs} s: {last:?}");
     }
 
     pub async fn shutdown(mut self) {

@@ -429,7 +429,7 @@ async fn a_write_returns_a_context_only_when_it_is_all_a_reader_sees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_lists_the_background_workers_and_shutdown_waits_for_them() {
     let mut c = TestCluster::start(2).await;
-    let expected = ["anti_entropy", "detector", "gc", "handoff", "lease"];
+    let expected = ["anti_entropy", "detector", "gc", "gossip", "handoff", "lease", "transfer"];
     let mut workers = Vec::new();
     for _ in 0..100 {
         let v = c.cluster_view(0).await;

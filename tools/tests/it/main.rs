@@ -12,6 +12,7 @@ mod faults;
 mod guards;
 mod input;
 mod kv;
+mod membership;
 mod netcut;
 mod observe;
 mod process;

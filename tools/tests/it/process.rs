@@ -167,13 +167,7 @@ async fn dw_makes_every_replica_sync_its_wal() {
         panic!("strace is missing: scripts/setup.sh installs it");
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut port = free_port();
-    while (0..3).any(|i| {
-        std::net::TcpListener::bind(("127.0.0.1", port + i)).is_err()
-            || std::net::TcpListener::bind(("127.0.0.1", port + 1000 + i)).is_err()
-    }) {
-        port = free_port();
-    }
+    let port = crate::cluster::free_ports(3);
     // The same cluster twice: 100 writes W=3 without DW, then with DW=3.
     let plain = traced_syncs(&dir.path().join("c"), port, "plain", &[("w", "3")]).await;
     let durable = traced_syncs(&dir.path().join("c"), port, "durable", &[("w", "3"), ("dw", "3")]).await;

@@ -134,8 +134,16 @@ fn every_kind_of_flag_lands_on_its_key() {
         "json",
         "--peer-listen",
         "127.0.0.1:9999",
+        "--seeds",
+        "https://a:9443",
+        "--seeds",
+        "https://b:9443",
+        "--auto-join",
+        "false",
     ]);
     let config = args.to_config().unwrap();
+    assert_eq!(config.seeds, ["https://a:9443", "https://b:9443"], "a list flag repeats");
+    assert!(!config.auto_join);
     assert_eq!(config.tls.ca, PathBuf::from("/x/ca.pem"));
     assert_eq!(config.tls.cert, PathBuf::from("certs/node1.pem"), "the file's other tls keys stay");
     assert_eq!(config.repair.hint_window_secs, 60);

@@ -1,0 +1,182 @@
+//! Push-pull gossip of the layout history, and this node's own steps in a
+//! layout change. Each round the node sends its history to a few random
+//! members and merges what they answer (their merge of both), so a change
+//! known to one node reaches all of them in O(log n) rounds, with no node
+//! in charge and no coordinator outside the cluster.
+//!
+//! Between rounds the node moves its own tracker marks (see
+//! [`super::history`]): it acknowledges the newest version once every
+//! request it started under an older one is over (`grace`: the longest a
+//! request lives), marks it synced when it has nothing to receive (the
+//! transfer worker marks the others), and acknowledges the read version
+//! after the same grace. The lowest-id reachable member commits the
+//! wishes nobody committed yet (a join that raced another).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Membership;
+use super::history::{Digest, History, Tracker};
+use crate::rpc::client::{PeerClient, routes};
+use crate::rpc::server::Endpoints;
+use crate::worker::{State, Worker};
+
+/// Peers each round talks to.
+pub const FANOUT: usize = 2;
+/// Deadline of one exchange.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The answer to a gossip call: the merged history, or why it was refused.
+pub type LayoutReply = Result<History, String>;
+
+/// Serves `routes::LAYOUT`: merge the caller's history, answer the result.
+pub fn register_endpoints(membership: &Arc<Membership>, endpoints: &mut Endpoints) {
+    let membership = membership.clone();
+    endpoints.add(routes::LAYOUT, move |from, theirs: History| {
+        let membership = membership.clone();
+        async move {
+            let reply: LayoutReply = match membership.merge(&theirs) {
+                Ok(_) => Ok(membership.layout().history().clone()),
+                Err(error) => {
+                    tracing::warn!(peer = %from, %error, "refusing a peer's layout");
+                    Err(error.to_string())
+                }
+            };
+            Ok(reply)
+        }
+    });
+}
+
+/// When this node first saw a version (by digest): the start of its grace.
+#[derive(Default)]
+struct Seen {
+    newest: Option<(Digest, Instant)>,
+    read: Option<(Digest, Instant)>,
+}
+
+fn since(slot: &mut Option<(Digest, Instant)>, digest: Digest) -> Duration {
+    match slot {
+        Some((d, at)) if *d == digest => at.elapsed(),
+        _ => {
+            *slot = Some((digest, Instant::now()));
+            Duration::ZERO
+        }
+    }
+}
+
+/// The `gossip` worker: runs until cancelled.
+pub async fn run(
+    membership: Arc<Membership>,
+    peers: PeerClient,
+    interval: Duration,
+    grace: Duration,
+    worker: Worker,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = Seen::default();
+    loop {
+        worker.set(State::Idle);
+        tokio::select! {
+            () = worker.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        worker.set(State::Busy);
+        if let Err(error) = step(&membership, &mut seen, grace) {
+            tracing::warn!(%error, "cannot store a layout change");
+        }
+        for peer in pick(&membership, FANOUT) {
+            let (membership, peers) = (membership.clone(), peers.clone());
+            worker.spawn(async move { exchange(&membership, &peers, &peer, CALL_TIMEOUT).await });
+        }
+        worker.round_done();
+    }
+}
+
+/// Up to `k` random other members, reachable ones first.
+fn pick(membership: &Membership, k: usize) -> Vec<String> {
+    use rand::seq::SliceRandom;
+    let mut ids = membership.peer_ids();
+    ids.shuffle(&mut rand::rng());
+    ids.sort_by_key(|id| !membership.is_reachable(id));
+    ids.truncate(k);
+    ids
+}
+
+/// One push-pull exchange with `peer`, within `timeout`.
+pub async fn exchange(membership: &Membership, peers: &PeerClient, peer: &str, timeout: Duration) {
+    let mine = membership.layout().history().clone();
+    match peers.call::<_, LayoutReply>(peer, routes::LAYOUT, &mine, timeout).await {
+        Ok(Ok(theirs)) => {
+            if let Err(error) = membership.merge(&theirs) {
+                tracing::warn!(%peer, %error, "refusing a peer's layout");
+            }
+        }
+        Ok(Err(why)) => tracing::warn!(%peer, %why, "peer refused this node's layout"),
+        Err(error) => tracing::debug!(%peer, %error, "gossip call failed"),
+    }
+}
+
+/// A push-pull with every peer at once, before the node serves clients: a
+/// node that was down (or restored, or wiped and started from its config)
+/// must not coordinate with a layout the cluster has moved past.
+pub async fn catch_up(membership: &Membership, peers: &PeerClient, timeout: Duration) {
+    let all = membership.peer_ids();
+    futures::future::join_all(all.iter().map(|p| exchange(membership, peers, p, timeout))).await;
+}
+
+/// Pushes a change this node just made to every member at once (bounded
+/// by `CALL_TIMEOUT`), rather than waiting for rounds: a node that joined
+/// is then recognised by every reachable member before it serves, and a
+/// leave starts moving at once. Gossip covers those not reached.
+pub async fn broadcast(membership: &Membership, peers: &PeerClient) {
+    catch_up(membership, peers, CALL_TIMEOUT).await;
+}
+
+/// This node's own moves (see the module docs).
+fn step(membership: &Membership, seen: &mut Seen, grace: Duration) -> Result<(), super::MembershipError> {
+    let layout = membership.layout();
+    let history = layout.history();
+    let me = membership.self_id().to_string();
+    if history.wanted() != history.current().members && is_committer(membership) {
+        membership.update(History::commit)?;
+    }
+    let layout = membership.layout();
+    let history = layout.history();
+    let newest = history.current().digest();
+    if since(&mut seen.newest, newest) >= grace {
+        membership.update(|h| mark_digest(h, Tracker::Ack, &me, newest))?;
+    }
+    let layout = membership.layout();
+    if layout.incoming(&me).is_empty() && layout.history().all_reached(Tracker::Ack, last(layout.history())) {
+        membership.update(|h| mark_digest(h, Tracker::Sync, &me, newest))?;
+    }
+    let layout = membership.layout();
+    let history = layout.history();
+    let read = history.versions()[history.read_index()].digest();
+    if since(&mut seen.read, read) >= grace {
+        membership.update(|h| mark_digest(h, Tracker::SyncAck, &me, read))?;
+    }
+    Ok(())
+}
+
+fn last(h: &History) -> usize {
+    h.versions().len() - 1
+}
+
+/// Marks `node` on `t` at the version of `digest`, if it is still in force.
+pub fn mark_digest(h: &mut History, t: Tracker, node: &str, digest: Digest) -> bool {
+    match h.versions().iter().position(|v| v.digest() == digest) {
+        Some(index) => h.mark(t, node, index),
+        None => false,
+    }
+}
+
+/// Whether this node commits wishes others have not: the lowest id among
+/// the newest version's members it sees as reachable (itself included).
+fn is_committer(membership: &Membership) -> bool {
+    let layout = membership.layout();
+    let me = membership.self_id();
+    layout.history().current().members.iter().map(|m| m.id.as_str()).find(|id| membership.is_reachable(id))
+        == Some(me)
+}
