@@ -2,7 +2,10 @@
 # The container test: builds the image from the repository's Dockerfile,
 # starts docker-compose.yml's 3-node cluster, and checks it through the ports
 # published on 127.0.0.1: write/read, a node stopped (W=2 still succeeds),
-# SIGTERM drains and exits cleanly within 10 s, the node rejoins.
+# SIGTERM drains and exits cleanly within 10 s, the node rejoins; then,
+# under a write load, the cluster grows to 5 by starting two more containers
+# (nothing else) and shrinks to 4 with `quorumkv cluster leave --wait` and
+# stopping that container, with no failed request and every write readable.
 #
 # The machine has no image registry: the Debian base image is made here with
 # debootstrap and `docker import` (once; reused while it exists), and the
@@ -108,4 +111,50 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 [ "$health" = healthy ] || { echo "node1's health check says $health"; exit 1; }
+echo "== grows 3 -> 5 and shrinks to 4 under load"
+# The load: distinct keys, W=2, through the first three nodes; bounded.
+load() {
+  local i=0 code
+  : >"$work/acked"; : >"$work/failed"
+  while [ ! -e "$work/stop" ] && [ "$i" -lt 4000 ]; do
+    code=$(c -o /dev/null -w '%{http_code}' -X PUT -H 'w: 2' --data-binary "value-$i" \
+      "$(url $((i % 3 + 1)))/keys/scale-$i" 2>/dev/null || true)
+    if [ "$code" = 204 ]; then echo "$i" >>"$work/acked"; else echo "$i $code" >>"$work/failed"; fi
+    i=$((i + 1))
+  done
+}
+load & loadpid=$!
+# members EXPECTED: the layout as node1 sees it has that many members and
+# one version in force (every partition moved).
+settled() {
+  local want=$1
+  for _ in $(seq 1 300); do
+    c "$(url 1)/cluster" 2>/dev/null | python3 -c "
+import json, sys
+v = json.load(sys.stdin)
+sys.exit(0 if len(v['members']) == $want and len(v['layout']['versions']) == 1 else 1)" && return 0
+    sleep 0.5
+  done
+  echo "the layout never settled on $want members:"; c "$(url 1)/cluster"; compose logs --tail 30; return 1
+}
+sleep 2
+start=$(date +%s)
+compose --profile scale up -d --no-build node4 node5 >/dev/null 2>&1 || { compose logs; exit 1; }
+settled 5
+echo "joined: 5 members, partitions moved, in $(( $(date +%s) - start )) s"
+start=$(date +%s)
+compose exec -T node5 quorumkv cluster leave node5 --wait --timeout-secs 150 \
+  || { echo "leave --wait failed"; compose logs --tail 30 node5; exit 1; }
+compose --profile scale stop -t 10 node5 >/dev/null 2>&1
+settled 4
+echo "node5 left and was stopped in $(( $(date +%s) - start )) s"
+sleep 2
+touch "$work/stop"; wait "$loadpid"
+acked=$(wc -l <"$work/acked"); failed=$(wc -l <"$work/failed")
+[ "$failed" = 0 ] || { echo "$failed requests failed during the resize:"; head "$work/failed"; exit 1; }
+while read -r i; do
+  body=$(c -H 'r: 2' "$(url $((i % 3 + 1)))/keys/scale-$i") || { echo "scale-$i unreadable"; exit 1; }
+  [ "$body" = "value-$i" ] || { echo "scale-$i reads '$body'"; exit 1; }
+done <"$work/acked"
+echo "$acked writes during the resize, 0 failed, all readable"
 echo "containers: ok"

@@ -219,6 +219,13 @@ fn default_true() -> bool {
 fn default_weight() -> u32 {
     1
 }
+/// Whether `id` may name a member: not a name the default node
+/// certificates all carry (`localhost`), which would make every node's
+/// certificate look like that member's.
+pub fn usable_member_id(id: &str) -> bool {
+    !id.eq_ignore_ascii_case("localhost")
+}
+
 fn default_cluster() -> String {
     "quorumkv".into()
 }
@@ -288,6 +295,12 @@ impl Config {
             {
                 return bad(format!(
                     "member id {:?} is not a DNS name (letters, digits, '-' and '.'): node certificates name their node by it",
+                    m.id
+                ));
+            }
+            if !crate::config::usable_member_id(&m.id) {
+                return bad(format!(
+                    "member id {:?} is a name every node certificate carries: pick another",
                     m.id
                 ));
             }
@@ -400,6 +413,17 @@ mod tests {
         config.node_id = "ghost".into();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("not one of members"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_member_named_like_every_certificate() {
+        let mut config = Config::from_toml(include_str!("../config/node.example.toml")).unwrap();
+        config.members[1].id = "localhost".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("localhost"), "{err}");
+        config.members[1].id = "node2".into();
+        config.seeds = vec!["http://plain:9443".into()];
+        assert!(config.validate().unwrap_err().to_string().contains("seed"));
     }
 
     #[test]

@@ -222,11 +222,16 @@ impl Handoff {
                 let key = Bytes::copy_from_slice(&hint.key);
                 let request =
                     vec![ReplicateRequest { partition: hint.partition, key, object, sync: true, hint: None }];
-                let mut all = true;
-                for home in layout.homes(hint.partition).iter().filter(|h| **h != me) {
+                // Every other home must hold it durably; with no other home
+                // (this node is the only one) it stays: anti-entropy does not
+                // read hints, so removing it here could lose the write.
+                let others: Vec<String> =
+                    layout.homes(hint.partition).into_iter().filter(|h| *h != me).collect();
+                let mut all = !others.is_empty();
+                for home in &others {
                     let answer: Result<Vec<Result<ReplicateResponse, PeerError>>, _> =
                         self.peers.call(home, routes::REPLICATE, &request, CALL_TIMEOUT).await;
-                    all &= matches!(answer.as_deref(), Ok([Ok(_)]));
+                    all &= matches!(answer.as_deref(), Ok([Ok(r)]) if r.durable);
                 }
                 if all {
                     delivered.push(hint);

@@ -51,6 +51,10 @@ pub enum NodeError {
     Membership(#[from] crate::membership::MembershipError),
     #[error("joining the cluster: {0}")]
     Join(#[from] crate::membership::join::JoinError),
+    #[error(
+        "this node was removed from the cluster (`cluster remove`): its data is stale; wipe its data directory to join again"
+    )]
+    Removed,
     #[error("the data directory belongs to cluster {stored:?}, the config names {configured:?}")]
     OtherCluster { stored: String, configured: String },
 }
@@ -115,7 +119,10 @@ impl Node {
         let storage = Arc::new(storage);
         let local_ip = Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified());
         let history = initial_history(&config, &storage, &peer_client_tls, local_ip).await?;
-        let membership = Arc::new(Membership::new(&config.node_id, history, Some(storage.clone()))?);
+        let me = config.members.iter().find(|m| m.id == config.node_id).cloned().ok_or_else(|| {
+            NodeError::Config(crate::config::ConfigError::Invalid("node_id is not in members".into()))
+        })?;
+        let membership = Arc::new(Membership::new(me, history, Some(storage.clone()))?);
         let workers = Arc::new(Workers::new());
         let replica = Replica::new(storage.clone(), &config.node_id, config.limits, workers.tasks().clone())
             .map_err(|source| NodeError::Storage { path: config.data_dir.display().to_string(), source })?;
@@ -196,6 +203,11 @@ impl Node {
         // do not count.
         membership::gossip::catch_up(state.coordinator.membership(), &detector_peers, Duration::from_secs(2))
             .await;
+        if state.coordinator.membership().removed() {
+            handles[1].shutdown();
+            workers.cancel();
+            return Err(NodeError::Removed);
+        }
         let greeted =
             anti_entropy::recovery::greet_peers(&storage, state.coordinator.membership(), &detector_peers)
                 .await;
@@ -220,8 +232,9 @@ impl Node {
         let (gossip_membership, interval) =
             (membership.clone(), Duration::from_millis(config.gossip_interval_ms));
         // The longest a request started under an older layout can still be
-        // running: its deadline, a forward's margin, and a second to spare.
-        let grace = Duration::from_millis(config.request_timeout_ms) + Duration::from_secs(2);
+        // running: a coordinated write (local write, then its deadline) and a
+        // forwarded one's margin, with room for a slow disk.
+        let grace = Duration::from_millis(config.request_timeout_ms) * 2 + Duration::from_secs(3);
         workers.start("gossip", |w| {
             membership::gossip::run(gossip_membership, gossip_peers, interval, grace, w)
         });

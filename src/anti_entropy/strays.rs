@@ -23,6 +23,10 @@ use crate::rpc::client::routes;
 use crate::rpc::error::PeerError;
 use crate::storage::tree;
 
+fn same_layout(a: &crate::membership::Layout, b: &crate::membership::Layout) -> bool {
+    a.version() == b.version() && a.history().versions().len() == b.history().versions().len()
+}
+
 impl AntiEntropy {
     /// One sweep over every partition; returns how many strays are left
     /// (not yet handed off: a home unreachable or refusing).
@@ -55,6 +59,13 @@ impl AntiEntropy {
                 for (key, object) in page {
                     let targets = &list[..object.replicas(homes).min(list.len())];
                     if self.hand_off_one(p, &key, &object, targets, throttle).await {
+                        // The sweep is long and throttled: a layout change
+                        // meanwhile may make this node a home again, or the
+                        // partition a moving one. Stop; the next sweep, under
+                        // the new layout, decides.
+                        if !same_layout(&layout, &self.membership.layout()) {
+                            return Ok(left + 1);
+                        }
                         let hash = tree::entry_hash(&key, &object);
                         let k = key.clone();
                         if self.blocking(move |s| s.objects().remove_stray_if_unchanged(p, &k, &hash)).await?

@@ -166,19 +166,26 @@ async fn change_member(
     id: &str,
     desire: crate::membership::history::Desire,
 ) -> Result<Response, ApiError> {
+    use crate::membership::history::Desire;
     let membership = state.coordinator.membership();
     let layout = membership.layout();
     if !layout.is_member(id) {
         return Err(ApiError::NotMember(id.to_string()));
     }
+    let leaving = !matches!(desire, crate::membership::history::Desire::Member(_));
     let others = layout.history().wanted().iter().filter(|m| m.id != id).count();
-    if others == 0 {
+    if leaving && others == 0 {
         return Err(ApiError::LayoutRefused("the last member cannot leave".into()));
     }
     let me = membership.self_id().to_string();
     membership
         .update(|h| {
-            if h.wishes().get(id).is_some_and(|w| w.desire == desire) && !h.current().has(id) {
+            let done = if leaving {
+                !h.current().has(id)
+            } else {
+                h.current().members.iter().any(|m| Desire::Member(m.clone()) == desire)
+            };
+            if h.wishes().get(id).is_some_and(|w| w.desire == desire) && done {
                 return false;
             }
             h.wish(&me, id, desire);
@@ -191,4 +198,51 @@ async fn change_member(
     tracing::info!(member = id, version = layout.version(), "membership change committed");
     Ok((StatusCode::ACCEPTED, Json(json!({ "member": id, "layout_version": layout.version() })))
         .into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct WeightBody {
+    weight: u32,
+}
+
+/// `POST /cluster/members/{id}/weight` with `{"weight": W}`: the member's
+/// share of partitions follows (its partitions move as for a join).
+pub async fn weight(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let WeightBody { weight } = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::InvalidBody(format!("expected {{\"weight\": N}}: {e}")))?;
+    if weight == 0 {
+        return Err(ApiError::InvalidBody(
+            "weight must be at least 1 (use leave to take a member out)".into(),
+        ));
+    }
+    let layout = state.coordinator.membership().layout();
+    let Some(member) = layout.history().current().members.iter().find(|m| m.id == id) else {
+        return Err(ApiError::NotMember(id));
+    };
+    let member = crate::config::MemberConfig { weight, ..member.clone() };
+    change_member(&state, &id, crate::membership::history::Desire::Member(member)).await
+}
+
+/// `POST /cluster/members/{id}/join`, sent to node `id` itself (started
+/// with `auto_join = false`): it asks the members to add it.
+pub async fn join(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let membership = state.coordinator.membership();
+    if id != membership.self_id() {
+        return Err(ApiError::LayoutRefused(format!(
+            "this is {}: send the join to the joining node itself",
+            membership.self_id()
+        )));
+    }
+    let version =
+        crate::membership::join::join_now(membership, state.coordinator.peers(), membership.self_member())
+            .await
+            .map_err(|e| ApiError::LayoutRefused(e.to_string()))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "member": id, "layout_version": version }))).into_response())
 }

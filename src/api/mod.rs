@@ -43,6 +43,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/cluster/preference-list/{*key}", get(cluster::preference_list))
         .route("/cluster/members/{id}/leave", axum::routing::post(cluster::leave))
         .route("/cluster/members/{id}/remove", axum::routing::post(cluster::remove))
+        .route("/cluster/members/{id}/weight", axum::routing::post(cluster::weight))
+        .route("/cluster/members/{id}/join", axum::routing::post(cluster::join))
         .route("/health/live", get(cluster::live))
         .route("/health/ready", get(cluster::ready))
         .route("/metrics", get(metrics))

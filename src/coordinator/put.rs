@@ -81,8 +81,11 @@ impl Coordinator {
             }
         }
         // No home took it: this node coordinates as a fallback ("always
-        // writeable" while any node is up).
+        // writeable" while any node is up), with a fresh snapshot: the
+        // forwarding attempts took time, and the grace after which nodes
+        // acknowledge a new layout counts from one request's start.
         let ForwardPut { key, context, value, .. } = forward;
+        let layout = self.membership.layout();
         self.coordinate_put(&layout, key, context, value, c).await
     }
 

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::Membership;
 use super::history::{Digest, History, Tracker};
-use crate::rpc::client::{PeerClient, routes};
+use super::join::{JoinReply, JoinRequest};
+use crate::rpc::client::{PeerClient, RpcError, routes};
 use crate::rpc::server::Endpoints;
 use crate::worker::{State, Worker};
 
@@ -113,6 +114,17 @@ pub async fn exchange(membership: &Membership, peers: &PeerClient, peer: &str, t
             }
         }
         Ok(Err(why)) => tracing::warn!(%peer, %why, "peer refused this node's layout"),
+        // Not a member in the peer's eyes (removed, or left): it may still
+        // read the layout, to learn so.
+        Err(RpcError::Status { status: 403, .. }) => {
+            let me = membership.self_member().clone();
+            let request = JoinRequest { cluster: mine.cluster().to_string(), member: me, join: false };
+            if let Ok(Ok(theirs)) = peers.call::<_, JoinReply>(peer, routes::JOIN, &request, timeout).await {
+                if let Err(error) = membership.merge(&theirs) {
+                    tracing::warn!(%peer, %error, "refusing a peer's layout");
+                }
+            }
+        }
         Err(error) => tracing::debug!(%peer, %error, "gossip call failed"),
     }
 }

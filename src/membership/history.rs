@@ -124,6 +124,10 @@ pub enum MergeError {
     OtherRing { ours: (u32, u32), theirs: String },
     #[error("peer sent a malformed history: {0}")]
     Malformed(&'static str),
+    #[error(
+        "peer's first layout differs from this node's (nodes created from different member lists): refusing to merge"
+    )]
+    OtherGenesis,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,7 +210,7 @@ impl History {
         if self.versions.is_empty() {
             return Err(MergeError::Malformed("no version"));
         }
-        if self.versions.windows(2).any(|w| w[1].number != w[0].number + 1) {
+        if self.versions.windows(2).any(|w| w[0].number.checked_add(1) != Some(w[1].number)) {
             return Err(MergeError::Malformed("version numbers are not consecutive"));
         }
         for v in &self.versions {
@@ -238,6 +242,15 @@ impl History {
             });
         }
         other.validate()?;
+        // Two version 1s are two clusters made from different member lists
+        // (each marked synced by construction): merging would switch
+        // placement with nothing moved.
+        let first = |h: &History| h.versions.first().filter(|v| v.number == 1).map(Version::digest);
+        if let (Some(a), Some(b)) = (first(self), first(other)) {
+            if a != b {
+                return Err(MergeError::OtherGenesis);
+            }
+        }
         let before = self.clone();
         if chain_key(&other.versions) > chain_key(&self.versions) {
             self.versions = other.versions.clone();
@@ -253,7 +266,7 @@ impl History {
     /// Records a wish of `author` about member `id`, stamped after every
     /// wish this node has seen.
     pub fn wish(&mut self, author: &str, id: &str, desire: Desire) {
-        let counter = self.wishes.values().map(|w| w.stamp.counter).max().unwrap_or(0) + 1;
+        let counter = self.wishes.values().map(|w| w.stamp.counter).max().unwrap_or(0).saturating_add(1);
         let stamp = Stamp { counter, author: author.to_string() };
         self.wishes.insert(id.to_string(), Wish { stamp, desire });
     }
@@ -276,7 +289,7 @@ impl History {
         if wanted.is_empty() || wanted == self.current().members {
             return false;
         }
-        let number = self.current().number + 1;
+        let Some(number) = self.current().number.checked_add(1) else { return false };
         self.versions.push(Version { number, members: wanted });
         true
     }
@@ -327,16 +340,23 @@ impl History {
             Tracker::Sync => &mut self.sync,
             Tracker::SyncAck => &mut self.sync_ack,
         };
-        let seq = map.get(node).map_or(0, |m| m.seq) + 1;
+        let seq = map.get(node).map_or(0, |m| m.seq).saturating_add(1);
         map.insert(node.to_string(), Mark { seq, version, digest });
         self.prune();
         true
     }
 
-    /// The version reads go to: the newest that every node has synced
-    /// (index into [`History::versions`]).
+    /// The version reads go to (index into [`History::versions`]): the
+    /// newest once every node has synced it, else the oldest in force.
+    /// Never one in between: a sync mark at the newest also reaches the
+    /// versions before it, but a node marks it having received only what
+    /// the newest makes it a home of, so an intermediate version may never
+    /// have been filled. The oldest always was (it was the read version
+    /// when the ones before it were dropped), and every write still
+    /// reaches it.
     pub fn read_index(&self) -> usize {
-        (0..self.versions.len()).rev().find(|&i| self.all_reached(Tracker::Sync, i)).unwrap_or(0)
+        let newest = self.versions.len() - 1;
+        if self.all_reached(Tracker::Sync, newest) { newest } else { 0 }
     }
 
     /// Drops the oldest versions every node has stopped reading from.

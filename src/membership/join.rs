@@ -66,7 +66,17 @@ fn answer(
     if !req.join {
         return Ok((Ok(membership.layout().history().clone()), false));
     }
-    if !identity.names(&req.member.id) {
+    let m = &req.member;
+    let dns = rustls_pki_types::DnsName::try_from(m.id.as_str()).is_ok()
+        && m.id.parse::<std::net::IpAddr>().is_err();
+    let urls = [&m.client_url, &m.peer_url].iter().all(|u| u.starts_with("https://"));
+    if !dns || !urls || m.weight == 0 {
+        return Ok((
+            Err("the joining member needs a DNS-name id, https:// URLs and a weight >= 1".into()),
+            false,
+        ));
+    }
+    if !crate::config::usable_member_id(&req.member.id) || !identity.names(&req.member.id) {
         return Err(Refusal::forbidden("the client certificate does not name the joining node's id"));
     }
     let me = membership.self_id().to_string();
@@ -119,4 +129,32 @@ pub async fn fetch(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Asks the members of this node's layout, in turn, to add `me` (a node
+/// that started with `auto_join = false`); adopts the answer, returns the
+/// layout version that holds the join.
+pub async fn join_now(
+    membership: &Membership,
+    peers: &PeerClient,
+    me: &MemberConfig,
+) -> Result<u64, JoinError> {
+    let layout = membership.layout();
+    let request =
+        JoinRequest { cluster: layout.history().cluster().to_string(), member: me.clone(), join: true };
+    let mut last = String::from("no member to ask");
+    for member in layout.members().iter().filter(|m| m.id != me.id) {
+        match peers
+            .call_url::<_, JoinReply>(&member.peer_url, routes::JOIN, &request, Duration::from_secs(5))
+            .await
+        {
+            Ok(Ok(history)) => match membership.merge(&history) {
+                Ok(_) => return Ok(membership.layout().version()),
+                Err(error) => last = error.to_string(),
+            },
+            Ok(Err(why)) => return Err(JoinError::Refused { seed: member.id.clone(), why }),
+            Err(error) => last = error.to_string(),
+        }
+    }
+    Err(JoinError::NoSeed { secs: 0, last })
 }

@@ -43,6 +43,8 @@ pub enum MembershipError {
 
 pub struct Membership {
     self_id: String,
+    /// This node as its config describes it (what it joins as).
+    me: crate::config::MemberConfig,
     layout: RwLock<Arc<Layout>>,
     /// Serialises changes: read, change, persist, then publish.
     changing: Mutex<()>,
@@ -87,7 +89,7 @@ impl PeerHealth {
 impl Membership {
     /// This node's membership, from the history it stored or was given.
     pub fn new(
-        self_id: &str,
+        me: crate::config::MemberConfig,
         history: History,
         storage: Option<Arc<Storage>>,
     ) -> Result<Membership, MembershipError> {
@@ -97,7 +99,8 @@ impl Membership {
         }
         let (changes, _) = tokio::sync::watch::channel(0);
         let m = Membership {
-            self_id: self_id.to_string(),
+            self_id: me.id.clone(),
+            me,
             layout: RwLock::new(layout.clone()),
             changing: Mutex::new(()),
             storage,
@@ -171,6 +174,16 @@ impl Membership {
         }
     }
 
+    /// Whether the cluster removed this node as dead (it must not serve:
+    /// its copy and its layout are both behind).
+    pub fn removed(&self) -> bool {
+        self.layout()
+            .history()
+            .wishes()
+            .get(&self.self_id)
+            .is_some_and(|w| w.desire == history::Desire::Removed)
+    }
+
     /// A receiver that sees every change.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
@@ -218,6 +231,11 @@ impl Membership {
         &self.self_id
     }
 
+    /// This node's own entry, as configured.
+    pub fn self_member(&self) -> &crate::config::MemberConfig {
+        &self.me
+    }
+
     /// The current layout: take it once per request or round and ask it
     /// everything about placement, so one operation sees one layout.
     pub fn layout(&self) -> Arc<Layout> {
@@ -260,10 +278,15 @@ pub fn encode(history: &History) -> Vec<u8> {
 impl Roster for Membership {
     /// Every member of a version in force, and the members leaving: one
     /// that is out of every version still hands its last copies over.
+    /// A member removed as dead is not one any more, even while an older
+    /// version still names it: if it comes back, it is refused.
     fn member_ids(&self) -> Vec<String> {
         let layout = self.layout();
-        let mut ids: Vec<String> = layout.members().iter().map(|m| m.id.clone()).collect();
-        for (id, wish) in layout.history().wishes() {
+        let wishes = layout.history().wishes();
+        let removed = |id: &str| wishes.get(id).is_some_and(|w| w.desire == history::Desire::Removed);
+        let mut ids: Vec<String> =
+            layout.members().iter().filter(|m| !removed(&m.id)).map(|m| m.id.clone()).collect();
+        for (id, wish) in wishes {
             if wish.desire == history::Desire::Leaving && !layout.is_member(id) {
                 ids.push(id.clone());
             }

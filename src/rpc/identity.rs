@@ -36,17 +36,20 @@ pub enum Caller {
     Operator,
 }
 
-/// Which member a client certificate names, if any.
+/// Which member a client certificate names, if any. A certificate valid
+/// for more than one member id (a shared SAN such as `localhost`, or a
+/// wildcard) names none of them: it cannot be told apart.
 pub fn classify(certs: Option<&[CertificateDer<'_>]>, members: &[String]) -> Caller {
     let Some(leaf) = certs.and_then(|c| c.first()) else { return Caller::Operator };
     let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else { return Caller::Operator };
-    members
-        .iter()
-        .find(|id| {
-            DnsName::try_from(id.as_str())
-                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&ServerName::DnsName(name)).is_ok())
-        })
-        .map_or(Caller::Operator, |id| Caller::Node(id.clone()))
+    let mut named = members.iter().filter(|id| {
+        DnsName::try_from(id.as_str())
+            .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&ServerName::DnsName(name)).is_ok())
+    });
+    match (named.next(), named.next()) {
+        (Some(id), None) => Caller::Node(id.clone()),
+        _ => Caller::Operator,
+    }
 }
 
 /// Who the members are right now: `membership` implements it, so a node
@@ -78,10 +81,15 @@ impl Identity {
         caller
     }
 
-    /// Whether the certificate names `id` (a joining node proves its id so).
+    /// Whether the certificate names `id` and no other member (a joining
+    /// node proves its id so).
     pub fn names(&self, id: &str) -> bool {
         let Some(cert) = &self.cert else { return false };
-        classify(Some(std::slice::from_ref(cert)), &[id.to_string()]) == Caller::Node(id.to_string())
+        let mut ids = self.roster.member_ids();
+        if !ids.iter().any(|m| m == id) {
+            ids.push(id.to_string());
+        }
+        classify(Some(std::slice::from_ref(cert)), &ids) == Caller::Node(id.to_string())
     }
 }
 

@@ -69,6 +69,22 @@ pub enum ClusterCommand {
         #[command(flatten)]
         target: NodeAddress,
     },
+    /// Change a member's weight online; its share of partitions follows.
+    Weight {
+        /// The member's id.
+        id: String,
+        /// The new weight (relative capacity, at least 1).
+        weight: u32,
+        #[command(flatten)]
+        target: NodeAddress,
+    },
+    /// Add a node started with `auto_join = false` (`--url` must be that node's).
+    Join {
+        /// The joining node's id.
+        id: String,
+        #[command(flatten)]
+        target: NodeAddress,
+    },
 }
 
 /// The consistency knobs, sent as headers when given.
@@ -245,6 +261,7 @@ pub async fn change_member(
     target: &NodeAddress,
     id: &str,
     action: &str,
+    body: Option<Value>,
     wait: Option<Duration>,
 ) -> Result<String, AdminError> {
     let client = client(target)?;
@@ -258,7 +275,11 @@ pub async fn change_member(
         .map(str::to_string);
     let encoded = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
     let url = format!("{}/cluster/members/{encoded}/{action}", target.url.trim_end_matches('/'));
-    let response = refuse_errors(client.post(url).send().await?).await?;
+    let mut request = client.post(url);
+    if let Some(body) = body {
+        request = request.header("content-type", "application/json").body(body.to_string());
+    }
+    let response = refuse_errors(request.send().await?).await?;
     let answer: Value = serde_json::from_slice(&response.bytes().await?)?;
     let version = answer["layout_version"].as_u64().unwrap_or(0);
     let mut out = format!("{id}: {action} committed in layout version {version}\n");

@@ -130,11 +130,24 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Cluster(ClusterCommand::Leave { id, target, wait, timeout_secs }) => {
             let wait = wait.then(|| std::time::Duration::from_secs(timeout_secs));
-            let _ = write!(std::io::stdout(), "{}", admin::change_member(&target, &id, "leave", wait).await?);
+            let _ = write!(
+                std::io::stdout(),
+                "{}",
+                admin::change_member(&target, &id, "leave", None, wait).await?
+            );
         }
         Command::Cluster(ClusterCommand::Remove { id, target }) => {
-            let _ =
-                write!(std::io::stdout(), "{}", admin::change_member(&target, &id, "remove", None).await?);
+            let out = admin::change_member(&target, &id, "remove", None, None).await?;
+            let _ = write!(std::io::stdout(), "{out}");
+        }
+        Command::Cluster(ClusterCommand::Weight { id, weight, target }) => {
+            let body = serde_json::json!({ "weight": weight });
+            let out = admin::change_member(&target, &id, "weight", Some(body), None).await?;
+            let _ = write!(std::io::stdout(), "{out}");
+        }
+        Command::Cluster(ClusterCommand::Join { id, target }) => {
+            let out = admin::change_member(&target, &id, "join", None, None).await?;
+            let _ = write!(std::io::stdout(), "{out}");
         }
         Command::Get(args) => match admin::get(&args).await? {
             GetOutput::Value(bytes) => {

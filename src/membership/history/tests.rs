@@ -124,6 +124,39 @@ fn concurrent_commits_of_one_number_converge_and_a_losers_mark_does_not_count() 
 }
 
 #[test]
+fn reads_never_move_to_an_intermediate_version_a_later_mark_reaches() {
+    // d joins (v2), a, b and c sync v2 at once while d is still pulling;
+    // then d leaves (v3). d homes nothing in v3, so it marks v3 synced at
+    // once: that mark also reaches v2, which d never finished filling.
+    let mut h = start(&["a", "b", "c"]);
+    h.wish("d", "d", Desire::Member(member("d")));
+    h.commit();
+    for id in ["a", "b", "c"] {
+        h.mark(Tracker::Ack, id, 1);
+        h.mark(Tracker::Sync, id, 1);
+    }
+    h.wish("a", "d", Desire::Leaving);
+    h.commit();
+    for id in ["a", "b", "c", "d"] {
+        h.mark(Tracker::Ack, id, 2);
+    }
+    h.mark(Tracker::Sync, "d", 2);
+    assert!(h.all_reached(Tracker::Sync, 1), "every mark reaches v2 now");
+    assert_eq!(h.read_index(), 0, "reads stay on v1, the version that was filled");
+    for id in ["a", "b", "c"] {
+        h.mark(Tracker::Sync, id, 2);
+    }
+    assert_eq!(h.read_index(), 2, "v3 once every node synced it");
+}
+
+#[test]
+fn histories_created_from_different_member_lists_refuse_each_other() {
+    let mut h = start(&["a", "b", "c"]);
+    let other = start(&["a", "b", "d"]);
+    assert_eq!(h.merge(&other), Err(MergeError::OtherGenesis));
+}
+
+#[test]
 fn a_history_from_another_cluster_or_ring_is_refused() {
     let mut h = start(&["a"]);
     let other = History::initial("other", 64, 3, &[member("a")]);

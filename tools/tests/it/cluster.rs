@@ -395,10 +395,15 @@ impl TestCluster {
     /// (node `seed`'s peer URL), as a user grows a cluster; returns its
     /// index. Its id is `node{index + 1}`.
     pub async fn add_node(&mut self, seed: usize) -> usize {
+        self.add_node_with(seed, |_| {}).await
+    }
+
+    /// [`TestCluster::add_node`] with `tweak` applied to its config.
+    pub async fn add_node_with(&mut self, seed: usize, tweak: impl FnOnce(&mut Config)) -> usize {
         let i = self.nodes.len();
-        let config = self.joiner_config(i, seed);
+        let mut config = self.joiner_config(i, seed);
+        tweak(&mut config);
         let l = bind_below_ephemeral();
-        let mut config = config;
         config.client_listen = l.client.local_addr().unwrap();
         config.peer_listen = l.peer.local_addr().unwrap();
         config.members[0].client_url = format!("https://{}", config.client_listen);

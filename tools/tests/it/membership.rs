@@ -333,5 +333,57 @@ async fn a_member_that_dies_while_leaving_is_removed_and_its_partitions_rebuilt(
         view["members"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["node2", "node3", "node4"]);
     assert_padded_present(&c, fourth, &keys).await;
+    // Back from the dead with its old directory: it must not serve.
+    let err = Node::start(c.configs[0].clone()).await.err().expect("a removed node refuses to start");
+    assert!(err.to_string().contains("removed"), "{err}");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_auto_join_waits_for_cluster_join_and_a_weight_change_moves_its_share() {
+    let mut c = TestCluster::start_with(fast()).await;
+    let mut keys = Vec::new();
+    for i in 0..80 {
+        let key = format!("k-{i}");
+        assert_eq!(c.put(i % 3, &key, format!("v-{key}"), &[]).await.status(), 204);
+        keys.push(key);
+    }
+    let fourth = c.add_node_with(0, |config| config.auto_join = false).await;
+    let view = c.cluster_view(fourth).await;
+    assert_eq!(view["members"].as_array().unwrap().len(), 3, "it waits: {}", view["layout"]);
+    assert_eq!(view["layout"]["version"], 1);
+    // A join sent to another node is refused: only the node itself knows its addresses.
+    let r = c.client.post(c.url(0, "/cluster/members/node4/join")).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    let r = c.client.post(c.url(fourth, "/cluster/members/node4/join")).send().await.unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    c.wait_settled(90).await;
+    let share = |v: &serde_json::Value| {
+        v["members"].as_array().unwrap().iter().find(|m| m["id"] == "node4").unwrap()["partitions"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = share(&c.cluster_view(1).await);
+    assert!(before > 0);
+    let r = c
+        .client
+        .post(c.url(1, "/cluster/members/node4/weight"))
+        .body(r#"{"weight": 3}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let r = c
+        .client
+        .post(c.url(1, "/cluster/members/node4/weight"))
+        .body(r#"{"weight": 0}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    c.wait_settled(90).await;
+    let after = share(&c.cluster_view(1).await);
+    assert!(after > before, "weight 3 holds more than weight 1: {before} -> {after}");
+    assert_all_present(&c, fourth, &keys).await;
     c.shutdown().await;
 }
