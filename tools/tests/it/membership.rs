@@ -117,6 +117,8 @@ async fn a_node_joins_with_a_seed_under_load_then_one_leaves_and_nothing_is_lost
     assert!(drained, "node1 never drained: {}", c.cluster_view(0).await);
     let mut c = Arc::into_inner(c).expect("the writer is done");
     c.stop(0).await;
+    // node1 saw the move finish; the others learn it by gossip.
+    c.wait_settled(60).await;
     let view = c.cluster_view(1).await;
     assert!(view["layout"]["left"].as_array().unwrap().iter().any(|id| id == "node1"), "{}", view["layout"]);
     assert_eq!(view["members"].as_array().unwrap().len(), 3);
