@@ -163,6 +163,7 @@ impl Node {
         anti_entropy::metrics::register(&anti_entropy.stats, &mut registry);
         crate::storage::metrics::register(&storage, peer_ids, &mut registry);
         let mut endpoints = Endpoints::new();
+        endpoints.watch_layout(coordinator.membership().clone());
         coordinator.replica().register_endpoints(&mut endpoints);
         coordinator.register_endpoints(&mut endpoints);
         anti_entropy::register_endpoints(coordinator.replica(), &mut endpoints);

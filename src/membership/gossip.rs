@@ -2,7 +2,9 @@
 //! layout change. Each round the node sends its history to a few random
 //! members and merges what they answer (their merge of both), so a change
 //! known to one node reaches all of them in O(log n) rounds, with no node
-//! in charge and no coordinator outside the cluster.
+//! in charge and no coordinator outside the cluster. Every peer call also
+//! carries the caller's history digest (`rpc::client::LAYOUT_HEADER`); a
+//! node that receives one unlike its own exchanges with the caller at once.
 //!
 //! Between rounds the node moves its own tracker marks (see
 //! [`super::history`]): it acknowledges the newest version once every
@@ -24,6 +26,8 @@ use crate::worker::{State, Worker};
 
 /// Peers each round talks to.
 pub const FANOUT: usize = 2;
+/// Shortest pause between two prompted exchanges with one peer.
+const PROMPT_MIN: Duration = Duration::from_millis(250);
 /// Deadline of one exchange.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -76,11 +80,25 @@ pub async fn run(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = Seen::default();
+    let mut last_pushed: std::collections::HashMap<String, Instant> = Default::default();
     loop {
         worker.set(State::Idle);
         tokio::select! {
             () = worker.cancelled() => return,
             _ = tick.tick() => {}
+            differing = membership.differing_peers() => {
+                // A peer's call carried another digest: exchange with it now
+                // (at most once per peer every `PROMPT_MIN`).
+                for peer in differing {
+                    if last_pushed.get(&peer).is_some_and(|at| at.elapsed() < PROMPT_MIN) {
+                        continue;
+                    }
+                    last_pushed.insert(peer.clone(), Instant::now());
+                    let (membership, peers) = (membership.clone(), peers.clone());
+                    worker.spawn(async move { exchange(&membership, &peers, &peer, CALL_TIMEOUT).await });
+                }
+                continue;
+            }
         }
         worker.set(State::Busy);
         if let Err(error) = step(&membership, &mut seen, grace) {

@@ -40,6 +40,8 @@ pub struct Layout {
     read: usize,
     /// Every member of any version, sorted by id.
     all: Vec<MemberConfig>,
+    /// The history's digest in hex: what every peer call carries.
+    tag: String,
 }
 
 impl Layout {
@@ -86,11 +88,17 @@ impl Layout {
         }
         all.sort();
         let read = history.read_index();
-        Ok(Layout { history, placed, read, all })
+        let tag = history.digest().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Layout { history, placed, read, all, tag })
     }
 
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    /// The history's digest, hex.
+    pub fn tag(&self) -> &str {
+        &self.tag
     }
 
     fn newest(&self) -> &Placed {

@@ -55,6 +55,10 @@ pub struct Membership {
     started: Instant,
     /// Bumped on every change, so workers can wake up on one.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Peers whose last call carried a layout digest unlike this node's:
+    /// the gossip worker exchanges with them at once.
+    behind: Mutex<std::collections::BTreeSet<String>>,
+    heard: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Membership {
@@ -107,6 +111,8 @@ impl Membership {
             peers: RwLock::new(HashMap::new()),
             started: Instant::now(),
             changes,
+            behind: Mutex::default(),
+            heard: tokio::sync::Notify::new(),
         };
         m.track_peers(&layout);
         Ok(m)
@@ -182,6 +188,22 @@ impl Membership {
             .wishes()
             .get(&self.self_id)
             .is_some_and(|w| w.desire == history::Desire::Removed)
+    }
+
+    /// Waits until some peer's call carried another layout digest, and
+    /// returns those peers.
+    pub async fn differing_peers(&self) -> Vec<String> {
+        loop {
+            let notified = self.heard.notified();
+            let peers: Vec<String> =
+                std::mem::take(&mut *self.behind.lock().unwrap_or_else(|e| e.into_inner()))
+                    .into_iter()
+                    .collect();
+            if !peers.is_empty() {
+                return peers;
+            }
+            notified.await;
+        }
     }
 
     /// A receiver that sees every change.
@@ -275,6 +297,15 @@ pub fn encode(history: &History) -> Vec<u8> {
     postcard::to_stdvec(history).unwrap_or_default()
 }
 
+impl crate::rpc::server::LayoutWatch for Membership {
+    fn heard(&self, peer: &str, tag: &[u8]) {
+        if tag != self.layout().tag().as_bytes() {
+            self.behind.lock().unwrap_or_else(|e| e.into_inner()).insert(peer.to_string());
+            self.heard.notify_one();
+        }
+    }
+}
+
 impl Roster for Membership {
     /// Every member of a version in force, and the members leaving: one
     /// that is out of every version still hands its last copies over.
@@ -302,6 +333,10 @@ impl Reachability for Membership {
 
     fn observe(&self, peer: &str, reached: bool, started_ms: u64) {
         Membership::observe(self, peer, reached, started_ms)
+    }
+
+    fn layout_tag(&self) -> Option<String> {
+        Some(self.layout().tag().to_string())
     }
 
     fn url_of(&self, peer: &str) -> Option<String> {

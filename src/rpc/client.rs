@@ -60,7 +60,15 @@ pub trait Reachability: Send + Sync + 'static {
     fn observe(&self, peer: &str, reached: bool, started_ms: u64);
     /// The peer-port base URL of member `peer` in the current layout.
     fn url_of(&self, peer: &str) -> Option<String>;
+    /// This node's layout digest, sent with every call ([`LAYOUT_HEADER`])
+    /// so a peer that holds another layout exchanges with this node.
+    fn layout_tag(&self) -> Option<String> {
+        None
+    }
 }
+
+/// The header carrying the caller's layout digest on every peer call.
+pub const LAYOUT_HEADER: &str = "quorumkv-layout";
 
 #[derive(Clone)]
 pub struct PeerClient {
@@ -173,12 +181,14 @@ impl PeerClient {
                 reason: "cut by fault injection".into(),
             });
         }
-        let send = self
+        let mut send = self
             .http
             .post(format!("{}{route}", base.trim_end_matches('/')))
-            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(codec::encode(request))
-            .send();
+            .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE);
+        if let Some(tag) = self.reachability.layout_tag() {
+            send = send.header(LAYOUT_HEADER, tag);
+        }
+        let send = send.body(codec::encode(request)).send();
         let work = async {
             let response = send.await.map_err(|e| {
                 let (peer, reason) = (peer.to_string(), error_chain(&e));

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Extension};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Serialize;
@@ -69,8 +69,15 @@ impl IntoResponse for Refusal {
 }
 
 /// The RPC routes of the peer port, filled by the subsystems at start.
+/// Told of the layout digest every member's call carries (`membership`
+/// implements it: a digest unlike its own means one of the two is behind).
+pub trait LayoutWatch: Send + Sync + 'static {
+    fn heard(&self, peer: &str, tag: &[u8]);
+}
+
 pub struct Endpoints {
     router: Router,
+    watch: Option<Arc<dyn LayoutWatch>>,
     /// Routes any CA-signed certificate may call (a joining node's).
     open: Router,
 }
@@ -86,7 +93,13 @@ impl Endpoints {
     /// another wire format still counts as reachable.
     pub fn new() -> Endpoints {
         let ping = || async { reply(&()) };
-        Endpoints { router: Router::new().route(routes::PING, post(ping)), open: Router::new() }
+        Endpoints { router: Router::new().route(routes::PING, post(ping)), watch: None, open: Router::new() }
+    }
+
+    /// Reports the layout digest of every later-registered route's calls
+    /// to `watch`.
+    pub fn watch_layout(&mut self, watch: Arc<dyn LayoutWatch>) {
+        self.watch = Some(watch);
     }
 
     /// Serves `route` with `handler`, which gets the calling member's id and
@@ -98,11 +111,15 @@ impl Endpoints {
         F: Fn(String, Req) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, Refusal>> + Send + 'static,
     {
-        let serve = move |identity: Option<Extension<Arc<Identity>>>, body: Bytes| async move {
+        let watch = self.watch.clone();
+        let serve = move |identity: Option<Extension<Arc<Identity>>>, headers: HeaderMap, body: Bytes| async move {
             // `require_node` let only members through; this names which one.
             let Some(Caller::Node(from)) = identity.map(|Extension(i)| i.caller()) else {
                 return Refusal::forbidden("only nodes may call replica RPCs").into_response();
             };
+            if let (Some(watch), Some(tag)) = (&watch, headers.get(routes_header())) {
+                watch.heard(&from, tag.as_bytes());
+            }
             let request: Req = match codec::decode(&body) {
                 Ok(request) => request,
                 Err(e) => return Refusal::undecodable(e).into_response(),
@@ -151,6 +168,10 @@ impl Endpoints {
             .merge(open)
             .layer(DefaultBodyLimit::max(max_body))
     }
+}
+
+fn routes_header() -> &'static str {
+    super::client::LAYOUT_HEADER
 }
 
 fn reply<T: Serialize>(message: &T) -> Response {

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Join and leave under load: a local 3-node dev cluster holding KEYS keys
+# serves an open-loop mixed load (RATE ops/s, 90 % reads, W=2/R=2) in
+# 10-second segments while a fourth node joins (started with seeds only, no
+# command) and then leaves (`quorumkv cluster leave --wait`, then stopped).
+# Each segment's throughput, p50/p99 and errors are printed, with how long
+# each move took and how many keys the new node pulled against how many it
+# holds at the end. Loopback only; bounded (about 3 minutes by default).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. benches/common.sh
+rate=${RESIZE_RATE:-1000}
+keys=${RESIZE_KEYS:-20000}
+port=${RESIZE_PORT:-29443}
+cargo build --release --quiet --bin quorumkv
+bin=target/release/quorumkv
+work=$(mktemp -d)
+"$bin" dev --dir "$work/dev" --port "$port" --nodes 3 --init-only >/dev/null
+QUORUMKV_LOG=warn "$bin" dev --dir "$work/dev" --port "$port" >"$work/dev.log" 2>&1 &
+pid=$!
+node4=
+cleanup() {
+  [ -n "$node4" ] && kill "$node4" 2>/dev/null || true
+  kill "$pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+wait_ready "$work/dev/ca.pem" "$port"
+ca=$work/dev/ca.pem
+c() { curl -sS --cacert "$ca" --max-time 10 "$@"; }
+view() { c "https://127.0.0.1:$port/cluster"; }
+versions() { view | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["layout"]["versions"]))'; }
+
+seg=0
+segment() { # segment LABEL: one 10 s open-loop segment, JSON kept
+  seg=$((seg + 1))
+  "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --name "$1" --workload mixed:90 \
+    --key-prefix scale --keys "$keys" --rate "$rate" --concurrency 32 --duration 10s >"$work/seg-$seg.json"
+  echo "$1" >"$work/seg-$seg.label"
+}
+
+echo "== preload $keys keys" >&2
+"$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --name preload --workload get --preload \
+  --key-prefix scale --keys "$keys" --requests 1 --concurrency 32 >/dev/null
+segment before
+segment before
+
+echo "== node4 joins (seeds only)" >&2
+"$bin" dev --dir "$work/dev" --port "$port" --nodes 4 --init-only >/dev/null
+start=$(date +%s.%N)
+QUORUMKV_LOG=warn "$bin" serve --config "$work/dev/node4.toml" >"$work/node4.log" 2>&1 &
+node4=$!
+for _ in $(seq 1 30); do
+  segment joining
+  [ "$(versions)" = 1 ] && [ "$(view | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["members"]))')" = 4 ] && break
+done
+join_s=$(python3 -c "import time; print(round(time.time() - $start))")
+node4_url=$(python3 -c 'import json,sys; print([n for n in json.load(open(sys.argv[1]))["nodes"] if n["id"] == "node4"][0]["client_url"])' "$work/dev/cluster.json")
+c "$node4_url/cluster" >"$work/node4-after-join.json"
+segment after-join
+
+echo "== node4 leaves" >&2
+start=$(date +%s.%N)
+"$bin" cluster leave node4 --wait --url "https://127.0.0.1:$port" --cacert "$ca" >"$work/leave.log" &
+leave=$!
+for _ in $(seq 1 30); do
+  segment leaving
+  kill -0 "$leave" 2>/dev/null || break
+done
+wait "$leave"
+leave_s=$(python3 -c "import time; print(round(time.time() - $start))")
+kill "$node4"; wait "$node4" 2>/dev/null || true; node4=
+segment after-leave
+
+python3 - "$work" "$seg" "$keys" "$join_s" "$leave_s" <<'PY'
+import json, os, sys
+work, n, keys, join_s, leave_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+print("| segment (10 s) | ops/s | p50 ms | p99 ms | errors |")
+print("|---|---:|---:|---:|---:|")
+for i in range(1, n + 1):
+    r = json.load(open(os.path.join(work, f"seg-{i}.json")))
+    label = open(os.path.join(work, f"seg-{i}.label")).read().strip()
+    l = r["latency"]
+    print(f"| {label} | {r['ops_per_sec']:.0f} | {l['p50_ms']:.2f} | {l['p99_ms']:.2f} | {r['errors']} |")
+v = json.load(open(os.path.join(work, "node4-after-join.json")))
+me = [m for m in v["members"] if m["id"] == "node4"][0]
+pulled = v["stats"]["anti_entropy"]["keys_pulled"]
+held = keys * me["partitions"] / v["partitions"]
+print()
+print(f"join: {join_s} s until one version was in force; leave: {leave_s} s until node4 was drained")
+print(f"node4 pulled {pulled} keys for {me['partitions']} of {v['partitions']} partitions "
+      f"(~{held:.0f} keys held): {pulled / max(held, 1):.2f}x")
+PY
