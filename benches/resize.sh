@@ -32,10 +32,14 @@ c() { curl -sS --cacert "$ca" --max-time 10 "$@"; }
 view() { c "https://127.0.0.1:$port/cluster"; }
 versions() { view | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["layout"]["versions"]))'; }
 
+# The load goes to the first three nodes (the ones that stay), as a client
+# behind a fixed list or a load balancer would.
+targets=()
+for i in 0 1 2; do targets+=(--url "https://127.0.0.1:$((port + i))"); done
 seg=0
 segment() { # segment LABEL: one 10 s open-loop segment, JSON kept
   seg=$((seg + 1))
-  "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --name "$1" --workload mixed:90 \
+  "$bin" bench "${targets[@]}" --cacert "$ca" --json --quiet --name "$1" --workload mixed:90 \
     --key-prefix scale --keys "$keys" --rate "$rate" --concurrency 32 --duration 10s >"$work/seg-$seg.json"
   echo "$1" >"$work/seg-$seg.label"
 }
@@ -46,6 +50,18 @@ echo "== preload $keys keys" >&2
 segment before
 segment before
 
+# Keys moved by exchanges, summed over the nodes at URLS: each key that
+# moves is counted once, by the side that sent or fetched it.
+moved() {
+  local total=0 n
+  for u in "$@"; do
+    n=$(c "$u/cluster" | python3 -c 'import json,sys; a=json.load(sys.stdin)["stats"]["anti_entropy"]; print(a["keys_pulled"] + a["keys_pushed"])')
+    total=$((total + n))
+  done
+  echo "$total"
+}
+first3=("https://127.0.0.1:$port" "https://127.0.0.1:$((port + 1))" "https://127.0.0.1:$((port + 2))")
+moved_before=$(moved "${first3[@]}")
 echo "== node4 joins (seeds only)" >&2
 "$bin" dev --dir "$work/dev" --port "$port" --nodes 4 --init-only >/dev/null
 start=$(date +%s.%N)
@@ -58,6 +74,7 @@ done
 join_s=$(python3 -c "import time; print(round(time.time() - $start))")
 node4_url=$(python3 -c 'import json,sys; print([n for n in json.load(open(sys.argv[1]))["nodes"] if n["id"] == "node4"][0]["client_url"])' "$work/dev/cluster.json")
 c "$node4_url/cluster" >"$work/node4-after-join.json"
+echo $(( $(moved "${first3[@]}" "$node4_url") - moved_before )) >"$work/moved"
 segment after-join
 
 echo "== node4 leaves" >&2
@@ -76,6 +93,7 @@ segment after-leave
 python3 - "$work" "$seg" "$keys" "$join_s" "$leave_s" <<'PY'
 import json, os, sys
 work, n, keys, join_s, leave_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+moved = int(open(os.path.join(work, "moved")).read())
 print("| segment (10 s) | ops/s | p50 ms | p99 ms | errors |")
 print("|---|---:|---:|---:|---:|")
 for i in range(1, n + 1):
@@ -85,10 +103,9 @@ for i in range(1, n + 1):
     print(f"| {label} | {r['ops_per_sec']:.0f} | {l['p50_ms']:.2f} | {l['p99_ms']:.2f} | {r['errors']} |")
 v = json.load(open(os.path.join(work, "node4-after-join.json")))
 me = [m for m in v["members"] if m["id"] == "node4"][0]
-pulled = v["stats"]["anti_entropy"]["keys_pulled"]
 held = keys * me["partitions"] / v["partitions"]
 print()
 print(f"join: {join_s} s until one version was in force; leave: {leave_s} s until node4 was drained")
-print(f"node4 pulled {pulled} keys for {me['partitions']} of {v['partitions']} partitions "
-      f"(~{held:.0f} keys held): {pulled / max(held, 1):.2f}x")
+print(f"keys moved during the join: {moved}; node4 homes {me['partitions']} of {v['partitions']} partitions "
+      f"(~{held:.0f} of the {keys} preloaded keys): {moved / max(held, 1):.2f}x what it holds")
 PY

@@ -35,7 +35,16 @@ impl AntiEntropy {
         let me = self.membership.self_id();
         (0..layout.partitions())
             .filter_map(|p| {
-                // In any version: a partition's new homes are filled so.
+                // A moving partition's new homes are filled by the transfer
+                // worker: a second stream of the same keys from this round
+                // would only double the bytes moved. Until the move ends,
+                // only the read version's homes compare it here.
+                if layout.is_moving(p) {
+                    let read = layout.replicas_of(p, layout.default_replicas());
+                    if !read.iter().any(|h| h == me) || !read.iter().any(|h| h == peer) {
+                        return None;
+                    }
+                }
                 Some((p, from_n(&layout, p, me, peer)?))
             })
             .collect()

@@ -12,7 +12,7 @@
 //! other unreachable source holds the transfer until it answers or is
 //! removed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -24,13 +24,18 @@ use crate::worker::{State, Worker};
 
 /// How often the worker looks again when nothing woke it.
 const TICK: Duration = Duration::from_secs(1);
+/// Partitions per exchange with one source.
+const BATCH: usize = 64;
+
+/// The (partition, source) pairs received for the newest version this run.
+type Done = BTreeSet<(u32, String)>;
 
 impl AntiEntropy {
     /// The `transfer` worker: runs until cancelled.
     pub async fn run_transfers(self, worker: Worker) {
         let mut changes = self.membership.watch();
-        // Partitions of the newest version (by digest) done this run.
-        let mut done: (Digest, BTreeSet<u32>) = ([0; 16], BTreeSet::new());
+        // What was received for the newest version (by digest) this run.
+        let mut done: (Digest, Done) = ([0; 16], Done::new());
         loop {
             worker.set(State::Idle);
             tokio::select! {
@@ -47,7 +52,7 @@ impl AntiEntropy {
         }
     }
 
-    async fn transfer_round(&self, done: &mut (Digest, BTreeSet<u32>)) -> Result<(), AeError> {
+    async fn transfer_round(&self, done: &mut (Digest, Done)) -> Result<(), AeError> {
         let layout = self.membership.layout();
         let me = self.membership.self_id().to_string();
         let history = layout.history();
@@ -62,40 +67,46 @@ impl AntiEntropy {
             return Ok(());
         }
         if done.0 != digest {
-            *done = (digest, BTreeSet::new());
+            *done = (digest, Done::new());
         }
         let incoming = layout.incoming(&me);
         let dead = |id: &str| history.wishes().get(id).is_some_and(|w| w.desire == Desire::Removed);
-        let pending = incoming.iter().filter(|(p, _)| !done.1.contains(p)).count();
-        stats.transfer_pending.store(pending as u64, Ordering::Relaxed);
-        let mut complete = true;
+        // What each source still owes this node, so each exchange covers
+        // many partitions (one settle pause per batch, not per partition).
+        let mut owed: BTreeMap<&str, Vec<(u32, u8)>> = BTreeMap::new();
         for (p, sources) in &incoming {
-            if done.1.contains(p) {
-                continue;
+            for source in sources.iter().filter(|s| !dead(s) && !done.1.contains(&(*p, s.to_string()))) {
+                if let Some(n) = from_n(&layout, *p, &me, source) {
+                    owed.entry(source.as_str()).or_default().push((*p, n));
+                }
             }
-            let mut whole = true;
-            for source in sources.iter().filter(|s| !dead(s)) {
-                let Some(n) = from_n(&layout, *p, &me, source) else { continue };
-                match self.exchange_partitions(source, &[(*p, n)], &self.throttle).await {
-                    Ok(true) => {}
-                    Ok(false) => whole = false,
+        }
+        let left = |done: &Done| {
+            incoming
+                .iter()
+                .filter(|(p, srcs)| srcs.iter().any(|s| !dead(s) && !done.contains(&(*p, s.clone()))))
+                .count()
+        };
+        stats.transfer_pending.store(left(&done.1) as u64, Ordering::Relaxed);
+        for (source, partitions) in owed {
+            for batch in partitions.chunks(BATCH) {
+                match self.exchange_partitions(source, batch, &self.throttle).await {
+                    Ok(true) => {
+                        done.1.extend(batch.iter().map(|(p, _)| (*p, source.to_string())));
+                        stats.transfer_pending.store(left(&done.1) as u64, Ordering::Relaxed);
+                    }
+                    Ok(false) => {}
                     Err(error) => {
-                        tracing::debug!(%source, partition = p, %error, "transfer from a source failed; retried");
-                        whole = false;
+                        tracing::debug!(%source, %error, "transfer from a source failed; retried");
+                        break;
                     }
                 }
             }
-            if whole {
-                done.1.insert(*p);
-                stats.transfer_done.fetch_add(1, Ordering::Relaxed);
-                stats.transfer_pending.fetch_sub(1, Ordering::Relaxed);
-            } else {
-                complete = false;
-            }
         }
-        if complete {
+        if left(&done.1) == 0 {
             let marked = self.membership.update(|h| mark_digest(h, Tracker::Sync, &me, digest));
             if marked.map_err(|e| AeError::Layout(e.to_string()))? {
+                stats.transfer_done.fetch_add(incoming.len() as u64, Ordering::Relaxed);
                 tracing::info!(
                     version = layout.version(),
                     partitions = incoming.len(),
