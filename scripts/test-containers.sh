@@ -116,7 +116,7 @@ echo "== grows 3 -> 5 and shrinks to 4 under load"
 load() {
   local i=0 code
   : >"$work/acked"; : >"$work/failed"
-  while [ ! -e "$work/stop" ] && [ "$i" -lt 4000 ]; do
+  while [ ! -e "$work/stop" ] && [ "$i" -lt 12000 ]; do
     code=$(c -o /dev/null -w '%{http_code}' -X PUT -H 'w: 2' --data-binary "value-$i" \
       "$(url $((i % 3 + 1)))/keys/scale-$i" 2>/dev/null || true)
     if [ "$code" = 204 ]; then echo "$i" >>"$work/acked"; else echo "$i $code" >>"$work/failed"; fi
