@@ -209,6 +209,15 @@ impl Node {
             workers.cancel();
             return Err(NodeError::Removed);
         }
+        let m = state.coordinator.membership();
+        if config.auto_join && !config.seeds.is_empty() && !m.layout().is_member(m.self_id()) {
+            if let Err(error) = membership::join::join_now(m, &detector_peers, m.self_member()).await {
+                handles[1].shutdown();
+                workers.cancel();
+                return Err(NodeError::Join(error));
+            }
+            tracing::info!(version = m.layout().version(), "joined the cluster");
+        }
         let greeted =
             anti_entropy::recovery::greet_peers(&storage, state.coordinator.membership(), &detector_peers)
                 .await;
@@ -372,8 +381,11 @@ async fn initial_history(
         )));
     };
     let client = PeerClient::new(tls.clone(), Arc::new(NoPeers), local_ip, RpcMetrics::default())?;
-    let request = JoinRequest { cluster: config.cluster.clone(), member: me.clone(), join: config.auto_join };
-    tracing::info!(seeds = ?config.seeds, join = config.auto_join, "fetching the cluster's layout from the seeds");
+    // Only the layout for now: the node asks to join once its peer port
+    // serves (see `start_with`), so that writes to it succeed from the
+    // moment it is in a replica set.
+    let request = JoinRequest { cluster: config.cluster.clone(), member: me.clone(), join: false };
+    tracing::info!(seeds = ?config.seeds, "fetching the cluster's layout from the seeds");
     let history = membership::join::fetch(&client, &config.seeds, &request, SEED_PATIENCE).await?;
     if (history.partitions(), history.max_n()) != (config.partitions, max_n) {
         tracing::warn!(
