@@ -219,11 +219,38 @@ fn default_true() -> bool {
 fn default_weight() -> u32 {
     1
 }
-/// Whether `id` may name a member: not a name the default node
-/// certificates all carry (`localhost`), which would make every node's
-/// certificate look like that member's.
-pub fn usable_member_id(id: &str) -> bool {
-    !id.eq_ignore_ascii_case("localhost")
+impl MemberConfig {
+    /// The rules every member entry must meet, whether it comes from this
+    /// node's config or from a node asking to join.
+    pub fn check(&self) -> Result<(), String> {
+        // A node proves who it is on the peer port by a certificate
+        // naming its id as a DNS subject alternative name.
+        if rustls_pki_types::DnsName::try_from(self.id.as_str()).is_err()
+            || self.id.parse::<std::net::IpAddr>().is_ok()
+        {
+            return Err(format!(
+                "member id {:?} is not a DNS name (letters, digits, '-' and '.'): node certificates name their node by it",
+                self.id
+            ));
+        }
+        // Not a name the default node certificates all carry, which would
+        // make every node's certificate look like that member's.
+        if self.id.eq_ignore_ascii_case("localhost") {
+            return Err(format!(
+                "member id {:?} is a name every node certificate carries: pick another",
+                self.id
+            ));
+        }
+        if self.weight == 0 {
+            return Err(format!("member {} has weight 0", self.id));
+        }
+        for url in [&self.client_url, &self.peer_url] {
+            if !url.starts_with("https://") {
+                return Err(format!("member {} url {url:?} is not https://", self.id));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_cluster() -> String {
@@ -288,30 +315,7 @@ impl Config {
             return bad("members contains a duplicate id".into());
         }
         for m in &self.members {
-            // A node proves who it is on the peer port by a certificate
-            // naming its id as a DNS subject alternative name.
-            if rustls_pki_types::DnsName::try_from(m.id.as_str()).is_err()
-                || m.id.parse::<std::net::IpAddr>().is_ok()
-            {
-                return bad(format!(
-                    "member id {:?} is not a DNS name (letters, digits, '-' and '.'): node certificates name their node by it",
-                    m.id
-                ));
-            }
-            if !crate::config::usable_member_id(&m.id) {
-                return bad(format!(
-                    "member id {:?} is a name every node certificate carries: pick another",
-                    m.id
-                ));
-            }
-            if m.weight == 0 {
-                return bad(format!("member {} has weight 0", m.id));
-            }
-            for url in [&m.client_url, &m.peer_url] {
-                if !url.starts_with("https://") {
-                    return bad(format!("member {} url {url:?} is not https://", m.id));
-                }
-            }
+            m.check().map_err(ConfigError::Invalid)?;
         }
         if !self.partitions.is_power_of_two() || self.partitions > 65_536 {
             return bad(format!("partitions {} is not a power of two <= 65536", self.partitions));

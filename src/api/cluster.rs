@@ -14,6 +14,7 @@ use serde_json::json;
 use super::AppState;
 use super::error::ApiError;
 use super::keys::key_from_path;
+use crate::membership::history::Desire;
 
 #[derive(Serialize)]
 struct MemberView {
@@ -86,7 +87,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
 /// The history as `/cluster` shows it: versions in force, the read
 /// version, each node's tracker marks, and the members that left.
 fn layout_view(layout: &crate::membership::Layout) -> serde_json::Value {
-    use crate::membership::history::{Desire, Tracker};
+    use crate::membership::history::Tracker;
     let history = layout.history();
     let versions: Vec<u64> = history.versions().iter().map(|v| v.number).collect();
     let newest = versions.len() - 1;
@@ -149,7 +150,7 @@ pub async fn leave(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
-    change_member(&state, &id, crate::membership::history::Desire::Leaving).await
+    change_member(&state, &id, Desire::Leaving).await
 }
 
 /// `POST /cluster/members/{id}/remove`: takes a dead member out; its
@@ -158,41 +159,22 @@ pub async fn remove(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
-    change_member(&state, &id, crate::membership::history::Desire::Removed).await
+    change_member(&state, &id, Desire::Removed).await
 }
 
-async fn change_member(
-    state: &AppState,
-    id: &str,
-    desire: crate::membership::history::Desire,
-) -> Result<Response, ApiError> {
-    use crate::membership::history::Desire;
+async fn change_member(state: &AppState, id: &str, desire: Desire) -> Result<Response, ApiError> {
     let membership = state.coordinator.membership();
     let layout = membership.layout();
     if !layout.is_member(id) {
         return Err(ApiError::NotMember(id.to_string()));
     }
-    let leaving = !matches!(desire, crate::membership::history::Desire::Member(_));
+    let leaving = !matches!(desire, Desire::Member(_));
     let others = layout.history().wanted().iter().filter(|m| m.id != id).count();
     if leaving && others == 0 {
         return Err(ApiError::LayoutRefused("the last member cannot leave".into()));
     }
     let me = membership.self_id().to_string();
-    membership
-        .update(|h| {
-            let done = if leaving {
-                !h.current().has(id)
-            } else {
-                h.current().members.iter().any(|m| Desire::Member(m.clone()) == desire)
-            };
-            if h.wishes().get(id).is_some_and(|w| w.desire == desire) && done {
-                return false;
-            }
-            h.wish(&me, id, desire);
-            h.commit();
-            true
-        })
-        .map_err(|e| ApiError::LayoutRefused(e.to_string()))?;
+    membership.update(|h| h.request(&me, id, desire)).map_err(|e| ApiError::LayoutRefused(e.to_string()))?;
     crate::membership::gossip::broadcast(membership, state.coordinator.peers()).await;
     let layout = membership.layout();
     tracing::info!(member = id, version = layout.version(), "membership change committed");
@@ -224,7 +206,7 @@ pub async fn weight(
         return Err(ApiError::NotMember(id));
     };
     let member = crate::config::MemberConfig { weight, ..member.clone() };
-    change_member(&state, &id, crate::membership::history::Desire::Member(member)).await
+    change_member(&state, &id, Desire::Member(member)).await
 }
 
 /// `POST /cluster/members/{id}/join`, sent to node `id` itself (started

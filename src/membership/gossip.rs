@@ -126,11 +126,7 @@ fn pick(membership: &Membership, k: usize) -> Vec<String> {
 pub async fn exchange(membership: &Membership, peers: &PeerClient, peer: &str, timeout: Duration) {
     let mine = membership.layout().history().clone();
     match peers.call::<_, LayoutReply>(peer, routes::LAYOUT, &mine, timeout).await {
-        Ok(Ok(theirs)) => {
-            if let Err(error) = membership.merge(&theirs) {
-                tracing::warn!(%peer, %error, "refusing a peer's layout");
-            }
-        }
+        Ok(Ok(theirs)) => adopt(membership, peer, &theirs),
         Ok(Err(why)) => tracing::warn!(%peer, %why, "peer refused this node's layout"),
         // Not a member in the peer's eyes (removed, or left): it may still
         // read the layout, to learn so.
@@ -138,12 +134,17 @@ pub async fn exchange(membership: &Membership, peers: &PeerClient, peer: &str, t
             let me = membership.self_member().clone();
             let request = JoinRequest { cluster: mine.cluster().to_string(), member: me, join: false };
             if let Ok(Ok(theirs)) = peers.call::<_, JoinReply>(peer, routes::JOIN, &request, timeout).await {
-                if let Err(error) = membership.merge(&theirs) {
-                    tracing::warn!(%peer, %error, "refusing a peer's layout");
-                }
+                adopt(membership, peer, &theirs);
             }
         }
         Err(error) => tracing::debug!(%peer, %error, "gossip call failed"),
+    }
+}
+
+/// Merges `peer`'s history, logging a refusal.
+fn adopt(membership: &Membership, peer: &str, theirs: &History) {
+    if let Err(error) = membership.merge(theirs) {
+        tracing::warn!(%peer, %error, "refusing a peer's layout");
     }
 }
 

@@ -271,6 +271,22 @@ impl History {
         self.wishes.insert(id.to_string(), Wish { stamp, desire });
     }
 
+    /// Asks for `desire` of member `id` and commits it, unless that is
+    /// already both the wish and the newest version (a repeated request
+    /// changes nothing); true if the history changed.
+    pub fn request(&mut self, author: &str, id: &str, desire: Desire) -> bool {
+        let in_force = match &desire {
+            Desire::Member(m) => self.current().members.contains(m),
+            Desire::Leaving | Desire::Removed => !self.current().has(id),
+        };
+        if in_force && self.wishes.get(id).is_some_and(|w| w.desire == desire) {
+            return false;
+        }
+        self.wish(author, id, desire);
+        self.commit();
+        true
+    }
+
     /// The member set the wishes ask for (sorted by id).
     pub fn wanted(&self) -> Vec<MemberConfig> {
         self.wishes

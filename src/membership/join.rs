@@ -1,6 +1,6 @@
 //! Joining: a node started with `seeds` and no stored layout fetches the
 //! cluster's layout from a seed and, unless told to wait (`auto_join =
-//! false`), asks to be in it. The seed checks that the caller's certificate
+//! false`), asks to be in it once its own peer port serves. The seed checks that the caller's certificate
 //! (signed by the cluster CA, or the TLS handshake would have failed) names
 //! the id it joins as, records the wish and commits the next version; the
 //! rest of the cluster learns it by gossip.
@@ -66,30 +66,15 @@ fn answer(
     if !req.join {
         return Ok((Ok(membership.layout().history().clone()), false));
     }
-    let m = &req.member;
-    let dns = rustls_pki_types::DnsName::try_from(m.id.as_str()).is_ok()
-        && m.id.parse::<std::net::IpAddr>().is_err();
-    let urls = [&m.client_url, &m.peer_url].iter().all(|u| u.starts_with("https://"));
-    if !dns || !urls || m.weight == 0 {
-        return Ok((
-            Err("the joining member needs a DNS-name id, https:// URLs and a weight >= 1".into()),
-            false,
-        ));
+    if let Err(why) = req.member.check() {
+        return Ok((Err(why), false));
     }
-    if !crate::config::usable_member_id(&req.member.id) || !identity.names(&req.member.id) {
+    if !identity.names(&req.member.id) {
         return Err(Refusal::forbidden("the client certificate does not name the joining node's id"));
     }
     let me = membership.self_id().to_string();
     let member = req.member;
-    let result = membership.update(|h| {
-        let wanted = Desire::Member(member.clone());
-        if h.wishes().get(&member.id).is_some_and(|w| w.desire == wanted) && h.current().has(&member.id) {
-            return false;
-        }
-        h.wish(&me, &member.id, wanted);
-        h.commit();
-        true
-    });
+    let result = membership.update(|h| h.request(&me, &member.id, Desire::Member(member.clone())));
     match result {
         Ok(changed) => {
             if changed {
@@ -101,9 +86,9 @@ fn answer(
     }
 }
 
-/// Asks the seeds in turn, for up to `patience`, for the layout (and to
-/// join it). A refusal (another cluster) is final; an unreachable seed is
-/// retried.
+/// Asks the seeds in turn, for up to `patience`, for the layout (the node
+/// asks to join later, once it serves: [`join_now`]). A refusal (another
+/// cluster) is final; an unreachable seed is retried.
 pub async fn fetch(
     client: &PeerClient,
     seeds: &[String],
@@ -131,9 +116,9 @@ pub async fn fetch(
     }
 }
 
-/// Asks the members of this node's layout, in turn, to add `me` (a node
-/// that started with `auto_join = false`); adopts the answer, returns the
-/// layout version that holds the join.
+/// Asks the members of this node's layout, in turn, to add `me` (at start
+/// once the peer port serves, or on `cluster join` with `auto_join =
+/// false`); adopts the answer, returns the layout version that holds it.
 pub async fn join_now(
     membership: &Membership,
     peers: &PeerClient,

@@ -150,6 +150,18 @@ fn reads_never_move_to_an_intermediate_version_a_later_mark_reaches() {
 }
 
 #[test]
+fn a_repeated_request_changes_nothing_and_a_new_config_commits() {
+    let mut h = start(&["a", "b", "c"]);
+    assert!(!h.request("a", "b", Desire::Member(member("b"))), "already wished and in force");
+    assert!(h.request("a", "c", Desire::Leaving));
+    assert_eq!(h.current().number, 2);
+    assert!(!h.request("b", "c", Desire::Leaving), "the same leave again");
+    let heavier = MemberConfig { weight: 2, ..member("b") };
+    assert!(h.request("a", "b", Desire::Member(heavier.clone())));
+    assert!(h.current().members.contains(&heavier));
+}
+
+#[test]
 fn histories_created_from_different_member_lists_refuse_each_other() {
     let mut h = start(&["a", "b", "c"]);
     let other = start(&["a", "b", "d"]);

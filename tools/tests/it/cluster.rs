@@ -370,7 +370,12 @@ impl TestCluster {
 
     /// The home replicas of `key` (first N of its preference list).
     pub async fn homes(&self, key: &str) -> Vec<String> {
-        let url = self.url(0, &format!("/cluster/preference-list/{key}"));
+        self.homes_via(0, key).await
+    }
+
+    /// The homes of `key` in the layout node `viewer` reads from.
+    pub async fn homes_via(&self, viewer: usize, key: &str) -> Vec<String> {
+        let url = self.url(viewer, &format!("/cluster/preference-list/{key}"));
         let v: serde_json::Value = self.client.get(url).send().await.expect("pl").json().await.expect("json");
         v["nodes"].as_array().expect("nodes").iter().map(|n| n.as_str().expect("id").to_string()).collect()
     }

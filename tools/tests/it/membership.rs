@@ -17,13 +17,6 @@ fn fast() -> Options {
     Options { nodes: 3, repair, ..Options::default() }
 }
 
-/// The homes of `key` in the layout node `viewer` reads from.
-async fn homes(c: &TestCluster, viewer: usize, key: &str) -> Vec<String> {
-    let url = c.url(viewer, &format!("/cluster/preference-list/{key}"));
-    let v: serde_json::Value = c.client.get(url).send().await.unwrap().json().await.unwrap();
-    v["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect()
-}
-
 fn index_of(c: &TestCluster, id: &str) -> usize {
     c.configs.iter().position(|cfg| cfg.node_id == id).unwrap()
 }
@@ -35,7 +28,7 @@ async fn assert_all_present(c: &TestCluster, via: usize, keys: &[String]) {
         let r = c.get(via, key, &[("R", "2")]).await;
         assert_eq!(r.status(), 200, "{key} lost (read through node {via})");
         assert_eq!(r.text().await.unwrap(), format!("v-{key}"));
-        for home in homes(c, via, key).await {
+        for home in c.homes_via(via, key).await {
             let i = index_of(c, &home);
             assert!(c.local(i, key).await.is_some(), "{key} is missing on its home {home}");
         }
@@ -273,7 +266,7 @@ async fn assert_padded_present(c: &TestCluster, via: usize, keys: &[String]) {
         let r = c.get(via, key, &[("R", "2")]).await;
         assert_eq!(r.status(), 200, "{key} lost");
         assert_eq!(r.text().await.unwrap().trim_end(), format!("v-{key}"));
-        for home in homes(c, via, key).await {
+        for home in c.homes_via(via, key).await {
             assert!(c.local(index_of(c, &home), key).await.is_some(), "{key} missing on its home {home}");
         }
     }
