@@ -85,9 +85,16 @@ impl AntiEntropy {
                 return Ok(());
             }
             // Every other member, with its position in the partition's
-            // preference list (this node is the first home, position 0).
-            let list = layout.preference_list(p).to_vec();
-            let others: Vec<(usize, &String)> = list.iter().enumerate().filter(|(_, h)| *h != me).collect();
+            // preference list (this node is the first home, position 0);
+            // members past the list (a large cluster lists a few
+            // fallbacks) are no home of the key either.
+            let list = layout.preference_list(p);
+            let others: Vec<(usize, &String)> = layout
+                .members()
+                .iter()
+                .filter(|m| m.id != me)
+                .map(|m| (list.iter().position(|h| *h == m.id).unwrap_or(usize::MAX), &m.id))
+                .collect();
             if !self.membership.peer_ids().iter().all(|m| self.membership.is_reachable(m)) {
                 return Ok(());
             }
