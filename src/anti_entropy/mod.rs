@@ -227,9 +227,25 @@ pub struct AeStats {
     pub transfer_pending: AtomicU64,
     /// Partitions received since start ([`transfer`]).
     pub transfer_done: AtomicU64,
+    /// The current transfer: partitions it had to receive when it started,
+    /// and when (ms since the epoch; 0: none yet). With the pending count,
+    /// what the ETA is computed from.
+    pub transfer_total: AtomicU64,
+    pub transfer_started_ms: AtomicU64,
 }
 
 impl AeStats {
+    /// Seconds until the current transfer ends at the pace it has had so
+    /// far; `None` with nothing pending or nothing received yet.
+    pub fn transfer_eta_secs(&self, now_ms: u64) -> Option<u64> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (pending, total, started) =
+            (g(&self.transfer_pending), g(&self.transfer_total), g(&self.transfer_started_ms));
+        let received = total.checked_sub(pending).filter(|&r| r > 0 && pending > 0 && started > 0)?;
+        let elapsed = now_ms.saturating_sub(started);
+        Some(elapsed.saturating_mul(pending) / received / 1000)
+    }
+
     pub fn snapshot(&self) -> serde_json::Value {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({
@@ -247,6 +263,8 @@ impl AeStats {
             "strays_swept_version": g(&self.strays_swept_version),
             "transfer_pending": g(&self.transfer_pending),
             "transfer_done": g(&self.transfer_done),
+            "transfer_total": g(&self.transfer_total),
+            "transfer_eta_secs": self.transfer_eta_secs(crate::util::now_ms()),
         })
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use super::exchange::from_n;
 use super::{AeError, AntiEntropy};
 use crate::membership::gossip::mark_digest;
-use crate::membership::history::{Desire, Digest, Tracker};
+use crate::membership::history::{Digest, Tracker};
 use crate::worker::{State, Worker};
 
 /// How often the worker looks again when nothing woke it.
@@ -68,9 +68,10 @@ impl AntiEntropy {
         }
         if done.0 != digest {
             *done = (digest, Done::new());
+            stats.transfer_started_ms.store(0, Ordering::Relaxed);
         }
         let incoming = layout.incoming(&me);
-        let dead = |id: &str| history.wishes().get(id).is_some_and(|w| w.desire == Desire::Removed);
+        let dead = |id: &str| history.is_removed(id);
         // What each source still owes this node, so each exchange covers
         // many partitions (one settle pause per batch, not per partition).
         let mut owed: BTreeMap<&str, Vec<(u32, u8)>> = BTreeMap::new();
@@ -87,7 +88,14 @@ impl AntiEntropy {
                 .filter(|(p, srcs)| srcs.iter().any(|s| !dead(s) && !done.contains(&(*p, s.clone()))))
                 .count()
         };
-        stats.transfer_pending.store(left(&done.1) as u64, Ordering::Relaxed);
+        let pending = left(&done.1) as u64;
+        stats.transfer_pending.store(pending, Ordering::Relaxed);
+        if stats.transfer_started_ms.load(Ordering::Relaxed) == 0 {
+            // The ETA counts from here: everything received before this
+            // run of the version's transfer is not in its pace.
+            stats.transfer_total.store(pending, Ordering::Relaxed);
+            stats.transfer_started_ms.store(crate::util::now_ms().max(1), Ordering::Relaxed);
+        }
         for (source, partitions) in owed {
             for batch in partitions.chunks(BATCH) {
                 match self.exchange_partitions(source, batch, &self.throttle).await {

@@ -89,7 +89,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
 fn layout_view(layout: &crate::membership::Layout) -> serde_json::Value {
     use crate::membership::history::Tracker;
     let history = layout.history();
-    let versions: Vec<u64> = history.versions().iter().map(|v| v.number).collect();
+    let versions: Vec<u64> = history.versions().iter().map(|v| v.number()).collect();
     let newest = versions.len() - 1;
     let progress: serde_json::Map<String, serde_json::Value> = history
         .tracked()
@@ -100,12 +100,12 @@ fn layout_view(layout: &crate::membership::Layout) -> serde_json::Value {
             (id.to_string(), marks)
         })
         .collect();
-    let left: Vec<&String> = history
+    let mut left: Vec<&String> = history
         .wishes()
-        .iter()
         .filter(|(id, w)| !matches!(w.desire, Desire::Member(_)) && !layout.is_member(id))
         .map(|(id, _)| id)
         .collect();
+    left.sort();
     json!({
         "cluster": history.cluster(),
         "version": layout.version(),
@@ -202,7 +202,7 @@ pub async fn weight(
         ));
     }
     let layout = state.coordinator.membership().layout();
-    let Some(member) = layout.history().current().members.iter().find(|m| m.id == id) else {
+    let Some(member) = layout.history().current().members().iter().find(|m| m.id == id) else {
         return Err(ApiError::NotMember(id));
     };
     let member = crate::config::MemberConfig { weight, ..member.clone() };

@@ -17,8 +17,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use super::Membership;
-use super::history::{Digest, History, Tracker};
+use super::history::{Delta, Digest, History, Summary, Tracker};
 use super::join::{JoinReply, JoinRequest};
 use crate::rpc::client::{PeerClient, RpcError, routes};
 use crate::rpc::server::Endpoints;
@@ -31,23 +33,55 @@ const PROMPT_MIN: Duration = Duration::from_millis(250);
 /// Deadline of one exchange.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The answer to a gossip call: the merged history, or why it was refused.
-pub type LayoutReply = Result<History, String>;
+/// A gossip call: open an exchange with a summary, or push what differs.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LayoutCall {
+    Offer(Summary),
+    Push(Delta),
+}
 
-/// Serves `routes::LAYOUT`: merge the caller's history, answer the result.
+/// The answer to a [`LayoutCall`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum LayoutAnswer {
+    /// The caller's summary is this node's history: nothing to exchange.
+    Same,
+    /// This node's summary, and what of its history the caller lacks.
+    Differ { summary: Box<Summary>, delta: Box<Delta> },
+    /// A push was merged.
+    Pushed,
+    /// Another cluster or ring, or a malformed delta: why.
+    Refused(String),
+}
+
+/// The answer to an offer, from `history` alone (no change to it): what
+/// the sim and the peer endpoint both run.
+pub fn answer_offer(history: &History, theirs: &Summary) -> LayoutAnswer {
+    if let Err(error) = history.check_peer(&theirs.cluster, theirs.partitions, theirs.max_n) {
+        return LayoutAnswer::Refused(error.to_string());
+    }
+    if theirs.digest == history.digest() {
+        return LayoutAnswer::Same;
+    }
+    LayoutAnswer::Differ { summary: Box::new(history.summary()), delta: Box::new(history.delta_for(theirs)) }
+}
+
+/// Serves `routes::LAYOUT`: answer an offer, merge a push.
 pub fn register_endpoints(membership: &Arc<Membership>, endpoints: &mut Endpoints) {
     let membership = membership.clone();
-    endpoints.add(routes::LAYOUT, move |from, theirs: History| {
+    endpoints.add(routes::LAYOUT, move |from, call: LayoutCall| {
         let membership = membership.clone();
         async move {
-            let reply: LayoutReply = match membership.merge(&theirs) {
-                Ok(_) => Ok(membership.layout().history().clone()),
-                Err(error) => {
-                    tracing::warn!(peer = %from, %error, "refusing a peer's layout");
-                    Err(error.to_string())
-                }
+            let answer = match call {
+                LayoutCall::Offer(theirs) => answer_offer(membership.layout().history(), &theirs),
+                LayoutCall::Push(delta) => match membership.apply(&delta) {
+                    Ok(_) => LayoutAnswer::Pushed,
+                    Err(error) => LayoutAnswer::Refused(error.to_string()),
+                },
             };
-            Ok(reply)
+            if let LayoutAnswer::Refused(why) = &answer {
+                tracing::warn!(peer = %from, %why, "refusing a peer's layout");
+            }
+            Ok(answer)
         }
     });
 }
@@ -122,17 +156,39 @@ fn pick(membership: &Membership, k: usize) -> Vec<String> {
     ids
 }
 
-/// One push-pull exchange with `peer`, within `timeout`.
+/// One push-pull exchange with `peer`, within `timeout` per call: a
+/// summary out, what differs back, what still differs out.
 pub async fn exchange(membership: &Membership, peers: &PeerClient, peer: &str, timeout: Duration) {
-    let mine = membership.layout().history().clone();
-    match peers.call::<_, LayoutReply>(peer, routes::LAYOUT, &mine, timeout).await {
-        Ok(Ok(theirs)) => adopt(membership, peer, &theirs),
-        Ok(Err(why)) => tracing::warn!(%peer, %why, "peer refused this node's layout"),
+    let mine = membership.layout().history().summary();
+    let answer = peers.call::<_, LayoutAnswer>(peer, routes::LAYOUT, &LayoutCall::Offer(mine), timeout).await;
+    match answer {
+        Ok(LayoutAnswer::Same | LayoutAnswer::Pushed) => {}
+        Ok(LayoutAnswer::Differ { summary, delta }) => {
+            if let Err(error) = membership.apply(&delta) {
+                tracing::warn!(%peer, %error, "refusing a peer's layout");
+                return;
+            }
+            let push = membership.layout().history().delta_for(&summary);
+            if push.is_empty() {
+                return;
+            }
+            match peers.call::<_, LayoutAnswer>(peer, routes::LAYOUT, &LayoutCall::Push(push), timeout).await
+            {
+                Ok(LayoutAnswer::Refused(why)) => {
+                    tracing::warn!(%peer, %why, "peer refused this node's layout")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%peer, %error, "gossip push failed"),
+            }
+        }
+        Ok(LayoutAnswer::Refused(why)) => tracing::warn!(%peer, %why, "peer refused this node's layout"),
         // Not a member in the peer's eyes (removed, or left): it may still
         // read the layout, to learn so.
         Err(RpcError::Status { status: 403, .. }) => {
+            let layout = membership.layout();
             let me = membership.self_member().clone();
-            let request = JoinRequest { cluster: mine.cluster().to_string(), member: me, join: false };
+            let cluster = layout.history().cluster().to_string();
+            let request = JoinRequest { cluster, member: me, join: false };
             if let Ok(Ok(theirs)) = peers.call::<_, JoinReply>(peer, routes::JOIN, &request, timeout).await {
                 adopt(membership, peer, &theirs);
             }
@@ -152,9 +208,20 @@ fn adopt(membership: &Membership, peer: &str, theirs: &History) {
 /// node that was down (or restored, or wiped and started from its config)
 /// must not coordinate with a layout the cluster has moved past.
 pub async fn catch_up(membership: &Membership, peers: &PeerClient, timeout: Duration) {
+    use futures::StreamExt;
     let all = membership.peer_ids();
-    futures::future::join_all(all.iter().map(|p| exchange(membership, peers, p, timeout))).await;
+    // Bounded: a large cluster is not opened thousands of connections at
+    // once (an exchange with a peer that agrees is one small call).
+    futures::stream::iter(
+        all.into_iter().map(|p| async move { exchange(membership, peers, &p, timeout).await }),
+    )
+    .buffer_unordered(CATCH_UP_CONCURRENCY)
+    .collect::<Vec<()>>()
+    .await;
 }
+
+/// Exchanges a catch-up or a broadcast runs at once.
+const CATCH_UP_CONCURRENCY: usize = 32;
 
 /// Pushes a change this node just made to every member at once (bounded
 /// by `CALL_TIMEOUT`), rather than waiting for rounds: a node that joined
@@ -169,7 +236,7 @@ fn step(membership: &Membership, seen: &mut Seen, grace: Duration) -> Result<(),
     let layout = membership.layout();
     let history = layout.history();
     let me = membership.self_id().to_string();
-    if history.wanted() != history.current().members && is_committer(membership) {
+    if history.wanted() != history.current().members() && is_committer(membership) {
         membership.update(History::commit)?;
     }
     let layout = membership.layout();
@@ -208,6 +275,6 @@ pub fn mark_digest(h: &mut History, t: Tracker, node: &str, digest: Digest) -> b
 fn is_committer(membership: &Membership) -> bool {
     let layout = membership.layout();
     let me = membership.self_id();
-    layout.history().current().members.iter().map(|m| m.id.as_str()).find(|id| membership.is_reachable(id))
+    layout.history().current().members().iter().map(|m| m.id.as_str()).find(|id| membership.is_reachable(id))
         == Some(me)
 }

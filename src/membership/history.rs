@@ -28,38 +28,104 @@
 //! loser's wishes stay in the map, and the next commit includes them. A
 //! tracker mark names the digest of the version it was made for, so a mark
 //! made for a losing version never counts for the winner.
+//!
+//! Built for thousands of members: versions are shared (`Arc`) between
+//! copies, and the per-member state lives in [`shard::SHARDS`] shards
+//! shared copy-on-write, each with a digest, so gossip exchanges a
+//! [`Summary`] and then only the shards that differ ([`Delta`]), and the
+//! "has every node reached version i" questions cost one cached look per
+//! shard.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use md5::{Digest as _, Md5};
 use serde::{Deserialize, Serialize};
 
 use crate::config::MemberConfig;
 
+mod exchange;
+pub mod shard;
+
+pub use exchange::{Delta, Summary};
+pub use shard::Marks;
+use shard::{SHARDS, Shard, removes, shard_of};
+
 /// The MD5 of a version's number and members: what gossip compares.
 pub type Digest = [u8; 16];
 
 /// One committed member set. The ring is a pure function of it (plus the
-/// cluster's fixed `partitions` and `max_n`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// cluster's fixed `partitions` and `max_n`). Its digest is computed once,
+/// when it is made or decoded.
+#[derive(Debug, Clone)]
 pub struct Version {
-    pub number: u64,
+    number: u64,
     /// Sorted by id.
-    pub members: Vec<MemberConfig>,
+    members: Vec<MemberConfig>,
+    digest: Digest,
+}
+
+impl PartialEq for Version {
+    fn eq(&self, other: &Version) -> bool {
+        self.number == other.number && self.digest == other.digest && self.members == other.members
+    }
+}
+
+impl Eq for Version {}
+
+/// The encoded form of a [`Version`] (its digest is derived).
+#[derive(Serialize)]
+struct VersionRef<'a> {
+    number: u64,
+    members: &'a [MemberConfig],
+}
+
+#[derive(Deserialize)]
+struct VersionWire {
+    number: u64,
+    members: Vec<MemberConfig>,
+}
+
+impl Serialize for Version {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        VersionRef { number: self.number, members: &self.members }.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Version {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Version, D::Error> {
+        let w = VersionWire::deserialize(d)?;
+        Ok(Version::new(w.number, w.members))
+    }
 }
 
 impl Version {
-    pub fn digest(&self) -> Digest {
+    /// `members` must be sorted by id ([`History::validate`] checks it of a
+    /// peer's).
+    pub fn new(number: u64, members: Vec<MemberConfig>) -> Version {
         let mut h = Md5::new();
-        h.update(self.number.to_be_bytes());
-        for m in &self.members {
+        h.update(number.to_be_bytes());
+        for m in &members {
             for field in [&m.id, &m.client_url, &m.peer_url] {
                 h.update((field.len() as u64).to_be_bytes());
                 h.update(field.as_bytes());
             }
             h.update(m.weight.to_be_bytes());
         }
-        h.finalize().into()
+        Version { number, members, digest: h.finalize().into() }
+    }
+
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Sorted by id.
+    pub fn members(&self) -> &[MemberConfig] {
+        &self.members
+    }
+
+    pub fn digest(&self) -> Digest {
+        self.digest
     }
 
     pub fn has(&self, id: &str) -> bool {
@@ -68,7 +134,7 @@ impl Version {
 
     /// The order versions are chosen by: higher number, then larger digest.
     fn rank(&self) -> (u64, Digest) {
-        (self.number, self.digest())
+        (self.number, self.digest)
     }
 }
 
@@ -115,6 +181,8 @@ pub enum Tracker {
     SyncAck,
 }
 
+const TRACKERS: [Tracker; 3] = [Tracker::Ack, Tracker::Sync, Tracker::SyncAck];
+
 /// Why a peer's history was not merged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MergeError {
@@ -130,17 +198,131 @@ pub enum MergeError {
     OtherGenesis,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What the version chain implies, computed once per chain and shared by
+/// every copy of a history that holds it.
+#[derive(Debug)]
+struct Chain {
+    /// Over the versions' numbers and digests.
+    digest: Digest,
+    /// The members of any version, by shard: the nodes the trackers wait
+    /// for (less those removed, which their shard's entries tell).
+    members_by_shard: Vec<Vec<String>>,
+}
+
+impl Chain {
+    fn of(versions: &[Arc<Version>]) -> Chain {
+        let mut h = Md5::new();
+        let mut members_by_shard: Vec<Vec<String>> = vec![Vec::new(); SHARDS];
+        for v in versions {
+            h.update(v.number.to_be_bytes());
+            h.update(v.digest);
+            for m in &v.members {
+                let ids = &mut members_by_shard[shard_of(&m.id)];
+                if !ids.contains(&m.id) {
+                    ids.push(m.id.clone());
+                }
+            }
+        }
+        Chain { digest: h.finalize().into(), members_by_shard }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct History {
     cluster: String,
     partitions: u32,
     max_n: u32,
     /// Oldest first, consecutive numbers, never empty.
-    versions: Vec<Version>,
-    wishes: BTreeMap<String, Wish>,
-    ack: BTreeMap<String, Mark>,
-    sync: BTreeMap<String, Mark>,
-    sync_ack: BTreeMap<String, Mark>,
+    versions: Vec<Arc<Version>>,
+    /// Every id's wish, and its marks, [`SHARDS`] shards each by
+    /// [`shard_of`].
+    wishes: Vec<Arc<Shard<Wish>>>,
+    marks: Vec<Arc<Shard<Marks>>>,
+    /// Derived from `versions`.
+    chain: Arc<Chain>,
+}
+
+impl PartialEq for History {
+    fn eq(&self, other: &History) -> bool {
+        (&self.cluster, self.partitions, self.max_n) == (&other.cluster, other.partitions, other.max_n)
+            && self.versions.len() == other.versions.len()
+            && self.versions.iter().zip(&other.versions).all(|(a, b)| a == b)
+            && same_shards(&self.wishes, &other.wishes)
+            && same_shards(&self.marks, &other.marks)
+    }
+}
+
+impl Eq for History {}
+
+fn same_shards<V: shard::Lattice>(a: &[Arc<Shard<V>>], b: &[Arc<Shard<V>>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
+}
+
+/// The encoded form of a [`History`]: its versions, then its shards.
+#[derive(Serialize)]
+struct HistoryRef<'a> {
+    cluster: &'a str,
+    partitions: u32,
+    max_n: u32,
+    versions: &'a [Arc<Version>],
+    wishes: &'a [Arc<Shard<Wish>>],
+    marks: &'a [Arc<Shard<Marks>>],
+}
+
+#[derive(Deserialize)]
+struct HistoryWire {
+    cluster: String,
+    partitions: u32,
+    max_n: u32,
+    versions: Vec<Arc<Version>>,
+    wishes: Vec<Arc<Shard<Wish>>>,
+    marks: Vec<Arc<Shard<Marks>>>,
+}
+
+/// Checks decoded shards: [`SHARDS`] of them, each entry in its own.
+fn check_shards<V: shard::Lattice>(shards: &[Arc<Shard<V>>]) -> Result<(), &'static str> {
+    if shards.len() != SHARDS {
+        return Err("wrong shard count");
+    }
+    for (i, s) in shards.iter().enumerate() {
+        if s.entries().keys().any(|id| shard_of(id) != i) {
+            return Err("an entry in the wrong shard");
+        }
+    }
+    Ok(())
+}
+
+impl Serialize for History {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        HistoryRef {
+            cluster: &self.cluster,
+            partitions: self.partitions,
+            max_n: self.max_n,
+            versions: &self.versions,
+            wishes: &self.wishes,
+            marks: &self.marks,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for History {
+    /// A history whose shards are not [`SHARDS`], or hold an entry of
+    /// another shard, is refused here: every later look-up trusts both.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<History, D::Error> {
+        let w = HistoryWire::deserialize(d)?;
+        check_shards(&w.wishes).and_then(|()| check_shards(&w.marks)).map_err(serde::de::Error::custom)?;
+        let chain = Arc::new(Chain::of(&w.versions));
+        Ok(History {
+            cluster: w.cluster,
+            partitions: w.partitions,
+            max_n: w.max_n,
+            versions: w.versions,
+            wishes: w.wishes,
+            marks: w.marks,
+            chain,
+        })
+    }
 }
 
 impl History {
@@ -150,26 +332,27 @@ impl History {
         let mut sorted = members.to_vec();
         sorted.sort();
         sorted.dedup_by(|a, b| a.id == b.id);
-        let version = Version { number: 1, members: sorted };
-        let digest = version.digest();
+        let version = Version::new(1, sorted);
+        let mark = Mark { seq: 0, version: 1, digest: version.digest };
         let stamp = Stamp { counter: 0, author: String::new() };
-        let wishes = version
-            .members
-            .iter()
-            .map(|m| (m.id.clone(), Wish { stamp: stamp.clone(), desire: Desire::Member(m.clone()) }))
-            .collect();
-        let mark = Mark { seq: 0, version: 1, digest };
-        let marks: BTreeMap<String, Mark> =
-            version.members.iter().map(|m| (m.id.clone(), mark.clone())).collect();
+        let mut wishes: Vec<BTreeMap<String, Wish>> = vec![BTreeMap::new(); SHARDS];
+        let mut marks: Vec<BTreeMap<String, Marks>> = vec![BTreeMap::new(); SHARDS];
+        for m in &version.members {
+            let s = shard_of(&m.id);
+            wishes[s].insert(m.id.clone(), Wish { stamp: stamp.clone(), desire: Desire::Member(m.clone()) });
+            let all =
+                Marks { ack: Some(mark.clone()), sync: Some(mark.clone()), sync_ack: Some(mark.clone()) };
+            marks[s].insert(m.id.clone(), all);
+        }
+        let versions = vec![Arc::new(version)];
         History {
             cluster: cluster.to_string(),
             partitions,
             max_n,
-            versions: vec![version],
-            wishes,
-            ack: marks.clone(),
-            sync: marks.clone(),
-            sync_ack: marks,
+            chain: Arc::new(Chain::of(&versions)),
+            versions,
+            wishes: wishes.into_iter().map(|e| Arc::new(Shard::new(e))).collect(),
+            marks: marks.into_iter().map(|e| Arc::new(Shard::new(e))).collect(),
         }
     }
 
@@ -186,7 +369,7 @@ impl History {
     }
 
     /// Every version still in force, oldest first.
-    pub fn versions(&self) -> &[Version] {
+    pub fn versions(&self) -> &[Arc<Version>] {
         &self.versions
     }
 
@@ -196,79 +379,110 @@ impl History {
         &self.versions[self.versions.len() - 1]
     }
 
-    pub fn wishes(&self) -> &BTreeMap<String, Wish> {
-        &self.wishes
+    /// What the cluster wants of `id`.
+    pub fn wish_of(&self, id: &str) -> Option<&Wish> {
+        self.wishes[shard_of(id)].entries().get(id)
+    }
+
+    /// `id`'s tracker marks, if it made any.
+    pub fn marks_of(&self, id: &str) -> Option<&Marks> {
+        self.marks[shard_of(id)].entries().get(id)
+    }
+
+    /// Every wish, by id (in shard order, not sorted).
+    pub fn wishes(&self) -> impl Iterator<Item = (&String, &Wish)> {
+        self.wishes.iter().flat_map(|s| s.entries().iter())
+    }
+
+    /// Whether `id` was removed as dead.
+    pub fn is_removed(&self, id: &str) -> bool {
+        self.wish_of(id).is_some_and(removes)
     }
 
     /// A digest of the whole state: equal digests, nothing to exchange.
     pub fn digest(&self) -> Digest {
-        Md5::digest(postcard::to_stdvec(self).unwrap_or_default()).into()
+        let mut h = Md5::new();
+        h.update((self.cluster.len() as u64).to_be_bytes());
+        h.update(self.cluster.as_bytes());
+        h.update(self.partitions.to_be_bytes());
+        h.update(self.max_n.to_be_bytes());
+        h.update(self.chain.digest);
+        for s in &self.wishes {
+            h.update(s.digest().to_be_bytes());
+        }
+        for s in &self.marks {
+            h.update(s.digest().to_be_bytes());
+        }
+        h.finalize().into()
     }
 
     /// Checks what a peer's decoded history must hold before it is merged.
     pub fn validate(&self) -> Result<(), MergeError> {
-        if self.versions.is_empty() {
-            return Err(MergeError::Malformed("no version"));
+        validate_chain(self.versions.iter().map(|v| &**v))?;
+        check_shards(&self.wishes).and_then(|()| check_shards(&self.marks)).map_err(MergeError::Malformed)
+    }
+
+    /// Refuses a peer of another cluster or ring.
+    pub fn check_peer(&self, cluster: &str, partitions: u32, max_n: u32) -> Result<(), MergeError> {
+        if cluster != self.cluster {
+            return Err(MergeError::OtherCluster { ours: self.cluster.clone(), theirs: cluster.to_string() });
         }
-        if self.versions.windows(2).any(|w| w[0].number.checked_add(1) != Some(w[1].number)) {
-            return Err(MergeError::Malformed("version numbers are not consecutive"));
-        }
-        for v in &self.versions {
-            if v.members.is_empty() {
-                return Err(MergeError::Malformed("a version without members"));
-            }
-            if v.members.windows(2).any(|w| w[0].id >= w[1].id) {
-                return Err(MergeError::Malformed("a version's members are not sorted and distinct"));
-            }
-            if v.members.iter().any(|m| m.weight == 0) {
-                return Err(MergeError::Malformed("a member of weight 0"));
-            }
+        if (partitions, max_n) != (self.partitions, self.max_n) {
+            return Err(MergeError::OtherRing {
+                ours: (self.partitions, self.max_n),
+                theirs: format!("({partitions}, {max_n})"),
+            });
         }
         Ok(())
     }
 
     /// Merges a peer's history into this one; true if this one changed.
     pub fn merge(&mut self, other: &History) -> Result<bool, MergeError> {
-        if other.cluster != self.cluster {
-            return Err(MergeError::OtherCluster {
-                ours: self.cluster.clone(),
-                theirs: other.cluster.clone(),
-            });
-        }
-        if (other.partitions, other.max_n) != (self.partitions, self.max_n) {
-            return Err(MergeError::OtherRing {
-                ours: (self.partitions, self.max_n),
-                theirs: format!("({}, {})", other.partitions, other.max_n),
-            });
-        }
+        self.check_peer(&other.cluster, other.partitions, other.max_n)?;
         other.validate()?;
+        let mut changed = self.adopt_chain(&other.versions)?;
+        for (ours, theirs) in self.wishes.iter_mut().zip(&other.wishes) {
+            changed |= shard::join(ours, theirs);
+        }
+        for (ours, theirs) in self.marks.iter_mut().zip(&other.marks) {
+            changed |= shard::join(ours, theirs);
+        }
+        changed |= self.prune();
+        Ok(changed)
+    }
+
+    /// Takes `theirs` as the version chain if it ranks higher (see
+    /// [`chain_key`]); refuses one of another genesis.
+    fn adopt_chain(&mut self, theirs: &[Arc<Version>]) -> Result<bool, MergeError> {
         // Two version 1s are two clusters made from different member lists
         // (each marked synced by construction): merging would switch
         // placement with nothing moved.
-        let first = |h: &History| h.versions.first().filter(|v| v.number == 1).map(Version::digest);
-        if let (Some(a), Some(b)) = (first(self), first(other)) {
+        let first = |vs: &[Arc<Version>]| vs.first().filter(|v| v.number == 1).map(|v| v.digest);
+        if let (Some(a), Some(b)) = (first(&self.versions), first(theirs)) {
             if a != b {
                 return Err(MergeError::OtherGenesis);
             }
         }
-        let before = self.clone();
-        if chain_key(&other.versions) > chain_key(&self.versions) {
-            self.versions = other.versions.clone();
+        if chain_key(theirs.iter().map(|v| v.rank())) > chain_key(self.versions.iter().map(|v| v.rank())) {
+            self.set_versions(theirs.to_vec());
+            return Ok(true);
         }
-        merge_max(&mut self.wishes, &other.wishes);
-        merge_max(&mut self.ack, &other.ack);
-        merge_max(&mut self.sync, &other.sync);
-        merge_max(&mut self.sync_ack, &other.sync_ack);
-        self.prune();
-        Ok(*self != before)
+        Ok(false)
+    }
+
+    fn set_versions(&mut self, versions: Vec<Arc<Version>>) {
+        self.chain = Arc::new(Chain::of(&versions));
+        self.versions = versions;
     }
 
     /// Records a wish of `author` about member `id`, stamped after every
     /// wish this node has seen.
     pub fn wish(&mut self, author: &str, id: &str, desire: Desire) {
-        let counter = self.wishes.values().map(|w| w.stamp.counter).max().unwrap_or(0).saturating_add(1);
+        let counter = self.wishes().map(|(_, w)| w.stamp.counter).max().unwrap_or(0).saturating_add(1);
         let stamp = Stamp { counter, author: author.to_string() };
-        self.wishes.insert(id.to_string(), Wish { stamp, desire });
+        let wish = Wish { stamp, desire };
+        let shard = &mut self.wishes[shard_of(id)];
+        *shard = Arc::new(shard.with(id, || wish.clone(), |w| *w = wish.clone()));
     }
 
     /// Asks for `desire` of member `id` and commits it, unless that is
@@ -279,7 +493,7 @@ impl History {
             Desire::Member(m) => self.current().members.contains(m),
             Desire::Leaving | Desire::Removed => !self.current().has(id),
         };
-        if in_force && self.wishes.get(id).is_some_and(|w| w.desire == desire) {
+        if in_force && self.wish_of(id).is_some_and(|w| w.desire == desire) {
             return false;
         }
         self.wish(author, id, desire);
@@ -289,13 +503,15 @@ impl History {
 
     /// The member set the wishes ask for (sorted by id).
     pub fn wanted(&self) -> Vec<MemberConfig> {
-        self.wishes
-            .values()
-            .filter_map(|w| match &w.desire {
+        let mut wanted: Vec<MemberConfig> = self
+            .wishes()
+            .filter_map(|(_, w)| match &w.desire {
                 Desire::Member(m) => Some(m.clone()),
                 _ => None,
             })
-            .collect()
+            .collect();
+        wanted.sort();
+        wanted
     }
 
     /// Commits the wished member set as the next version if it differs
@@ -306,41 +522,68 @@ impl History {
             return false;
         }
         let Some(number) = self.current().number.checked_add(1) else { return false };
-        self.versions.push(Version { number, members: wanted });
+        let mut versions = self.versions.clone();
+        versions.push(Arc::new(Version::new(number, wanted)));
+        self.set_versions(versions);
         true
     }
 
     /// The nodes whose progress the trackers wait for: every member of a
     /// version in force, except those removed as dead.
     pub fn tracked(&self) -> BTreeSet<&str> {
-        self.versions
+        self.chain
+            .members_by_shard
             .iter()
-            .flat_map(|v| v.members.iter().map(|m| m.id.as_str()))
-            .filter(|id| !matches!(self.wishes.get(*id), Some(Wish { desire: Desire::Removed, .. })))
+            .flatten()
+            .map(String::as_str)
+            .filter(|id| !self.is_removed(id))
             .collect()
     }
 
-    fn tracker(&self, t: Tracker) -> &BTreeMap<String, Mark> {
-        match t {
-            Tracker::Ack => &self.ack,
-            Tracker::Sync => &self.sync,
-            Tracker::SyncAck => &self.sync_ack,
-        }
+    /// The index in [`History::versions`] a mark reaches: the version it
+    /// names, if that is one of this chain (a mark made for a losing
+    /// version of the same number, or for one pruned, reaches none).
+    fn index_of(&self, mark: &Mark) -> Option<usize> {
+        let first = self.versions.first()?;
+        let at = usize::try_from(mark.version.checked_sub(first.number)?).ok()?;
+        self.versions.get(at).filter(|v| v.digest == mark.digest).map(|_| at)
     }
 
     /// Whether `node`'s mark on `t` reaches version `index` of
-    /// [`History::versions`]. A mark counts only for a version of this
-    /// chain: one made for a losing version of the same number does not.
+    /// [`History::versions`].
     pub fn reached(&self, t: Tracker, node: &str, index: usize) -> bool {
-        let Some(mark) = self.tracker(t).get(node) else { return false };
-        let Some(first) = self.versions.first() else { return false };
-        let Some(at) = mark.version.checked_sub(first.number).map(|i| i as usize) else { return false };
-        at >= index && self.versions.get(at).is_some_and(|v| v.digest() == mark.digest)
+        let mark = self.marks_of(node).and_then(|m| m.get(t));
+        mark.and_then(|m| self.index_of(m)).is_some_and(|at| at >= index)
     }
 
-    /// Whether every tracked node reached version `index` on `t`.
+    /// Whether every tracked node reached version `index` on `t`: per
+    /// shard, the lowest index its tracked members reached (cached in the
+    /// shard for this chain).
     pub fn all_reached(&self, t: Tracker, index: usize) -> bool {
-        self.tracked().into_iter().all(|id| self.reached(t, id, index))
+        let slot = TRACKERS.iter().position(|x| *x == t).unwrap_or(0);
+        let index = index as i64;
+        self.marks.iter().enumerate().all(|(s, shard)| {
+            let ids = &self.chain.members_by_shard[s];
+            if ids.is_empty() {
+                return true;
+            }
+            let wishes = &self.wishes[s];
+            let progress = shard.progress(self.chain.digest, wishes.digest(), |shard| {
+                let mut low = [i64::MAX; 3];
+                for id in ids {
+                    if wishes.entries().get(id).is_some_and(removes) {
+                        continue;
+                    }
+                    let marks = shard.entries().get(id);
+                    for (k, t) in TRACKERS.iter().enumerate() {
+                        let at = marks.and_then(|m| m.get(*t)).and_then(|m| self.index_of(m));
+                        low[k] = low[k].min(at.map_or(-1, |i| i as i64));
+                    }
+                }
+                low
+            });
+            progress[slot] >= index
+        })
     }
 
     /// Moves `node`'s mark on `t` to version `index`; true if it moved.
@@ -350,14 +593,13 @@ impl History {
         if self.reached(t, node, index) {
             return false;
         }
-        let (version, digest) = (v.number, v.digest());
-        let map = match t {
-            Tracker::Ack => &mut self.ack,
-            Tracker::Sync => &mut self.sync,
-            Tracker::SyncAck => &mut self.sync_ack,
-        };
-        let seq = map.get(node).map_or(0, |m| m.seq).saturating_add(1);
-        map.insert(node.to_string(), Mark { seq, version, digest });
+        let (version, digest) = (v.number, v.digest);
+        let shard = &mut self.marks[shard_of(node)];
+        *shard = Arc::new(shard.with(node, Marks::default, |m| {
+            let slot = m.slot(t);
+            let seq = slot.as_ref().map_or(0, |m| m.seq).saturating_add(1);
+            *slot = Some(Mark { seq, version, digest });
+        }));
         self.prune();
         true
     }
@@ -375,30 +617,48 @@ impl History {
         if self.all_reached(Tracker::Sync, newest) { newest } else { 0 }
     }
 
-    /// Drops the oldest versions every node has stopped reading from.
-    fn prune(&mut self) {
+    /// Drops the oldest versions every node has stopped reading from; true
+    /// if it dropped one.
+    fn prune(&mut self) -> bool {
+        let mut dropped = false;
         while self.versions.len() > 1 && self.all_reached(Tracker::SyncAck, 1) {
-            self.versions.remove(0);
+            self.set_versions(self.versions[1..].to_vec());
+            dropped = true;
+        }
+        dropped
+    }
+}
+
+/// Checks a chain of versions: non-empty, consecutive numbers, each
+/// version's members non-empty, sorted, distinct and of non-zero weight.
+fn validate_chain<'a>(versions: impl Iterator<Item = &'a Version>) -> Result<(), MergeError> {
+    let mut previous: Option<u64> = None;
+    for v in versions {
+        if previous.is_some_and(|p| p.checked_add(1) != Some(v.number)) {
+            return Err(MergeError::Malformed("version numbers are not consecutive"));
+        }
+        previous = Some(v.number);
+        if v.members.is_empty() {
+            return Err(MergeError::Malformed("a version without members"));
+        }
+        if v.members.windows(2).any(|w| w[0].id >= w[1].id) {
+            return Err(MergeError::Malformed("a version's members are not sorted and distinct"));
+        }
+        if v.members.iter().any(|m| m.weight == 0) {
+            return Err(MergeError::Malformed("a member of weight 0"));
         }
     }
+    if previous.is_none() {
+        return Err(MergeError::Malformed("no version"));
+    }
+    Ok(())
 }
 
 /// The order chains are chosen by in a merge: their versions' ranks from
 /// the newest down, so the newest version decides, and a chain that is the
 /// other one with more of the past kept wins (pruning then catches up).
-fn chain_key(versions: &[Version]) -> Vec<(u64, Digest)> {
-    versions.iter().rev().map(Version::rank).collect()
-}
-
-fn merge_max<V: Ord + Clone>(ours: &mut BTreeMap<String, V>, theirs: &BTreeMap<String, V>) {
-    for (k, v) in theirs {
-        match ours.get(k) {
-            Some(mine) if mine >= v => {}
-            _ => {
-                ours.insert(k.clone(), v.clone());
-            }
-        }
-    }
+fn chain_key(ranks: impl DoubleEndedIterator<Item = (u64, Digest)>) -> Vec<(u64, Digest)> {
+    ranks.rev().collect()
 }
 
 #[cfg(test)]

@@ -122,9 +122,7 @@ impl Membership {
     pub fn stored(storage: &Storage) -> Result<Option<History>, MembershipError> {
         match storage.meta().layout_history()? {
             None => Ok(None),
-            Some(bytes) => {
-                postcard::from_bytes(&bytes).map(Some).map_err(|e| MembershipError::Decode(e.to_string()))
-            }
+            Some(bytes) => decode(&bytes).map(Some),
         }
     }
 
@@ -166,8 +164,22 @@ impl Membership {
 
     /// Merges a peer's history into this node's; true if it changed.
     pub fn merge(&self, other: &History) -> Result<bool, MembershipError> {
+        self.absorb(|h| h.merge(other))
+    }
+
+    /// Merges what a peer's gossip sent ([`history::Delta`]); true if it
+    /// changed this node's history.
+    pub fn apply(&self, delta: &history::Delta) -> Result<bool, MembershipError> {
+        self.absorb(|h| h.apply(delta))
+    }
+
+    /// Changes the history by a merge that may refuse the peer.
+    fn absorb(
+        &self,
+        merge: impl FnOnce(&mut History) -> Result<bool, MergeError>,
+    ) -> Result<bool, MembershipError> {
         let mut refused = None;
-        let changed = self.update(|h| match h.merge(other) {
+        let changed = self.update(|h| match merge(h) {
             Ok(changed) => changed,
             Err(e) => {
                 refused = Some(e);
@@ -183,11 +195,7 @@ impl Membership {
     /// Whether the cluster removed this node as dead (it must not serve:
     /// its copy and its layout are both behind).
     pub fn removed(&self) -> bool {
-        self.layout()
-            .history()
-            .wishes()
-            .get(&self.self_id)
-            .is_some_and(|w| w.desire == history::Desire::Removed)
+        self.layout().history().is_removed(&self.self_id)
     }
 
     /// Waits until some peer's call carried another layout digest, and
@@ -291,10 +299,31 @@ impl Membership {
     }
 }
 
-/// The stored form of a history.
+/// The version byte of a stored history. Format 1 (before sharded
+/// histories) placed partitions with another ring: a directory holding one
+/// is refused rather than read with a different placement.
+const HISTORY_FORMAT: u8 = 2;
+
+/// The stored form of a history: `[format][postcard]`.
 pub fn encode(history: &History) -> Vec<u8> {
+    let mut out = vec![HISTORY_FORMAT];
     // Plain data: encoding cannot fail.
-    postcard::to_stdvec(history).unwrap_or_default()
+    out.extend(postcard::to_stdvec(history).unwrap_or_default());
+    out
+}
+
+/// The inverse of [`encode`].
+fn decode(bytes: &[u8]) -> Result<History, MembershipError> {
+    match bytes.split_first() {
+        Some((&HISTORY_FORMAT, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| MembershipError::Decode(e.to_string()))
+        }
+        _ => Err(MembershipError::Decode(
+            "the layout was stored by an earlier quorumkv, whose ring placed partitions differently; \
+             start this node from a new data directory"
+                .into(),
+        )),
+    }
 }
 
 impl crate::rpc::server::LayoutWatch for Membership {
@@ -313,11 +342,10 @@ impl Roster for Membership {
     /// version still names it: if it comes back, it is refused.
     fn member_ids(&self) -> Vec<String> {
         let layout = self.layout();
-        let wishes = layout.history().wishes();
-        let removed = |id: &str| wishes.get(id).is_some_and(|w| w.desire == history::Desire::Removed);
+        let history = layout.history();
         let mut ids: Vec<String> =
-            layout.members().iter().filter(|m| !removed(&m.id)).map(|m| m.id.clone()).collect();
-        for (id, wish) in wishes {
+            layout.members().iter().filter(|m| !history.is_removed(&m.id)).map(|m| m.id.clone()).collect();
+        for (id, wish) in history.wishes() {
             if wish.desire == history::Desire::Leaving && !layout.is_member(id) {
                 ids.push(id.clone());
             }

@@ -242,8 +242,12 @@ pub async fn cluster_status(target: &NodeAddress, json: bool) -> Result<String, 
         stats["read_repairs"], stats["corrupt_reads"], stats["hints"]["queued"]
     ));
     let ae = &stats["anti_entropy"];
+    let eta = match ae["transfer_eta_secs"].as_u64() {
+        Some(secs) => format!(", about {secs} s left"),
+        None => String::new(),
+    };
     out.push_str(&format!(
-        "transfers to this node: {} partitions pending, {} done; anti-entropy bytes {}\n",
+        "transfers to this node: {} partitions pending{eta}, {} done; anti-entropy bytes {}\n",
         ae["transfer_pending"], ae["transfer_done"], ae["bytes"]
     ));
     Ok(out)

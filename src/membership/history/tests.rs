@@ -193,10 +193,32 @@ fn the_history_round_trips_through_the_wire_codec() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Join { node: usize, id: usize },
-    Leave { node: usize, id: usize },
-    Step { node: usize },
-    Gossip { from: usize, to: usize },
+    Join {
+        node: usize,
+        id: usize,
+    },
+    Leave {
+        node: usize,
+        id: usize,
+    },
+    Step {
+        node: usize,
+    },
+    Gossip {
+        from: usize,
+        to: usize,
+    },
+    /// A push-pull exchange of differences, as the gossip worker runs it.
+    Exchange {
+        from: usize,
+        to: usize,
+    },
+    /// The node comes back with an older copy of its stored history (a
+    /// restored volume snapshot): one it held `back` changes ago.
+    Restore {
+        node: usize,
+        back: usize,
+    },
 }
 
 fn op(nodes: usize) -> impl Strategy<Value = Op> {
@@ -205,11 +227,21 @@ fn op(nodes: usize) -> impl Strategy<Value = Op> {
         (0..nodes, 0..8usize).prop_map(|(node, id)| Op::Leave { node, id }),
         (0..nodes).prop_map(|node| Op::Step { node }),
         (0..nodes, 0..nodes).prop_map(|(from, to)| Op::Gossip { from, to }),
+        (0..nodes, 0..nodes).prop_map(|(from, to)| Op::Exchange { from, to }),
+        (0..nodes, 0..8usize).prop_map(|(node, back)| Op::Restore { node, back }),
     ]
 }
 
+/// What each node held before each of its changes (for `Restore`).
+type Past = Vec<Vec<History>>;
+
 /// Plays one op on the simulated nodes (`leaves`: whether leaves happen).
-fn apply(nodes: &mut [(String, History)], ids: &[&str], op: Op, leaves: bool) {
+fn apply(nodes: &mut [(String, History)], past: &mut Past, ids: &[&str], op: Op, leaves: bool) {
+    for (i, (_, h)) in nodes.iter().enumerate() {
+        if past[i].last() != Some(h) {
+            past[i].push(h.clone());
+        }
+    }
     match op {
         Op::Join { node, id } => {
             let (me, h) = &mut nodes[node];
@@ -229,20 +261,47 @@ fn apply(nodes: &mut [(String, History)], ids: &[&str], op: Op, leaves: bool) {
             let other = nodes[from].1.clone();
             nodes[to].1.merge(&other).unwrap();
         }
+        Op::Exchange { from, to } => {
+            let (mut a, mut b) = (nodes[from].1.clone(), nodes[to].1.clone());
+            let offer = a.summary();
+            let pull = b.delta_for(&offer);
+            let answer = b.summary();
+            a.apply(&pull).unwrap();
+            let push = a.delta_for(&answer);
+            b.apply(&push).unwrap();
+            // Differences exchanged both ways: both end where a merge
+            // both ways ends.
+            let mut merged = nodes[from].1.clone();
+            merged.merge(&nodes[to].1).unwrap();
+            assert_eq!(a, merged, "pull");
+            if from != to {
+                assert_eq!(b, merged, "push");
+            }
+            nodes[from].1 = a;
+            nodes[to].1 = b;
+        }
+        Op::Restore { node, back } => {
+            let kept = &past[node];
+            if let Some(older) = kept.len().checked_sub(back + 1).map(|i| kept[i].clone()) {
+                nodes[node].1 = older;
+            }
+        }
     }
 }
 
 proptest! {
-    /// Any interleaving of joins, leaves, commits, marks and gossip between
-    /// four nodes settles, once they gossip, on one history on every node:
-    /// one version, holding what the last wishes asked for.
+    /// Any interleaving of joins, leaves, commits, marks, gossip (whole
+    /// histories or differences) and restores of an older stored history
+    /// between four nodes settles, once they gossip, on one history on
+    /// every node: one version, holding what the last wishes asked for.
     #[test]
     fn concurrent_changes_converge_to_one_layout(ops in proptest::collection::vec(op(4), 0..60)) {
         let ids = ["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7"];
         let mut nodes: Vec<(String, History)> =
             (0..4).map(|i| (ids[i].to_string(), start(&ids[..4]))).collect();
+        let mut past: Past = vec![Vec::new(); 4];
         for op in ops {
-            apply(&mut nodes, &ids, op, true);
+            apply(&mut nodes, &mut past, &ids, op, true);
         }
         // Members that joined in the wishes, or are leaving, take part too
         // (in a cluster they would be running): add them before settling.
@@ -277,8 +336,9 @@ proptest! {
         let ids = ["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7"];
         let mut nodes: Vec<(String, History)> =
             (0..3).map(|i| (ids[i].to_string(), start(&ids[..3]))).collect();
+        let mut past: Past = vec![Vec::new(); 3];
         for op in ops {
-            apply(&mut nodes, &ids, op, false);
+            apply(&mut nodes, &mut past, &ids, op, false);
         }
         let (a, b, c) = (nodes[0].1.clone(), nodes[1].1.clone(), nodes[2].1.clone());
         let join = |x: &History, y: &History| {
