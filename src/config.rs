@@ -88,8 +88,20 @@ impl std::str::FromStr for LogFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// This node's id; must be one of `members`.
+    /// This node's id: one of `members`, or, for a node joining with
+    /// `seeds`, its own (e.g. a Kubernetes pod's name).
     pub node_id: String,
+    /// This node's public URL as clients and the other nodes reach it, when
+    /// it is not in `members` (a node joining with `seeds`); when it is,
+    /// empty or the same as its entry there.
+    #[serde(default)]
+    pub advertise_client_url: String,
+    /// This node's peer URL, likewise.
+    #[serde(default)]
+    pub advertise_peer_url: String,
+    /// This node's weight when it is not in `members` (its entry's there).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
     /// The cluster's name: nodes of another cluster refuse this one's
     /// gossip (and it theirs), so two clusters sharing a CA never merge.
     #[serde(default = "default_cluster")]
@@ -281,6 +293,45 @@ fn default_block_cache_bytes() -> usize {
 }
 
 impl Config {
+    /// This node's own entry: its one in `members`, else (a node joining
+    /// with `seeds`) one made of `node_id`, the advertised URLs and
+    /// `weight`.
+    pub fn self_member(&self) -> Result<MemberConfig, ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let advertised = (self.advertise_client_url.as_str(), self.advertise_peer_url.as_str());
+        if let Some(m) = self.members.iter().find(|m| m.id == self.node_id) {
+            let agrees = |given: &str, listed: &str| given.is_empty() || given == listed;
+            if !agrees(advertised.0, &m.client_url) || !agrees(advertised.1, &m.peer_url) {
+                return bad(format!(
+                    "advertise_client_url/advertise_peer_url of {:?} differ from its entry in members",
+                    self.node_id
+                ));
+            }
+            return Ok(m.clone());
+        }
+        if self.seeds.is_empty() || advertised.0.is_empty() || advertised.1.is_empty() {
+            return bad(format!(
+                "node_id {:?} is not one of members (a node that joins an existing cluster sets seeds, advertise_client_url and advertise_peer_url)",
+                self.node_id
+            ));
+        }
+        Ok(MemberConfig {
+            id: self.node_id.clone(),
+            client_url: advertised.0.to_string(),
+            peer_url: advertised.1.to_string(),
+            weight: self.weight,
+        })
+    }
+
+    /// Whether this node starts by joining an existing cluster through its
+    /// seeds (it is not in `members`, or lists only itself there) rather
+    /// than creating the cluster of `members`.
+    pub fn joins(&self) -> bool {
+        let listed = self.members.iter().any(|m| m.id == self.node_id);
+        let others = self.members.iter().any(|m| m.id != self.node_id);
+        !self.seeds.is_empty() && (!listed || !others)
+    }
+
     /// Reads a TOML file without validating it (flags may still complete it).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -303,12 +354,11 @@ impl Config {
         if self.node_id.is_empty() {
             return bad("node_id is empty".into());
         }
-        if self.members.is_empty() {
-            return bad("members is empty".into());
+        if self.members.is_empty() && self.seeds.is_empty() {
+            return bad("members is empty (and no seeds to join through)".into());
         }
-        if !self.members.iter().any(|m| m.id == self.node_id) {
-            return bad(format!("node_id {:?} is not one of members", self.node_id));
-        }
+        let me = self.self_member()?;
+        me.check().map_err(ConfigError::Invalid)?;
         let mut ids: Vec<&str> = self.members.iter().map(|m| m.id.as_str()).collect();
         ids.sort_unstable();
         if ids.windows(2).any(|w| w[0] == w[1]) {
@@ -417,6 +467,34 @@ mod tests {
         config.node_id = "ghost".into();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("not one of members"), "{err}");
+    }
+
+    #[test]
+    fn a_node_outside_members_joins_with_seeds_and_advertised_urls() {
+        let mut config = Config::from_toml(include_str!("../config/node.example.toml")).unwrap();
+        assert!(!config.joins(), "a first member creates the cluster");
+        config.node_id = "quorumkv-3".into();
+        config.seeds = vec!["https://quorumkv-peers:9443".into()];
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("advertise_client_url"), "without its own URLs it cannot join: {err}");
+        config.advertise_client_url = "https://quorumkv-3.quorumkv-peers:8443".into();
+        config.advertise_peer_url = "https://quorumkv-3.quorumkv-peers:9443".into();
+        config.weight = 2;
+        config.validate().expect("a pod beyond the first members");
+        assert!(config.joins());
+        let me = config.self_member().unwrap();
+        assert_eq!(
+            (me.id.as_str(), me.peer_url.as_str(), me.weight),
+            ("quorumkv-3", "https://quorumkv-3.quorumkv-peers:9443", 2)
+        );
+        // A first member whose advertised URLs disagree with its entry.
+        config.node_id = "node1".into();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("differ"), "{err}");
+        config.advertise_client_url = config.members[0].client_url.clone();
+        config.advertise_peer_url = config.members[0].peer_url.clone();
+        config.validate().expect("the same URLs as its entry");
+        assert!(!config.joins(), "listed among others: it creates the cluster even with seeds");
     }
 
     #[test]

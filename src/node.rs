@@ -119,9 +119,7 @@ impl Node {
         let storage = Arc::new(storage);
         let local_ip = Some(config.peer_listen.ip()).filter(|ip| !ip.is_unspecified());
         let history = initial_history(&config, &storage, &peer_client_tls, local_ip).await?;
-        let me = config.members.iter().find(|m| m.id == config.node_id).cloned().ok_or_else(|| {
-            NodeError::Config(crate::config::ConfigError::Invalid("node_id is not in members".into()))
-        })?;
+        let me = config.self_member()?;
         let membership = Arc::new(Membership::new(me, history, Some(storage.clone()))?);
         let workers = Arc::new(Workers::new());
         let replica = Replica::new(storage.clone(), &config.node_id, config.limits, workers.tasks().clone())
@@ -372,19 +370,15 @@ async fn initial_history(
         return Ok(stored);
     }
     let max_n = u32::try_from(config.max_n).unwrap_or(u32::MAX);
-    if config.seeds.is_empty() {
+    if !config.joins() {
         return Ok(History::initial(&config.cluster, config.partitions, max_n, &config.members));
     }
-    let Some(me) = config.members.iter().find(|m| m.id == config.node_id) else {
-        return Err(NodeError::Config(crate::config::ConfigError::Invalid(
-            "node_id is not in members".into(),
-        )));
-    };
+    let me = config.self_member()?;
     let client = PeerClient::new(tls.clone(), Arc::new(NoPeers), local_ip, RpcMetrics::default())?;
     // Only the layout for now: the node asks to join once its peer port
     // serves (see `start_with`), so that writes to it succeed from the
     // moment it is in a replica set.
-    let request = JoinRequest { cluster: config.cluster.clone(), member: me.clone(), join: false };
+    let request = JoinRequest { cluster: config.cluster.clone(), member: me, join: false };
     tracing::info!(seeds = ?config.seeds, "fetching the cluster's layout from the seeds");
     let history = membership::join::fetch(&client, &config.seeds, &request, SEED_PATIENCE).await?;
     if (history.partitions(), history.max_n()) != (config.partitions, max_n) {

@@ -58,6 +58,16 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), CertError> {
 }
 
 impl Ca {
+    /// Loads `dir/ca-key.pem` (with `dir/ca.pem` beside it); never creates
+    /// one.
+    pub fn load(dir: &Path) -> Result<Ca, CertError> {
+        let key_path = dir.join("ca-key.pem");
+        let pem = fs::read_to_string(&key_path).map_err(|source| CertError::Io { path: key_path, source })?;
+        let key = KeyPair::from_pem(&pem)?;
+        let cert = ca_params()?.self_signed(&key)?;
+        Ok(Ca { cert, key })
+    }
+
     /// Loads `dir/ca.pem` + `dir/ca-key.pem`, or creates them when absent.
     ///
     /// A loaded CA is re-issued in memory from its key and fixed name: the
@@ -67,11 +77,7 @@ impl Ca {
         let key_path = dir.join("ca-key.pem");
         let cert_path = dir.join("ca.pem");
         if key_path.exists() && cert_path.exists() {
-            let pem = fs::read_to_string(&key_path)
-                .map_err(|source| CertError::Io { path: key_path.clone(), source })?;
-            let key = KeyPair::from_pem(&pem)?;
-            let cert = ca_params()?.self_signed(&key)?;
-            return Ok(Ca { cert, key });
+            return Ca::load(dir);
         }
         let key = KeyPair::generate()?;
         let cert = ca_params()?.self_signed(&key)?;
@@ -117,6 +123,31 @@ pub fn default_sans(node: &str, extra: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_signs_its_own_certificate_with_the_ca_of_a_secret_and_never_makes_one() {
+        let secret = tempfile::tempdir().unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        assert!(Ca::load(empty.path()).is_err(), "no CA there: refused, not created");
+        assert!(!empty.path().join("ca-key.pem").exists());
+        Ca::load_or_create(secret.path()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let ca = Ca::load(secret.path()).unwrap();
+        let sans = default_sans("quorumkv-3", &["quorumkv-peers.quorumkv.svc.cluster.local".to_string()]);
+        let paths = ca.issue(out.path(), "quorumkv-3", &sans).unwrap();
+        assert!(!out.path().join("ca-key.pem").exists(), "the CA key is not copied next to the pod's");
+        let roots = quorumkv::tls::load_roots(&secret.path().join("ca.pem")).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            quorumkv::tls::provider(),
+        )
+        .build()
+        .unwrap();
+        let chain = quorumkv::tls::load_certs(&paths.cert).unwrap();
+        verifier
+            .verify_client_cert(&chain[0], &[], rustls_pki_types::UnixTime::now())
+            .expect("chains to the CA");
+    }
 
     #[test]
     fn issued_certificates_chain_to_a_reloaded_ca() {

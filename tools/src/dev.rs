@@ -89,45 +89,10 @@ pub fn init(
     let port = |i: usize, offset: u16| first_port.saturating_add(offset).saturating_add(i as u16);
     let members: Vec<MemberConfig> =
         ids.iter().enumerate().map(|(i, id)| local_member(id, port(i, 0), port(i, 1000))).collect();
+    let base = dev_config(members.clone(), nodes, log_format);
     let mut cluster_nodes = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        let node_certs = ca.issue(&certs_dir, id, &default_sans(id, &[]))?;
-        let data_dir = dir.join(id).join("data");
-        std::fs::create_dir_all(&data_dir).map_err(io(&data_dir))?;
-        let config = Config {
-            node_id: id.clone(),
-            client_listen: ([127, 0, 0, 1], port(i, 0)).into(),
-            peer_listen: ([127, 0, 0, 1], port(i, 1000)).into(),
-            data_dir: data_dir.clone(),
-            tls: TlsConfig { ca: dir.join("ca.pem"), cert: node_certs.cert, key: node_certs.key },
-            members: members.clone(),
-            cluster: "quorumkv".into(),
-            seeds: Vec::new(),
-            auto_join: true,
-            gossip_interval_ms: 1000,
-            partitions: 1024,
-            max_n: 3.min(nodes),
-            defaults: dev_defaults(nodes),
-            max_value_bytes: 16 * 1024 * 1024,
-            request_timeout_ms: 5_000,
-            // A laptop has no load balancer to wait for; a second shows the phase.
-            drain_delay_ms: 1_000,
-            block_cache_bytes: 128 * 1024 * 1024,
-            log_format,
-            read_repair: true,
-            repair: Default::default(),
-            limits: Default::default(),
-        };
-        config.validate()?;
-        let config_path = dir.join(format!("{id}.toml"));
-        std::fs::write(&config_path, config.to_toml()).map_err(io(&config_path))?;
-        cluster_nodes.push(ClusterNode {
-            id: id.clone(),
-            client_url: members[i].client_url.clone(),
-            peer_url: members[i].peer_url.clone(),
-            config: config_path,
-            data_dir,
-        });
+    for (i, member) in members.iter().enumerate() {
+        cluster_nodes.push(write_node(&dir, &ca, base.clone(), member, port(i, 0), port(i, 1000))?);
     }
     let file = ClusterFile {
         ca: dir.join("ca.pem"),
@@ -166,41 +131,84 @@ fn grow(
         None => return Ok(existing),
     };
     let ca = Ca::load_or_create(dir)?;
-    let certs_dir = dir.join("certs");
     let seeds: Vec<String> = existing.nodes.iter().map(|n| n.peer_url.clone()).collect();
     let port = |i: usize, offset: u16| first_port.saturating_add(offset).saturating_add(i as u16);
     for i in existing.nodes.len()..nodes {
-        let id = format!("node{}", i + 1);
-        let node_certs = ca.issue(&certs_dir, &id, &default_sans(&id, &[]))?;
-        let data_dir = dir.join(&id).join("data");
-        std::fs::create_dir_all(&data_dir).map_err(io(&data_dir))?;
-        let me = local_member(&id, port(i, 0), port(i, 1000));
-        let config = Config {
-            node_id: id.clone(),
-            client_listen: ([127, 0, 0, 1], port(i, 0)).into(),
-            peer_listen: ([127, 0, 0, 1], port(i, 1000)).into(),
-            data_dir: data_dir.clone(),
-            tls: TlsConfig { ca: dir.join("ca.pem"), cert: node_certs.cert, key: node_certs.key },
-            members: vec![me.clone()],
-            seeds: seeds.clone(),
-            ..template.clone()
-        };
-        config.validate()?;
-        let config_path = dir.join(format!("{id}.toml"));
-        std::fs::write(&config_path, config.to_toml()).map_err(io(&config_path))?;
-        existing.nodes.push(ClusterNode {
-            id,
-            client_url: me.client_url,
-            peer_url: me.peer_url,
-            config: config_path,
-            data_dir,
-        });
+        let me = local_member(&format!("node{}", i + 1), port(i, 0), port(i, 1000));
+        let base = Config { members: vec![me.clone()], seeds: seeds.clone(), ..template.clone() };
+        existing.nodes.push(write_node(dir, &ca, base, &me, port(i, 0), port(i, 1000))?);
     }
     let cluster_path = dir.join("cluster.json");
     let json = serde_json::to_string_pretty(&existing)
         .map_err(|source| DevError::Json { path: cluster_path.clone(), source })?;
     std::fs::write(&cluster_path, json).map_err(io(&cluster_path))?;
     Ok(existing)
+}
+
+/// A dev cluster's settings for `members`; each node's own fields are
+/// filled in by [`write_node`].
+fn dev_config(members: Vec<MemberConfig>, nodes: usize, log_format: LogFormat) -> Config {
+    Config {
+        node_id: String::new(),
+        advertise_client_url: String::new(),
+        advertise_peer_url: String::new(),
+        weight: 1,
+        client_listen: ([127, 0, 0, 1], 0).into(),
+        peer_listen: ([127, 0, 0, 1], 0).into(),
+        data_dir: PathBuf::new(),
+        tls: TlsConfig::default(),
+        members,
+        cluster: "quorumkv".into(),
+        seeds: Vec::new(),
+        auto_join: true,
+        gossip_interval_ms: 1000,
+        partitions: 1024,
+        max_n: 3.min(nodes),
+        defaults: dev_defaults(nodes),
+        max_value_bytes: 16 * 1024 * 1024,
+        request_timeout_ms: 5_000,
+        // A laptop has no load balancer to wait for; a second shows the phase.
+        drain_delay_ms: 1_000,
+        block_cache_bytes: 128 * 1024 * 1024,
+        log_format,
+        read_repair: true,
+        repair: Default::default(),
+        limits: Default::default(),
+    }
+}
+
+/// Writes one node's certificate, data directory and config (`base` with
+/// the node's own id, ports, directory and certificate) under `dir`.
+fn write_node(
+    dir: &Path,
+    ca: &Ca,
+    base: Config,
+    me: &MemberConfig,
+    client: u16,
+    peer: u16,
+) -> Result<ClusterNode, DevError> {
+    let id = &me.id;
+    let node_certs = ca.issue(&dir.join("certs"), id, &default_sans(id, &[]))?;
+    let data_dir = dir.join(id).join("data");
+    std::fs::create_dir_all(&data_dir).map_err(io(&data_dir))?;
+    let config = Config {
+        node_id: id.clone(),
+        client_listen: ([127, 0, 0, 1], client).into(),
+        peer_listen: ([127, 0, 0, 1], peer).into(),
+        data_dir: data_dir.clone(),
+        tls: TlsConfig { ca: dir.join("ca.pem"), cert: node_certs.cert, key: node_certs.key },
+        ..base
+    };
+    config.validate()?;
+    let config_path = dir.join(format!("{id}.toml"));
+    std::fs::write(&config_path, config.to_toml()).map_err(io(&config_path))?;
+    Ok(ClusterNode {
+        id: id.clone(),
+        client_url: me.client_url.clone(),
+        peer_url: me.peer_url.clone(),
+        config: config_path,
+        data_dir,
+    })
 }
 
 /// Defaults that work on a cluster smaller than three nodes too.

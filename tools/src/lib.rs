@@ -9,9 +9,11 @@
 //! - [`bench`]: `quorumkv bench`, the load generator and its report.
 //! - [`dev`]: a local cluster (certificates, configs, `cluster.json`).
 //! - [`certs`]: a cluster CA and node certificates.
+//! - [`sim`]: `quorumkv sim`, membership at scale, simulated without sockets.
 
 pub mod admin;
 pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod dev;
+pub mod sim;

@@ -101,15 +101,29 @@ async fn run() -> anyhow::Result<()> {
             futures::future::join_all(nodes.into_iter().map(Node::shutdown)).await;
         }
         Command::Certs(args) => {
-            let ca = certs::Ca::load_or_create(&args.out).context("creating the CA")?;
+            let ca = match &args.ca_dir {
+                Some(dir) => certs::Ca::load(dir).context("loading the CA")?,
+                None => certs::Ca::load_or_create(&args.out).context("creating the CA")?,
+            };
             for node in &args.nodes {
                 let extra: Vec<String> = args.san.iter().map(|s| s.replace("{node}", node)).collect();
                 let paths = ca.issue(&args.out, node, &certs::default_sans(node, &extra))?;
                 println!("{node}: {} {}", paths.cert.display(), paths.key.display());
             }
-            let admin = ca.issue(&args.out, "admin", &["localhost".to_string()])?;
-            println!("admin client: {} {}", admin.cert.display(), admin.key.display());
-            println!("CA: {}", args.out.join("ca.pem").display());
+            if args.ca_dir.is_none() {
+                let admin = ca.issue(&args.out, "admin", &["localhost".to_string()])?;
+                println!("admin client: {} {}", admin.cert.display(), admin.key.display());
+                println!("CA: {}", args.out.join("ca.pem").display());
+            }
+        }
+        Command::Sim(args) => {
+            let results = quorumkv_tools::sim::run(&args)?;
+            let text = if args.json {
+                serde_json::to_string_pretty(&results)?
+            } else {
+                quorumkv_tools::sim::table(&results, &args)
+            };
+            let _ = writeln!(std::io::stdout(), "{text}");
         }
         Command::Bench(args) => {
             let summary = quorumkv_tools::bench::run(&args).await?;

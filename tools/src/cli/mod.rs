@@ -28,6 +28,8 @@ pub enum Command {
     Certs(CertsArgs),
     /// Load-test a cluster through its public API.
     Bench(crate::bench::BenchArgs),
+    /// Simulate gossip and layout changes of large clusters (no sockets; deterministic).
+    Sim(crate::sim::SimArgs),
     /// Inspect a running cluster.
     #[command(subcommand)]
     Cluster(crate::admin::ClusterCommand),
@@ -73,6 +75,11 @@ pub struct CertsArgs {
     /// Output folder (an existing CA there is reused).
     #[arg(long)]
     pub out: PathBuf,
+    /// Sign with the CA in this folder (ca.pem, ca-key.pem; never created)
+    /// and write only the node certificates to --out: how a Kubernetes pod
+    /// makes its own certificate at start from a Secret holding the CA.
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
     /// Comma-separated node ids.
     #[arg(long, value_delimiter = ',', required = true)]
     pub nodes: Vec<String>,

@@ -135,6 +135,9 @@ impl TestCluster {
             let node_certs = ca.issue(&certs, &id, &default_sans(&id, &[])).expect("node cert");
             configs.push(Config {
                 node_id: id.clone(),
+                advertise_client_url: String::new(),
+                advertise_peer_url: String::new(),
+                weight: 1,
                 client_listen: l.client.local_addr().unwrap(),
                 peer_listen: l.peer.local_addr().unwrap(),
                 data_dir: dir.path().join(&id),

@@ -126,7 +126,10 @@ async fn two_nodes_joining_at_once_converge_on_one_layout() {
         let key = format!("k-{i}");
         assert_eq!(c.put(0, &key, format!("v-{key}"), &[]).await.status(), 204);
     }
-    // Both start together, each through another seed.
+    // Both start together, each through another seed. node4 lists only
+    // itself; node5 is configured as a Kubernetes pod beyond the first
+    // members is: the same member list as the first three (it is not in
+    // it) and its own URLs as advertised ones.
     let (a, b) = (c.configs.len(), c.configs.len() + 1);
     let mut ca = c.joiner_config(a, 0);
     let mut cb = c.joiner_config(b, 1);
@@ -141,6 +144,11 @@ async fn two_nodes_joining_at_once_converge_on_one_layout() {
         l
     };
     let (l1, l2) = (bind(&mut ca), bind(&mut cb));
+    cb.advertise_client_url = cb.members[0].client_url.clone();
+    cb.advertise_peer_url = cb.members[0].peer_url.clone();
+    cb.members = c.configs[0].members.clone();
+    assert!(cb.joins(), "a node absent from the first members joins through its seeds");
+    assert!(!c.configs[0].joins(), "a first member creates the cluster");
     let (na, nb) = tokio::join!(Node::start_with(ca.clone(), l1), Node::start_with(cb.clone(), l2));
     let (na, nb) = (na.expect("node4 joins"), nb.expect("node5 joins"));
     // Settled on every node, the first three and the two new ones alike.

@@ -113,6 +113,9 @@ async fn writes_on_both_sides_of_a_real_network_cut_become_siblings() {
         let tls = ca.issue(&certs, &id, &default_sans(&id, &[ip.to_string()])).unwrap();
         let config = Config {
             node_id: id.clone(),
+            advertise_client_url: String::new(),
+            advertise_peer_url: String::new(),
+            weight: 1,
             client_listen: format!("{ip}:{}", ports[i].0).parse().unwrap(),
             peer_listen: format!("{ip}:{}", ports[i].1).parse().unwrap(),
             data_dir: dir.path().join(&id),
