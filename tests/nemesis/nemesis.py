@@ -3,7 +3,7 @@
 processes, with its own checker.
 
 The cluster: 5 nodes on 127.0.0.11-15 (N=3, R=W=2), each its own process
-and data directory. The clients (threads, leaving from 127.0.0.20 so no
+and data directory, and a sixth (127.0.0.16) that joins and leaves. The clients (threads, leaving from 127.0.0.20 so no
 fault rule ever names them) run two workloads against random nodes:
 
 - set-adds: read a set key (all siblings, as JSON), take the union of the
@@ -18,7 +18,12 @@ sent) or unknown (503, timeout, connection error: it may have been
 stored). Meanwhile the nemesis cycles faults, each followed by a heal:
 kill -9 and restart, SIGSTOP/SIGCONT, a network partition (iptables DROP
 rules between 127.0.0.x addresses, tagged and always removed), a wiped
-data directory, and a restart from an older copy of a data directory.
+data directory, a restart from an older copy of a data directory, and a
+membership change: node6 joins through seeds (and is killed -9 in the middle
+of receiving its partitions, then restarted), or node6 leaves with `cluster
+leave --wait` (and is killed -9 in the middle of handing them over, then
+restarted), after which it is stopped and its directory deleted. The other
+faults pick their victim among the members of the moment, node6 included.
 
 After the last heal it measures the time until the three home replicas of
 every key hold identical copies, then checks:
@@ -51,7 +56,10 @@ import threading
 import time
 
 NODES = 5
-IPS = [f"127.0.0.{11 + i}" for i in range(NODES)]
+# node6 (index 5) is not a first member: it joins and leaves.
+SLOTS = 6
+JOINER = 5
+IPS = [f"127.0.0.{11 + i}" for i in range(SLOTS)]
 CLIENT_IP = "127.0.0.20"
 SET_KEYS = 8
 TAG = f"quorumkv-nemesis-{os.getpid()}"
@@ -89,9 +97,11 @@ class Cluster:
     def __init__(self, binary, workdir, anti_entropy_ms):
         self.binary = binary
         self.dir = workdir
-        self.procs = [None] * NODES
+        self.procs = [None] * SLOTS
         self.rules = []
-        self.ids = [f"node{i + 1}" for i in range(NODES)]
+        self.ids = [f"node{i + 1}" for i in range(SLOTS)]
+        # The slots that are members now (clients and faults pick among them).
+        self.active = list(range(NODES))
         ports = [(free_port(ip), free_port(ip)) for ip in IPS]
         self.client_urls = [(ip, c) for ip, (c, _) in zip(IPS, ports)]
         certs = os.path.join(workdir, "certs")
@@ -100,15 +110,20 @@ class Cluster:
                        check=True, capture_output=True)
         self.ca = os.path.join(certs, "ca.pem")
         self.admin = (os.path.join(certs, "admin.pem"), os.path.join(certs, "admin-key.pem"))
-        members = "".join(
-            f'[[members]]\nid = "{nid}"\nclient_url = "https://{ip}:{c}"\npeer_url = "https://{ip}:{p}"\n\n'
-            for nid, ip, (c, p) in zip(self.ids, IPS, ports))
+        entry = lambda nid, ip, c, p: (  # noqa: E731
+            f'[[members]]\nid = "{nid}"\nclient_url = "https://{ip}:{c}"\npeer_url = "https://{ip}:{p}"\n\n')
+        first = "".join(entry(*args[:2], *args[2]) for args in list(zip(self.ids, IPS, ports))[:NODES])
+        seeds = ", ".join(f'"https://{ip}:{p}"' for ip, (_, p) in list(zip(IPS, ports))[:NODES])
+        self.peer_ports = [p for _, p in ports]
         self.configs = []
         for i, (nid, ip, (c, p)) in enumerate(zip(self.ids, IPS, ports)):
+            # The joiner lists only itself, with the first members as seeds.
+            members = first if i < NODES else entry(nid, ip, c, p)
+            joining = f"seeds = [{seeds}]\n" if i >= NODES else ""
             path = os.path.join(workdir, f"{nid}.toml")
             with open(path, "w") as f:
                 f.write(f'''node_id = "{nid}"
-client_listen = "{ip}:{c}"
+{joining}client_listen = "{ip}:{c}"
 peer_listen = "{ip}:{p}"
 data_dir = "{os.path.join(workdir, nid)}"
 partitions = 64
@@ -197,9 +212,13 @@ tombstone_grace_secs = 3600
         while self.rules:
             iptables("-D", self.rules.pop())
 
+    def client_url(self, i):
+        ip, port = self.client_urls[i]
+        return f"https://{ip}:{port}"
+
     def stop_all(self):
         self.heal_network()
-        for i in range(NODES):
+        for i in range(SLOTS):
             self.signal(i, signal.SIGCONT)
             self.kill(i)
 
@@ -242,7 +261,7 @@ def client(cluster, history, stop, cid):
     n = 0
     while not stop.is_set():
         n += 1
-        node = random.randrange(NODES)
+        node = random.choice(cluster.active)
         start = time.time()
         if random.random() < 0.7:
             key = f"set-{random.randrange(SET_KEYS)}"
@@ -292,9 +311,48 @@ def snapshot_dir(src, dst):
     shutil.copytree(src, dst)
 
 
+def join_or_leave(cluster, secs):
+    """node6 joins (killed -9 midway through receiving its partitions, then
+    restarted) if it is not a member, else leaves (killed -9 midway through
+    handing them over, restarted, then stopped once drained, its directory
+    deleted). Returns what happened."""
+    i = JOINER
+    if i not in cluster.active:
+        shutil.rmtree(cluster.data_dir(i), ignore_errors=True)
+        cluster.start(i)
+        cluster.wait_ready(i, timeout=60)
+        cluster.active.append(i)
+        time.sleep(random.uniform(0, secs))
+        cluster.kill(i)
+        cluster.start(i)
+        cluster.wait_ready(i, timeout=60)
+        time.sleep(secs)
+        return "join"
+    leave = subprocess.Popen([cluster.binary, "cluster", "leave", cluster.ids[i], "--wait",
+                              "--url", cluster.client_url(0), "--cacert", cluster.ca],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(random.uniform(1, secs))
+    cluster.kill(i)
+    cluster.start(i)
+    cluster.wait_ready(i, timeout=60)
+    try:
+        _, err = leave.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        leave.kill()
+        raise RuntimeError("node6 did not drain in 240 s")
+    if leave.returncode != 0:
+        raise RuntimeError(f"cluster leave failed: {err.decode(errors='replace')}")
+    cluster.active.remove(i)
+    cluster.kill(i)
+    shutil.rmtree(cluster.data_dir(i), ignore_errors=True)
+    return "leave"
+
+
 def run_fault(cluster, name, secs):
     """Applies one fault for about `secs`, then heals it."""
-    victim = random.randrange(NODES)
+    victim = random.choice(cluster.active)
+    if name == "membership":
+        return f"node6 ({join_or_leave(cluster, secs)})"
     if name == "kill9":
         cluster.kill(victim)
         time.sleep(secs)
@@ -305,7 +363,7 @@ def run_fault(cluster, name, secs):
         time.sleep(secs)
         cluster.signal(victim, signal.SIGCONT)
     elif name == "partition":
-        nodes = list(range(NODES))
+        nodes = list(cluster.active)
         random.shuffle(nodes)
         cluster.partition(nodes[:2], nodes[2:])
         time.sleep(secs)
@@ -350,14 +408,28 @@ def local_copy(cluster, i, key, peer_ports):
     return sorted(s["value_base64"] for s in view["siblings"])
 
 
+def wait_one_layout(cluster, timeout):
+    """Waits until every member reports one layout version in force, the
+    same on all."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        seen = set()
+        try:
+            for i in cluster.active:
+                status, _, body = cluster.request(i, "GET", "/cluster")
+                layout = json.loads(body)["layout"] if status == 200 else None
+                seen.add(tuple(layout["versions"]) if layout else None)
+        except Exception:
+            seen.add(None)
+        if len(seen) == 1 and None not in seen and len(next(iter(seen))) == 1:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("the members never settled on one layout version")
+
+
 def converge(cluster, keys, timeout):
     """Seconds until the homes of every key hold identical copies."""
-    peer_ports = []
-    for path in cluster.configs:
-        with open(path) as f:
-            for line in f:
-                if line.startswith("peer_listen"):
-                    peer_ports.append(int(line.split(":")[-1].strip().strip('"')))
+    peer_ports = cluster.peer_ports
     placement = {k: homes(cluster, k) for k in keys}
     start = time.time()
     pending = set(keys)
@@ -379,7 +451,7 @@ def final_state(cluster, history):
     sets = {}
     for key in history.sets:
         for _ in range(50):
-            status, _, body = cluster.request(random.randrange(NODES), "GET", f"/versions/{key}",
+            status, _, body = cluster.request(random.choice(cluster.active), "GET", f"/versions/{key}",
                                               headers={"R": "3"})
             if status in (200, 404):
                 sets[key] = values_of(body)[0] if status == 200 else set()
@@ -390,7 +462,8 @@ def final_state(cluster, history):
     uniques = {}
     for key in list(history.uniques["acked"]) + list(history.uniques["unknown"]):
         for _ in range(50):
-            status, _, body = cluster.request(random.randrange(NODES), "GET", f"/keys/{key}", headers={"R": "3"})
+            status, _, body = cluster.request(random.choice(cluster.active), "GET", f"/keys/{key}",
+                                              headers={"R": "3"})
             if status in (200, 404):
                 uniques[key] = body.decode() if status == 200 else None
                 break
@@ -465,7 +538,8 @@ def main():
                    for c in range(args.clients)]
         for t in threads:
             t.start()
-        faults = [] if args.self_test else ["kill9", "pause", "partition", "wipe", "older-copy"]
+        faults = [] if args.self_test else ["kill9", "membership", "pause", "partition", "wipe", "older-copy",
+                                            "membership"]
         began = time.time()
         k = 0
         if not faults:
@@ -483,12 +557,15 @@ def main():
         for t in threads:
             t.join(timeout=30)
         cluster.heal_network()
-        for i in range(NODES):
+        for i in cluster.active:
             cluster.signal(i, signal.SIGCONT)
             if cluster.procs[i].poll() is not None:
                 cluster.start(i)
-        for i in range(NODES):
+        for i in cluster.active:
             cluster.wait_ready(i)
+        # Every node agrees on one layout (no partition still moving) before
+        # the homes are compared.
+        wait_one_layout(cluster, timeout=180)
 
         keys = list(history.sets) + random.sample(sorted(history.uniques["acked"]),
                                                    min(200, len(history.uniques["acked"])))
