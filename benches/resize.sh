@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Join and leave under load: a local 3-node dev cluster holding KEYS keys
-# serves an open-loop mixed load (RATE ops/s, 90 % reads, W=2/R=2) in
-# 10-second segments while a fourth node joins (started with seeds only, no
-# command) and then leaves (`quorumkv cluster leave --wait`, then stopped).
+# serves a mixed load (90 % reads, W=2/R=2) in 10-second segments while a
+# fourth node joins (started with seeds only, no command) and then leaves
+# (`quorumkv cluster leave --wait`, then stopped). The load is open loop at
+# RESIZE_RATE ops/s (default 1000), or, with RESIZE_RATE=0, closed loop over
+# RESIZE_CONNS connections (default 24, as in the issue's comparison), which
+# shows what the moves cost in throughput.
 # Each segment's throughput, p50/p99 and errors are printed, with how long
 # each move took and how many keys the new node pulled against how many it
 # holds at the end. Loopback only; bounded (about 3 minutes by default).
@@ -10,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
 rate=${RESIZE_RATE:-1000}
+conns=${RESIZE_CONNS:-24}
+if [ "$rate" = 0 ]; then load=(--concurrency "$conns"); else load=(--rate "$rate" --concurrency 32); fi
 keys=${RESIZE_KEYS:-20000}
 port=${RESIZE_PORT:-29443}
 cargo build --release --quiet --bin quorumkv
@@ -40,7 +45,7 @@ seg=0
 segment() { # segment LABEL: one 10 s open-loop segment, JSON kept
   seg=$((seg + 1))
   "$bin" bench "${targets[@]}" --cacert "$ca" --json --quiet --name "$1" --workload mixed:90 \
-    --key-prefix scale --keys "$keys" --rate "$rate" --concurrency 32 --duration 10s >"$work/seg-$seg.json"
+    --key-prefix scale --keys "$keys" "${load[@]}" --duration 10s >"$work/seg-$seg.json"
   echo "$1" >"$work/seg-$seg.label"
 }
 

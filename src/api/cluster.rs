@@ -100,7 +100,7 @@ fn layout_view(layout: &crate::membership::Layout) -> serde_json::Value {
             (id.to_string(), marks)
         })
         .collect();
-    let mut left: Vec<&String> = history
+    let mut left: Vec<&str> = history
         .wishes()
         .filter(|(id, w)| !matches!(w.desire, Desire::Member(_)) && !layout.is_member(id))
         .map(|(id, _)| id)

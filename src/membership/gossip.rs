@@ -236,7 +236,7 @@ fn step(membership: &Membership, seen: &mut Seen, grace: Duration) -> Result<(),
     let layout = membership.layout();
     let history = layout.history();
     let me = membership.self_id().to_string();
-    if history.wanted() != history.current().members() && is_committer(membership) {
+    if is_committer(membership) && history.uncommitted() {
         membership.update(History::commit)?;
     }
     let layout = membership.layout();

@@ -210,12 +210,24 @@ struct Chain {
 }
 
 impl Chain {
-    fn of(versions: &[Arc<Version>]) -> Chain {
+    /// The chain of `versions`; the same `Arc` for every history of this
+    /// process that holds the same versions (a node holds one or two, the
+    /// simulation ten thousand copies of one).
+    fn of(versions: &[Arc<Version>]) -> Arc<Chain> {
+        use std::sync::{Mutex, OnceLock, Weak};
+        static KNOWN: OnceLock<Mutex<std::collections::HashMap<Digest, Weak<Chain>>>> = OnceLock::new();
         let mut h = Md5::new();
-        let mut members_by_shard: Vec<Vec<String>> = vec![Vec::new(); SHARDS];
         for v in versions {
             h.update(v.number.to_be_bytes());
             h.update(v.digest);
+        }
+        let digest: Digest = h.finalize().into();
+        let mut known = KNOWN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(chain) = known.get(&digest).and_then(Weak::upgrade) {
+            return chain;
+        }
+        let mut members_by_shard: Vec<Vec<String>> = vec![Vec::new(); SHARDS];
+        for v in versions {
             for m in &v.members {
                 let ids = &mut members_by_shard[shard_of(&m.id)];
                 if !ids.contains(&m.id) {
@@ -223,7 +235,12 @@ impl Chain {
                 }
             }
         }
-        Chain { digest: h.finalize().into(), members_by_shard }
+        let chain = Arc::new(Chain { digest, members_by_shard });
+        if known.len() >= 64 {
+            known.retain(|_, c| c.strong_count() > 0);
+        }
+        known.insert(digest, Arc::downgrade(&chain));
+        chain
     }
 }
 
@@ -285,7 +302,7 @@ fn check_shards<V: shard::Lattice>(shards: &[Arc<Shard<V>>]) -> Result<(), &'sta
         return Err("wrong shard count");
     }
     for (i, s) in shards.iter().enumerate() {
-        if s.entries().keys().any(|id| shard_of(id) != i) {
+        if s.iter().any(|(id, _)| shard_of(id) != i) {
             return Err("an entry in the wrong shard");
         }
     }
@@ -312,7 +329,7 @@ impl<'de> Deserialize<'de> for History {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<History, D::Error> {
         let w = HistoryWire::deserialize(d)?;
         check_shards(&w.wishes).and_then(|()| check_shards(&w.marks)).map_err(serde::de::Error::custom)?;
-        let chain = Arc::new(Chain::of(&w.versions));
+        let chain = Chain::of(&w.versions);
         Ok(History {
             cluster: w.cluster,
             partitions: w.partitions,
@@ -335,21 +352,21 @@ impl History {
         let version = Version::new(1, sorted);
         let mark = Mark { seq: 0, version: 1, digest: version.digest };
         let stamp = Stamp { counter: 0, author: String::new() };
-        let mut wishes: Vec<BTreeMap<String, Wish>> = vec![BTreeMap::new(); SHARDS];
-        let mut marks: Vec<BTreeMap<String, Marks>> = vec![BTreeMap::new(); SHARDS];
+        let mut wishes: Vec<shard::Entries<Wish>> = vec![BTreeMap::new(); SHARDS];
+        let mut marks: Vec<shard::Entries<Marks>> = vec![BTreeMap::new(); SHARDS];
+        let all = Arc::new(Marks { ack: Some(mark.clone()), sync: Some(mark.clone()), sync_ack: Some(mark) });
         for m in &version.members {
-            let s = shard_of(&m.id);
-            wishes[s].insert(m.id.clone(), Wish { stamp: stamp.clone(), desire: Desire::Member(m.clone()) });
-            let all =
-                Marks { ack: Some(mark.clone()), sync: Some(mark.clone()), sync_ack: Some(mark.clone()) };
-            marks[s].insert(m.id.clone(), all);
+            let (s, id): (usize, Arc<str>) = (shard_of(&m.id), Arc::from(m.id.as_str()));
+            let wish = Wish { stamp: stamp.clone(), desire: Desire::Member(m.clone()) };
+            wishes[s].insert(id.clone(), Arc::new(wish));
+            marks[s].insert(id, all.clone());
         }
         let versions = vec![Arc::new(version)];
         History {
             cluster: cluster.to_string(),
             partitions,
             max_n,
-            chain: Arc::new(Chain::of(&versions)),
+            chain: Chain::of(&versions),
             versions,
             wishes: wishes.into_iter().map(|e| Arc::new(Shard::new(e))).collect(),
             marks: marks.into_iter().map(|e| Arc::new(Shard::new(e))).collect(),
@@ -381,17 +398,17 @@ impl History {
 
     /// What the cluster wants of `id`.
     pub fn wish_of(&self, id: &str) -> Option<&Wish> {
-        self.wishes[shard_of(id)].entries().get(id)
+        self.wishes[shard_of(id)].get(id)
     }
 
     /// `id`'s tracker marks, if it made any.
     pub fn marks_of(&self, id: &str) -> Option<&Marks> {
-        self.marks[shard_of(id)].entries().get(id)
+        self.marks[shard_of(id)].get(id)
     }
 
     /// Every wish, by id (in shard order, not sorted).
-    pub fn wishes(&self) -> impl Iterator<Item = (&String, &Wish)> {
-        self.wishes.iter().flat_map(|s| s.entries().iter())
+    pub fn wishes(&self) -> impl Iterator<Item = (&str, &Wish)> {
+        self.wishes.iter().flat_map(|s| s.iter())
     }
 
     /// Whether `id` was removed as dead.
@@ -471,7 +488,7 @@ impl History {
     }
 
     fn set_versions(&mut self, versions: Vec<Arc<Version>>) {
-        self.chain = Arc::new(Chain::of(&versions));
+        self.chain = Chain::of(&versions);
         self.versions = versions;
     }
 
@@ -499,6 +516,24 @@ impl History {
         self.wish(author, id, desire);
         self.commit();
         true
+    }
+
+    /// Whether the wishes ask for a member set other than the newest
+    /// version's (and not an empty one): a commit is due. Allocates
+    /// nothing, so it can be asked every round of a large cluster.
+    pub fn uncommitted(&self) -> bool {
+        let current = &self.current().members;
+        let mut wanted = 0;
+        for (_, wish) in self.wishes() {
+            if let Desire::Member(m) = &wish.desire {
+                wanted += 1;
+                let listed = current.binary_search_by(|c| c.id.as_str().cmp(&m.id)).ok().map(|i| &current[i]);
+                if listed != Some(m) {
+                    return true;
+                }
+            }
+        }
+        wanted > 0 && wanted != current.len()
     }
 
     /// The member set the wishes ask for (sorted by id).
@@ -571,10 +606,10 @@ impl History {
             let progress = shard.progress(self.chain.digest, wishes.digest(), |shard| {
                 let mut low = [i64::MAX; 3];
                 for id in ids {
-                    if wishes.entries().get(id).is_some_and(removes) {
+                    if wishes.get(id).is_some_and(removes) {
                         continue;
                     }
-                    let marks = shard.entries().get(id);
+                    let marks = shard.get(id);
                     for (k, t) in TRACKERS.iter().enumerate() {
                         let at = marks.and_then(|m| m.get(*t)).and_then(|m| self.index_of(m));
                         low[k] = low[k].min(at.map_or(-1, |i| i as i64));

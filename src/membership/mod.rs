@@ -347,7 +347,7 @@ impl Roster for Membership {
             layout.members().iter().filter(|m| !history.is_removed(&m.id)).map(|m| m.id.clone()).collect();
         for (id, wish) in history.wishes() {
             if wish.desire == history::Desire::Leaving && !layout.is_member(id) {
-                ids.push(id.clone());
+                ids.push(id.to_string());
             }
         }
         ids

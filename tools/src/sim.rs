@@ -250,8 +250,8 @@ fn exchange(nodes: &mut [Node], i: usize, j: usize) {
 fn step(node: &mut Node, round: u64, grace: u64) {
     let h = &mut node.history;
     let me = node.id.as_str();
-    let first_member = h.current().members().first().map(|m| m.id.clone());
-    if h.wanted() != h.current().members() && first_member.as_deref() == Some(me) {
+    let committer = h.current().members().first().is_some_and(|m| m.id == me);
+    if committer && h.uncommitted() {
         h.commit();
     }
     let newest = h.current().digest();

@@ -38,7 +38,7 @@ fn differing<V: Lattice>(ours: &[Arc<Shard<V>>], theirs: &[(u8, u64)]) -> Vec<(u
 
 /// Whether a received shard holds an entry of another shard.
 fn misplaced<V: Lattice>(shards: &[(u8, Arc<Shard<V>>)]) -> bool {
-    shards.iter().any(|(i, s)| s.entries().keys().any(|id| shard_of(id) != usize::from(*i)))
+    shards.iter().any(|(i, s)| s.iter().any(|(id, _)| shard_of(id) != usize::from(*i)))
 }
 
 /// What a node knows, in digests.
@@ -66,7 +66,7 @@ pub struct Delta {
     /// the receiver's; empty otherwise.
     pub chain: Vec<(u64, Digest)>,
     /// The versions of that chain the receiver does not hold.
-    pub versions: Vec<Version>,
+    pub versions: Vec<Arc<Version>>,
     /// The sender's shards whose digests differ.
     pub wishes: Vec<(u8, Arc<Shard<Wish>>)>,
     pub marks: Vec<(u8, Arc<Shard<Marks>>)>,
@@ -132,12 +132,8 @@ impl History {
         let ours = self.versions.iter().map(|v| v.rank());
         if chain_key(ours) > chain_key(theirs.chain.iter().copied()) {
             delta.chain = self.versions.iter().map(|v| v.rank()).collect();
-            delta.versions = self
-                .versions
-                .iter()
-                .filter(|v| !theirs.chain.contains(&v.rank()))
-                .map(|v| (**v).clone())
-                .collect();
+            delta.versions =
+                self.versions.iter().filter(|v| !theirs.chain.contains(&v.rank())).cloned().collect();
         }
         delta.wishes = differing(&self.wishes, &theirs.wishes);
         delta.marks = differing(&self.marks, &theirs.marks);
@@ -154,14 +150,8 @@ impl History {
         if !delta.chain.is_empty() {
             let find = |(number, digest): &(u64, Digest)| -> Option<Arc<Version>> {
                 let held = self.versions.iter().find(|v| v.number == *number && v.digest == *digest);
-                held.cloned().or_else(|| {
-                    delta
-                        .versions
-                        .iter()
-                        .find(|v| v.number == *number && v.digest == *digest)
-                        .cloned()
-                        .map(Arc::new)
-                })
+                held.or_else(|| delta.versions.iter().find(|v| v.number == *number && v.digest == *digest))
+                    .cloned()
             };
             let chain: Option<Vec<Arc<Version>>> = delta.chain.iter().map(find).collect();
             let chain = chain.ok_or(MergeError::Malformed("a version of the chain is missing"))?;

@@ -105,10 +105,15 @@ fn max_into<T: Ord + Clone>(ours: &mut Option<T>, theirs: &Option<T>) -> bool {
 /// is the second.
 type Progress = (Digest, u64, [i64; 3]);
 
+/// A shard's entries: ids and values are shared (`Arc`) between the copies
+/// of a shard, so a copy made to change one entry copies pointers, and a
+/// node holds one copy of a value however many merged shards name it.
+pub type Entries<V> = BTreeMap<Arc<str>, Arc<V>>;
+
 /// The entries of one shard, with their digest. Encoded as its entries.
 #[derive(Debug)]
 pub struct Shard<V> {
-    entries: BTreeMap<String, V>,
+    entries: Entries<V>,
     digest: u64,
     /// Bytes of the entries' encoding.
     encoded_len: usize,
@@ -123,7 +128,7 @@ impl<V: Lattice> Serialize for Shard<V> {
 
 impl<'de, V: Lattice> Deserialize<'de> for Shard<V> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Shard<V>, D::Error> {
-        BTreeMap::deserialize(d).map(Shard::new)
+        Entries::<V>::deserialize(d).map(Shard::new)
     }
 }
 
@@ -148,7 +153,7 @@ impl<V: Lattice> Default for Shard<V> {
 }
 
 impl<V: Lattice> Shard<V> {
-    pub fn new(entries: BTreeMap<String, V>) -> Shard<V> {
+    pub fn new(entries: Entries<V>) -> Shard<V> {
         // Plain data: encoding cannot fail.
         let bytes = postcard::to_stdvec(&entries).unwrap_or_default();
         let digest = if entries.is_empty() {
@@ -160,8 +165,13 @@ impl<V: Lattice> Shard<V> {
         Shard { entries, digest, encoded_len: bytes.len(), progress: Mutex::new(None) }
     }
 
-    pub fn entries(&self) -> &BTreeMap<String, V> {
-        &self.entries
+    /// Its entries, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
+        self.entries.iter().map(|(id, v)| (&**id, &**v))
+    }
+
+    pub fn get(&self, id: &str) -> Option<&V> {
+        self.entries.get(id).map(|v| &**v)
     }
 
     /// The first 8 bytes of the MD5 of the entries' encoding (0 when empty).
@@ -197,7 +207,12 @@ impl<V: Lattice> Shard<V> {
     /// `default` first if absent).
     pub fn with(&self, id: &str, default: impl FnOnce() -> V, change: impl FnOnce(&mut V)) -> Shard<V> {
         let mut entries = self.entries.clone();
-        change(entries.entry(id.to_string()).or_insert_with(default));
+        let (key, mut value) = match self.entries.get_key_value(id) {
+            Some((k, v)) => (k.clone(), (**v).clone()),
+            None => (Arc::from(id), default()),
+        };
+        change(&mut value);
+        entries.insert(key, Arc::new(value));
         Shard::new(entries)
     }
 }
@@ -209,14 +224,21 @@ pub fn join<V: Lattice>(ours: &mut Arc<Shard<V>>, theirs: &Arc<Shard<V>>) -> boo
     if Arc::ptr_eq(ours, theirs) || (ours.digest == theirs.digest && ours.entries == theirs.entries) {
         return false;
     }
-    let mut merged: Option<BTreeMap<String, V>> = None;
+    let mut merged: Option<Entries<V>> = None;
     for (id, value) in &theirs.entries {
         let current = merged.as_ref().unwrap_or(&ours.entries).get(id);
         let next = match current {
             None => Some(value.clone()),
+            Some(mine) if Arc::ptr_eq(mine, value) => None,
             Some(mine) => {
-                let mut next = mine.clone();
-                next.join(value).then_some(next)
+                let mut next = (**mine).clone();
+                if !next.join(value) {
+                    None
+                } else if next == **value {
+                    Some(value.clone())
+                } else {
+                    Some(Arc::new(next))
+                }
             }
         };
         if let Some(next) = next {

@@ -64,9 +64,18 @@ fn the_initial_history_is_synced_and_reads_from_version_one() {
 #[test]
 fn a_join_commits_a_version_that_reads_wait_for_until_everyone_synced() {
     let mut h = start(&["a", "b", "c"]);
+    assert!(!h.uncommitted());
     h.wish("d", "d", Desire::Member(member("d")));
+    assert!(h.uncommitted(), "a wish nobody committed");
     assert!(h.commit());
+    assert!(!h.uncommitted());
     assert!(!h.commit(), "nothing new to commit");
+    let mut heavier = h.clone();
+    heavier.wish("a", "b", Desire::Member(MemberConfig { weight: 3, ..member("b") }));
+    assert!(heavier.uncommitted(), "a changed weight is a change");
+    let mut leaving = h.clone();
+    leaving.wish("a", "c", Desire::Leaving);
+    assert!(leaving.uncommitted(), "a leave is a change");
     assert_eq!(h.current().number, 2);
     assert!(h.current().has("d"));
     assert_eq!(h.read_index(), 0, "nobody synced version 2: reads stay on version 1");
