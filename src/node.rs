@@ -352,7 +352,8 @@ fn tls_server(
 const MAX_HEADER_LIST_BYTES: u32 = 128 * 1024;
 
 /// The layout this node starts from: the one it stored; else, with seeds,
-/// the one a seed gives (joining it unless `auto_join` is off); else a new
+/// the one a seed gives (joining it unless `auto_join` is off, or, for one
+/// of the first members, a new cluster if no seed answers); else a new
 /// cluster of the configured members.
 async fn initial_history(
     config: &Config,
@@ -370,8 +371,9 @@ async fn initial_history(
         return Ok(stored);
     }
     let max_n = u32::try_from(config.max_n).unwrap_or(u32::MAX);
-    if !config.joins() {
-        return Ok(History::initial(&config.cluster, config.partitions, max_n, &config.members));
+    let initial = || History::initial(&config.cluster, config.partitions, max_n, &config.members);
+    if config.seeds.is_empty() {
+        return Ok(initial());
     }
     let me = config.self_member()?;
     let client = PeerClient::new(tls.clone(), Arc::new(NoPeers), local_ip, RpcMetrics::default())?;
@@ -380,7 +382,20 @@ async fn initial_history(
     // moment it is in a replica set.
     let request = JoinRequest { cluster: config.cluster.clone(), member: me, join: false };
     tracing::info!(seeds = ?config.seeds, "fetching the cluster's layout from the seeds");
-    let history = membership::join::fetch(&client, &config.seeds, &request, SEED_PATIENCE).await?;
+    let history = if config.joins() {
+        membership::join::fetch(&client, &config.seeds, &request, SEED_PATIENCE).await?
+    } else {
+        // One of the first members with no stored layout: a new cluster
+        // (its peers start too, and none has a layout to give), or this
+        // member's directory was lost while the cluster moved on. Asking the
+        // seeds first keeps the second from coordinating with the first
+        // layout; the first waits `FIRST_MEMBER_PATIENCE` once.
+        match membership::join::fetch(&client, &config.seeds, &request, FIRST_MEMBER_PATIENCE).await {
+            Ok(history) => history,
+            Err(crate::membership::join::JoinError::NoSeed { .. }) => return Ok(initial()),
+            Err(refused) => return Err(refused.into()),
+        }
+    };
     if (history.partitions(), history.max_n()) != (config.partitions, max_n) {
         tracing::warn!(
             partitions = history.partitions(),
@@ -393,6 +408,9 @@ async fn initial_history(
 
 /// How long a joining node waits for a seed to answer before it gives up.
 const SEED_PATIENCE: Duration = Duration::from_secs(120);
+/// How long one of the first members without a stored layout asks its
+/// seeds for the cluster's before it creates the cluster from `members`.
+const FIRST_MEMBER_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The reachability of the client that asks seeds: it knows no member.
 struct NoPeers;

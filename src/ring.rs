@@ -60,7 +60,8 @@ impl Ring {
     /// members.
     ///
     /// Member `i`'s quota is `replicas·Q·wᵢ/Σw` partition replicas (rounded by largest
-    /// remainder), and it holds 90–120 % of it (see `assign` for why not exactly). A member
+    /// remainder), and it holds 90–120 % of it, or ±2√quota for a small quota (see `assign` for
+    /// why not exactly). A member
     /// never holds two replicas of one partition, so it can hold at most Q: a weight above
     /// `1/replicas` of the total saturates at Q and the excess is spread over the others by
     /// weight. Quotas bound the shares because weighted rendezvous hashing alone under-serves
@@ -199,11 +200,16 @@ fn quotas(members: &[Member], q: u32, r: usize) -> Vec<u64> {
     out
 }
 
-/// The score is `w^1.3 / E`, not `w / E`: a member is one of a partition's r homes, not its
-/// only one, and sampling r without replacement under-serves heavy members (a weight-2 member
-/// got 1.77× a weight-1 member's share with the exponent 1; 1.87–2.0× with 1.3, measured by
-/// `weighted_member_holds_double`). The floor of [`rebalance`] catches what remains.
-const WEIGHT_EXPONENT: f64 = 1.3;
+/// The weight in the score: `w^1.5 / E`, not `w / E`. A member is one of a partition's r homes,
+/// not its only one, and sampling r without replacement under-serves heavy members: a weight-2
+/// member got 1.77× a weight-1 member's share with `w`, 1.99–2.14× with `w^1.5` (1.83–1.95× with
+/// `w^1.25`), measured by `weighted_member_holds_double`; the floor of [`rebalance`] catches what
+/// remains. `w·√w` because `sqrt` is correctly rounded on every platform (IEEE 754), where `powf`
+/// may differ by an ulp, and every node must rank pairs bit for bit the same.
+fn score_weight(weight: u32) -> f64 {
+    let w = f64::from(weight);
+    w * w.sqrt()
+}
 
 /// One member's partitions in descending order of its rendezvous score `w / E`, where the
 /// member's `E` over the Q partitions are i.i.d. Exp(1), generated already sorted: the k-th
@@ -235,7 +241,7 @@ impl Stream {
         let keys = [mix(tail), mix(tail ^ 1), mix(tail ^ 2), mix(tail ^ 3)];
         let mut s = Stream {
             member: index as u32,
-            weight: f64::from(member.weight).powf(WEIGHT_EXPONENT),
+            weight: score_weight(member.weight),
             seed,
             keys,
             bits: q.trailing_zeros(),
@@ -371,17 +377,27 @@ fn rebalance(
     }
 }
 
-/// The most partitions a member of this `quota` holds: 20 % above it (at least one more), so the
-/// greedy keeps members' best pairs instead of cascading displacements (see [`assign`]).
-fn ceiling(quota: u64, q: u32) -> u64 {
-    (quota + quota.div_ceil(5).max(1)).min(u64::from(q))
+/// How far a member's share may stray from its quota without cost: two standard deviations of
+/// the count a random placement gives it (about `√quota`). A member of a small share (a cluster
+/// with few partitions per member) cannot be held closer without reshuffling the others on every
+/// join: with a 20-replica share, ±10–20 % moved 2.2× the newcomer's share, ±2√20 1.04×.
+fn spread(quota: u64) -> u64 {
+    // `sqrt` is correctly rounded on every platform, so every node agrees.
+    (2.0 * (quota as f64).sqrt()).ceil() as u64
 }
 
-/// The fewest partitions a member of this `quota` holds: 90 % of it (all Q when the quota is Q),
-/// which [`rebalance`] brings the members below it up to.
+/// The most partitions a member of this `quota` holds: 20 % (or [`spread`], if more) above it,
+/// at least one more, so the greedy keeps members' best pairs instead of cascading
+/// displacements (see [`assign`]).
+fn ceiling(quota: u64, q: u32) -> u64 {
+    (quota + quota.div_ceil(5).max(spread(quota)).max(1)).min(u64::from(q))
+}
+
+/// The fewest partitions a member of this `quota` holds: 10 % (or [`spread`], if more) below it
+/// (all Q when the quota is Q), which [`rebalance`] brings the members below it up to.
 fn floor_of(quota: u64, q: u32) -> u64 {
     // A member whose weight saturates its quota at Q is in every partition.
-    if quota >= u64::from(q) { quota } else { quota * 9 / 10 }
+    if quota >= u64::from(q) { quota } else { quota.saturating_sub((quota / 10).max(spread(quota))) }
 }
 
 /// Up to this many (member, partition) pairs, a stranded partition is repaired with every pair's
@@ -405,13 +421,13 @@ fn score_table(members: &[Member], q: u32) -> Vec<f64> {
 
 /// Returns member indices, `width` per partition (homes first), and `width`.
 ///
-/// Homes: the greedy [`fill`] with each member capped 20 % above its quota, then [`rebalance`]
-/// up to 90 % of it, so every member holds 90–120 % of its weighted share. Why not exact
-/// quotas: when a member joins, every other quota shrinks by a fraction, and with caps that
-/// tight each pair the newcomer takes displaces a member that then takes a pair from another,
-/// in chains; measured, a join moved 1.3× the newcomer's share at 50 members, 1.6× at 200 and
-/// 2.7× at 1 000. With the loose caps the displaced member mostly just holds one fewer: about
-/// 1.0–1.1×. Weight in the score (not just the quota) lets heavy members claim their best
+/// Homes: the greedy [`fill`] with each member capped at its [`ceiling`], then [`rebalance`] up
+/// to its [`floor_of`], so every member holds 90–120 % of its weighted share (wider for small
+/// shares: ±2√share). Why not exact quotas: when a member joins, every other quota shrinks by a
+/// fraction, and with caps that tight each pair the newcomer takes displaces a member that then
+/// takes a pair from another, in chains; measured, a join moved 1.3× the newcomer's share at 50
+/// members, 1.6× at 200 and 2.7× at 1 000. With the loose caps the displaced member mostly just
+/// holds one fewer: 1.00–1.04× (1 000 and 10 000 members at Q = 65 536 included). Weight in the score (not just the quota) lets heavy members claim their best
 /// partitions early instead of filling leftovers.
 ///
 /// Fallbacks are filled the same way after the homes, each member at most about its weighted
@@ -458,9 +474,14 @@ fn assign(members: &[Member], q: u32, replicas: usize) -> (Vec<u32>, usize) {
         }
         let Some((_, p2, k)) = best else { break };
         let y = std::mem::replace(&mut rows[p2][k], x);
-        let moved = scores[p2][k];
+        // The scores the pairs have (known exactly with the table; else y keeps its own).
+        let (x_there, y_here) = match &table {
+            Some(t) => (t[x as usize * qs + p2], t[y as usize * qs + p]),
+            None => (scores[p2][k], scores[p2][k]),
+        };
+        scores[p2][k] = x_there;
         rows[p].push(y);
-        scores[p].push(moved);
+        scores[p].push(y_here);
         held[x as usize] += 1;
     }
     let floor: Vec<u64> = quota.iter().map(|&x| floor_of(x, q)).collect();
@@ -469,12 +490,12 @@ fn assign(members: &[Member], q: u32, replicas: usize) -> (Vec<u32>, usize) {
         let spare = width - r;
         let cap: Vec<u64> = if width == m {
             // Every member in every list: each fills every partition it is no home of.
-            (0..m).map(|i| q as u64 - quota[i]).collect()
+            (0..m).map(|i| q as u64 - held[i]).collect()
         } else {
             // A fair share of the fallback slots with room to spare, so the greedy rarely
             // leaves a list short (a short list only has fewer fallbacks).
             let fair = quotas(members, q, spare);
-            (0..m).map(|i| (fair[i] + fair[i] / 4 + 1).min(q as u64 - quota[i])).collect()
+            (0..m).map(|i| (fair[i] + fair[i] / 4 + 1).min(q as u64 - held[i])).collect()
         };
         fill(members, q, &cap, spare, &mut rows, &mut scores);
     }
@@ -483,7 +504,8 @@ fn assign(members: &[Member], q: u32, replicas: usize) -> (Vec<u32>, usize) {
         let short = width - row.len();
         out.extend(row);
         // A list left short repeats no member: it is padded with the members it lacks, in id
-        // order (never happens when every member fits; rare otherwise).
+        // order (never when every member fits, each member's cap then being exactly the
+        // partitions it is missing from; rare otherwise).
         if short > 0 {
             let start = out.len() - (width - short);
             let have: Vec<u32> = out[start..].to_vec();
@@ -576,7 +598,7 @@ mod tests {
         let c = counts(&ring(ms(&[("a", 10), ("b", 1), ("c", 1), ("d", 1)]), 256, 2));
         assert_eq!(c["a"], 256);
         assert_eq!(c["b"] + c["c"] + c["d"], 256);
-        assert!(c.values().all(|&n| n >= 85 * 9 / 10), "b, c and d hold their floor");
+        assert!(c.values().all(|&n| n as u64 >= floor_of(85, 256)), "b, c and d hold their floor");
     }
 
     #[test]

@@ -56,7 +56,10 @@ pub enum LayoutAnswer {
 /// The answer to an offer, from `history` alone (no change to it): what
 /// the sim and the peer endpoint both run.
 pub fn answer_offer(history: &History, theirs: &Summary) -> LayoutAnswer {
-    if let Err(error) = history.check_peer(&theirs.cluster, theirs.partitions, theirs.max_n) {
+    let checked = history
+        .check_peer(&theirs.cluster, theirs.partitions, theirs.max_n)
+        .and_then(|()| history.check_genesis(theirs.chain.first().copied()));
+    if let Err(error) = checked {
         return LayoutAnswer::Refused(error.to_string());
     }
     if theirs.digest == history.digest() {

@@ -453,6 +453,19 @@ impl History {
         Ok(())
     }
 
+    /// Refuses a peer whose oldest version in force (`first`) is a version
+    /// 1 other than this node's: two version 1s are two clusters made from
+    /// different member lists (each marked synced by construction), and
+    /// merging anything of theirs, a chain or a wish, would switch
+    /// placement with nothing moved.
+    pub fn check_genesis(&self, first: Option<(u64, Digest)>) -> Result<(), MergeError> {
+        let ours = self.versions.first().map(|v| v.rank());
+        match (ours, first) {
+            (Some((1, a)), Some((1, b))) if a != b => Err(MergeError::OtherGenesis),
+            _ => Ok(()),
+        }
+    }
+
     /// Merges a peer's history into this one; true if this one changed.
     pub fn merge(&mut self, other: &History) -> Result<bool, MergeError> {
         self.check_peer(&other.cluster, other.partitions, other.max_n)?;
@@ -471,15 +484,7 @@ impl History {
     /// Takes `theirs` as the version chain if it ranks higher (see
     /// [`chain_key`]); refuses one of another genesis.
     fn adopt_chain(&mut self, theirs: &[Arc<Version>]) -> Result<bool, MergeError> {
-        // Two version 1s are two clusters made from different member lists
-        // (each marked synced by construction): merging would switch
-        // placement with nothing moved.
-        let first = |vs: &[Arc<Version>]| vs.first().filter(|v| v.number == 1).map(|v| v.digest);
-        if let (Some(a), Some(b)) = (first(&self.versions), first(theirs)) {
-            if a != b {
-                return Err(MergeError::OtherGenesis);
-            }
-        }
+        self.check_genesis(theirs.first().map(|v| v.rank()))?;
         if chain_key(theirs.iter().map(|v| v.rank())) > chain_key(self.versions.iter().map(|v| v.rank())) {
             self.set_versions(theirs.to_vec());
             return Ok(true);

@@ -62,6 +62,9 @@ pub struct Delta {
     pub cluster: String,
     pub partitions: u32,
     pub max_n: u32,
+    /// The sender's oldest version in force, (number, digest): a delta
+    /// from a cluster of another genesis is refused whole.
+    pub first: Option<(u64, Digest)>,
     /// The sender's chain as (number, digest), when it ranks higher than
     /// the receiver's; empty otherwise.
     pub chain: Vec<(u64, Digest)>,
@@ -81,7 +84,7 @@ impl Delta {
     /// Bytes of the delta's encoding, without encoding its shards again
     /// (each knows its own length): what the simulation counts.
     pub fn encoded_len(&self) -> usize {
-        let head = (&self.cluster, self.partitions, self.max_n, &self.chain, &self.versions);
+        let head = (&self.cluster, self.partitions, self.max_n, &self.first, &self.chain, &self.versions);
         let head = postcard::to_stdvec(&head).map_or(0, |b| b.len());
         head + shards_len(&self.wishes) + shards_len(&self.marks)
     }
@@ -121,6 +124,7 @@ impl History {
             cluster: self.cluster.clone(),
             partitions: self.partitions,
             max_n: self.max_n,
+            first: self.versions.first().map(|v| v.rank()),
             chain: Vec::new(),
             versions: Vec::new(),
             wishes: Vec::new(),
@@ -143,6 +147,7 @@ impl History {
     /// Merges what a peer sent; true if this history changed.
     pub fn apply(&mut self, delta: &Delta) -> Result<bool, MergeError> {
         self.check_peer(&delta.cluster, delta.partitions, delta.max_n)?;
+        self.check_genesis(delta.first)?;
         if misplaced(&delta.wishes) || misplaced(&delta.marks) {
             return Err(MergeError::Malformed("an entry in the wrong shard"));
         }
@@ -250,5 +255,20 @@ mod tests {
         assert!(matches!(a.apply(&delta), Err(MergeError::Malformed(_))));
         let other = History::initial("other", 64, 3, &[member("a")]);
         assert!(matches!(a.apply(&other.delta_for(&a.summary())), Err(MergeError::OtherCluster { .. })));
+        // A cluster made from another member list: refused whole, its chain
+        // ranked above or below this one's (a lower one sends no chain, only
+        // wishes and marks, which must not be merged either).
+        let before = a.clone();
+        for ids in [["m00000", "m00001", "zz"], ["a", "b", "c"]] {
+            let members: Vec<MemberConfig> = ids.iter().map(|id| member(id)).collect();
+            let stranger = History::initial("t", 64, 3, &members);
+            let delta = stranger.delta_for(&a.summary());
+            assert_eq!(a.apply(&delta), Err(MergeError::OtherGenesis), "{ids:?}");
+            assert!(matches!(
+                crate::membership::gossip::answer_offer(&a, &stranger.summary()),
+                crate::membership::gossip::LayoutAnswer::Refused(_)
+            ));
+        }
+        assert_eq!(a, before, "nothing of theirs was merged");
     }
 }

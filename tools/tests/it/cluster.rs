@@ -346,6 +346,35 @@ impl TestCluster {
         }
     }
 
+    /// Starts the stopped `node`, and `delay` later the stopped `others`
+    /// together: a node starting while its peers are still down, as in a
+    /// full restart where the pods come up in any order. Returns the layout
+    /// version `node` had when it began to serve.
+    pub async fn restart_before(&mut self, node: usize, others: &[usize], delay: Duration) -> u64 {
+        let config = self.configs[node].clone();
+        let first = tokio::spawn(async move {
+            let mut last = None;
+            // The old sockets may take a moment to be released.
+            for _ in 0..50 {
+                match Node::start(config.clone()).await {
+                    Ok(n) => {
+                        let version = n.state().coordinator.membership().layout().version();
+                        return (n, version);
+                    }
+                    Err(e @ quorumkv::node::NodeError::Bind { .. }) => last = Some(e),
+                    Err(e) => panic!("node does not start: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("node did not restart: {last:?}");
+        });
+        tokio::time::sleep(delay).await;
+        self.restart_together(others).await;
+        let (n, version) = first.await.expect("the start task");
+        self.nodes[node] = Some(n);
+        version
+    }
+
     /// Removes `node`'s data directory (the node must be stopped).
     pub fn wipe(&self, node: usize) {
         assert!(self.nodes[node].is_none(), "node {node} is running");

@@ -173,6 +173,29 @@ async fn two_nodes_joining_at_once_converge_on_one_layout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_member_that_lost_its_directory_takes_the_layout_from_its_seeds() {
+    // As a Kubernetes pod among the first members whose volume was lost,
+    // in a full restart after the cluster grew: it must not serve with the
+    // first layout (its writes would go to homes the cluster moved away
+    // from), even while its peers are still starting.
+    let mut c = TestCluster::start_with(fast()).await;
+    let joined = c.add_node(1).await;
+    let version = c.wait_settled(90).await;
+    assert!(version >= 2, "node4 joined: {version}");
+    for i in 0..c.configs.len() {
+        c.stop(i).await;
+    }
+    c.wipe(0);
+    c.configs[0].seeds = vec![format!("https://{}", c.configs[1].peer_listen)];
+    assert!(!c.configs[0].joins(), "node1 is one of the first members");
+    let serving_with = c.restart_before(0, &[1, 2, joined], Duration::from_secs(3)).await;
+    assert_eq!(serving_with, version, "node1 began to serve with the cluster's layout, not its first one");
+    let view = c.cluster_view(0).await;
+    assert_eq!(view["members"].as_array().unwrap().len(), 4, "{}", view["layout"]);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_of_another_cluster_is_refused() {
     let c = TestCluster::start_with(fast()).await;
     let mut config = c.joiner_config(3, 0);
