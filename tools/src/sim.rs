@@ -24,7 +24,6 @@ use quorumkv::config::MemberConfig;
 use quorumkv::membership::Layout;
 use quorumkv::membership::gossip::{self, LayoutAnswer};
 use quorumkv::membership::history::{Desire, History, Tracker};
-use quorumkv::ring::{Member, Ring};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -145,8 +144,8 @@ fn simulate(args: &SimArgs, n: usize) -> Result<SimResult, SimError> {
     let t = Instant::now();
     let after = Layout::after(changed, Some(&before)).map_err(|e| SimError::Layout(e.to_string()))?;
     let layout_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (moved, ideal) = movement(&after, &joiner.id, args.replicas);
     drop((before, after));
-    let (moved, ideal) = movement(&members, &joiner, q, args.replicas)?;
 
     // Gossip: node 0 is the seed the joiner asked; the joiner starts from
     // the layout it fetched.
@@ -279,30 +278,17 @@ fn since(slot: &mut Option<([u8; 16], u64)>, digest: [u8; 16], round: u64) -> u6
 }
 
 /// Replicas the join moves (new homes of a partition that were not homes
-/// before), and the ideal: the replicas the newcomer ends up holding.
-fn movement(
-    members: &[MemberConfig],
-    joiner: &MemberConfig,
-    q: u32,
-    r: usize,
-) -> Result<(usize, usize), SimError> {
-    let ring = |ms: Vec<&MemberConfig>| {
-        let ms = ms.into_iter().map(|m| Member { id: m.id.clone(), weight: m.weight }).collect();
-        Ring::new(ms, q, r).map_err(|e| SimError::Layout(e.to_string()))
-    };
-    let old = ring(members.iter().collect())?;
-    let new = ring(members.iter().chain(std::iter::once(joiner)).collect())?;
-    let rr = r.min(members.len());
-    let moved = (0..q)
+/// before), and what the newcomer holds once it is done, from the layout of
+/// the change (its old and new replica sets).
+fn movement(layout: &Layout, joiner: &str, r: usize) -> (usize, usize) {
+    let moved = (0..layout.partitions())
         .map(|p| {
-            let before = &old.preference_list(p)[..rr];
-            new.preference_list(p)[..r.min(members.len() + 1)]
-                .iter()
-                .filter(|id| !before.contains(id))
-                .count()
+            let sets = layout.write_sets(p, r);
+            let (old, new) = (sets[0], sets[sets.len() - 1]);
+            new.iter().filter(|id| !old.contains(id)).count()
         })
         .sum();
-    Ok((moved, new.partitions_of(&joiner.id).len()))
+    (moved, layout.partitions_of(joiner).len())
 }
 
 /// The results as a Markdown table.
