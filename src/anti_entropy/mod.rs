@@ -360,6 +360,12 @@ impl AntiEntropy {
         // sweep follows each one.
         let mut swept_layout = (0u64, 0usize);
         loop {
+            // A move may have made a partition's refill moot, or its list
+            // name a node that left.
+            let membership = self.membership.clone();
+            if let Err(error) = self.blocking(move |s| recovery::apply_layout(s, &membership)).await {
+                tracing::warn!(%error, "cannot update the unsynced partitions to the layout");
+            }
             let recovering = self.storage().unsynced().all();
             if !self.config.anti_entropy && recovering.is_empty() {
                 return;

@@ -23,6 +23,14 @@
 //! the partition is synced when this node holds everything each other home
 //! held. The list is persisted, so a restart during the refill resumes it.
 //!
+//! The lists follow the layout ([`follow_layout`]): a partition this node
+//! no longer homes in any version in force is no longer its to refill (it
+//! answers no read of it; what it holds is swept to the homes as strays),
+//! and one whose list names a node that is no longer a home (it left, its
+//! copies went to the new homes first) must instead complete an exchange
+//! with every current home. Without this a node that crashed while leaving
+//! never drained, and a peer's refill waited forever for a node that left.
+//!
 //! The same holds after an unclean start (a crash or power cut may have
 //! lost the WAL's unsynced tail, and a crash-consistent snapshot restored
 //! looks just like it): the partitions are unsynced until refilled, which
@@ -191,6 +199,58 @@ async fn hello_round(
     out
 }
 
+/// The unsynced partitions whose list the layout made wrong, with their
+/// new lists (empty: no longer unsynced). `homes(p)` is every node that
+/// homes `p` in some version in force.
+///
+/// A partition this node homes in no version is dropped: no read asks it,
+/// and should a later version make it a home again, that version's
+/// transfer fills it before any read uses it. A list naming a node that is
+/// no longer a home is replaced by every other current home: the versions
+/// that node was in left the history only once every new home had received
+/// what it held, so the current homes hold everything; which of them this
+/// node already synced with is not known, so all are asked again.
+pub fn follow_layout(
+    unsynced: &BTreeMap<u32, BTreeSet<String>>,
+    me: &str,
+    homes: impl Fn(u32) -> Vec<String>,
+) -> BTreeMap<u32, BTreeSet<String>> {
+    let mut changed = BTreeMap::new();
+    for (p, waits_for) in unsynced {
+        let homes = homes(*p);
+        if !homes.iter().any(|h| h == me) {
+            changed.insert(*p, BTreeSet::new());
+        } else if waits_for.iter().any(|peer| !homes.contains(peer)) {
+            changed.insert(*p, homes.into_iter().filter(|h| h != me).collect());
+        }
+    }
+    changed
+}
+
+/// [`follow_layout`] applied to this node's unsynced partitions under the
+/// current layout; the number of partitions whose list changed. Not while
+/// the start's hello round is still deciding what is unsynced.
+pub fn apply_layout(storage: &Storage, membership: &Membership) -> Result<usize, StorageError> {
+    let unsynced = storage.unsynced();
+    if !unsynced.recovering() || unsynced.history_pending() {
+        return Ok(0);
+    }
+    let layout = membership.layout();
+    let changed = follow_layout(&unsynced.all(), membership.self_id(), |p| layout.homes(p).to_vec());
+    if changed.is_empty() {
+        return Ok(0);
+    }
+    let dropped = changed.values().filter(|peers| peers.is_empty()).count();
+    tracing::info!(
+        partitions = changed.len(),
+        no_longer_homed = dropped,
+        "unsynced partitions follow the layout"
+    );
+    let count = changed.len();
+    unsynced.set(changed)?;
+    Ok(count)
+}
+
 /// Every partition this node is a home of, with its other homes.
 fn homes_to_sync(membership: &Membership) -> BTreeMap<u32, BTreeSet<String>> {
     let layout = membership.layout();
@@ -210,6 +270,44 @@ fn homes_to_sync(membership: &Membership) -> BTreeMap<u32, BTreeSet<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn unsynced_lists_follow_the_layout() {
+        let unsynced: BTreeMap<u32, BTreeSet<String>> = [
+            (0, set(&["b", "c"])), // homes unchanged: kept as is
+            (1, set(&["c"])),      // b already struck off: kept
+            (2, set(&["b", "d"])), // d left, e took its place
+            (3, set(&["b", "c"])), // this node left the partition
+            (4, set(&["d"])),      // only the departed one was left
+        ]
+        .into();
+        let homes = |p: u32| -> Vec<String> {
+            let h: &[&str] = match p {
+                0 | 1 => &["a", "b", "c"],
+                2 | 4 => &["a", "b", "e"],
+                _ => &["b", "c", "e"],
+            };
+            h.iter().map(|s| s.to_string()).collect()
+        };
+        let changed = follow_layout(&unsynced, "a", homes);
+        let expected: BTreeMap<u32, BTreeSet<String>> =
+            [(2, set(&["b", "e"])), (3, set(&[])), (4, set(&["b", "e"]))].into();
+        assert_eq!(changed, expected);
+        // Applied, it is a fixed point: nothing changes a second time.
+        let mut after = unsynced.clone();
+        for (p, peers) in changed {
+            if peers.is_empty() {
+                after.remove(&p);
+            } else {
+                after.insert(p, peers);
+            }
+        }
+        assert!(follow_layout(&after, "a", homes).is_empty());
+    }
 
     #[test]
     fn verdicts() {

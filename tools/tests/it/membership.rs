@@ -99,15 +99,7 @@ async fn a_node_joins_with_a_seed_under_load_then_one_leaves_and_nothing_is_lost
     // it held is missing.
     let r = c.client.post(c.url(2, "/cluster/members/node1/leave")).send().await.unwrap();
     assert_eq!(r.status(), 202);
-    let mut drained = false;
-    for _ in 0..450 {
-        if c.cluster_view(0).await["drained"] == true {
-            drained = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(drained, "node1 never drained: {}", c.cluster_view(0).await);
+    wait_drained(&c, 0, 90).await;
     let mut c = Arc::into_inner(c).expect("the writer is done");
     c.stop(0).await;
     // node1 saw the move finish; the others learn it by gossip.
@@ -336,6 +328,53 @@ async fn a_transfer_cut_off_by_the_network_completes_once_it_heals() {
     c.wait_settled(120).await;
     assert_padded_present(&c, joined, &keys).await;
     c.stop(joined).await;
+    c.shutdown().await;
+}
+
+/// Waits until `node` says it holds nothing the cluster needs.
+async fn wait_drained(c: &TestCluster, node: usize, secs: u64) {
+    for _ in 0..secs * 5 {
+        if c.cluster_view(node).await["drained"] == true {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("node {node} never drained: {}", c.cluster_view(node).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_that_lost_its_directory_mid_move_still_drains() {
+    // The nemesis found it: node6, killed -9 while leaving, came back with
+    // every partition unsynced, waiting for exchanges it could no longer
+    // have once it homed nothing, so it never swept or said it was drained.
+    let (mut c, keys) = slow_cluster(120).await;
+    let fourth = c.add_node(0).await;
+    c.wait_settled(120).await;
+    let r = c.client.post(c.url(1, "/cluster/members/node1/leave")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let mut moving = false;
+    for _ in 0..300 {
+        let mut pending = 0;
+        for receiver in 1..=fourth {
+            pending += transfer_pending(&c, receiver).await;
+        }
+        if pending > 0 {
+            moving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(moving, "no transfer started: {}", c.cluster_view(1).await);
+    c.stop(0).await;
+    c.wipe(0);
+    c.restart(0).await;
+    let view = c.cluster_view(0).await;
+    assert!(view["stats"]["unsynced_at_start"].as_u64().unwrap() > 0, "{}", view["stats"]);
+    wait_drained(&c, 0, 120).await;
+    assert_eq!(c.cluster_view(0).await["stats"]["unsynced_partitions"], 0);
+    c.stop(0).await;
+    c.wait_settled(60).await;
+    assert_padded_present(&c, fourth, &keys).await;
     c.shutdown().await;
 }
 
