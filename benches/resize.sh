@@ -5,7 +5,8 @@
 # (`quorumkv cluster leave --wait`, then stopped). The load is open loop at
 # RESIZE_RATE ops/s (default 1000), or, with RESIZE_RATE=0, closed loop over
 # RESIZE_CONNS connections (default 24, as in the issue's comparison), which
-# shows what the moves cost in throughput.
+# shows what the moves cost in throughput. RESIZE_SEGMENT sets the length
+# of a segment in seconds (default 10).
 # Each segment's throughput, p50/p99 and errors are printed, with how long
 # each move took and how many keys the new node pulled against how many it
 # holds at the end. Loopback only; bounded (about 3 minutes by default).
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 . benches/common.sh
 rate=${RESIZE_RATE:-1000}
 conns=${RESIZE_CONNS:-24}
+secs=${RESIZE_SEGMENT:-10}
 if [ "$rate" = 0 ]; then load=(--concurrency "$conns"); else load=(--rate "$rate" --concurrency 32); fi
 keys=${RESIZE_KEYS:-20000}
 port=${RESIZE_PORT:-29443}
@@ -21,13 +23,14 @@ cargo build --release --quiet --bin quorumkv
 bin=target/release/quorumkv
 work=$(mktemp -d)
 "$bin" dev --dir "$work/dev" --port "$port" --nodes 3 --init-only >/dev/null
-QUORUMKV_LOG=warn "$bin" dev --dir "$work/dev" --port "$port" >"$work/dev.log" 2>&1 &
+QUORUMKV_LOG=${RESIZE_LOG:-warn} "$bin" dev --dir "$work/dev" --port "$port" >"$work/dev.log" 2>&1 &
 pid=$!
 node4=
 cleanup() {
   [ -n "$node4" ] && kill "$node4" 2>/dev/null || true
   kill "$pid" 2>/dev/null || true
   wait 2>/dev/null || true
+  [ -n "${RESIZE_KEEP:-}" ] && cp -r "$work" "$RESIZE_KEEP"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -44,8 +47,8 @@ for i in 0 1 2; do targets+=(--url "https://127.0.0.1:$((port + i))"); done
 seg=0
 segment() { # segment LABEL: one 10 s open-loop segment, JSON kept
   seg=$((seg + 1))
-  "$bin" bench "${targets[@]}" --cacert "$ca" --json --quiet --name "$1" --workload mixed:90 \
-    --key-prefix scale --keys "$keys" "${load[@]}" --duration 10s >"$work/seg-$seg.json"
+  "$bin" bench "${targets[@]}" --cacert "$ca" --json --quiet --name "$1" --workload "${RESIZE_WORKLOAD:-mixed:90}" \
+    --key-prefix scale --keys "$keys" "${load[@]}" --duration "${secs}s" >"$work/seg-$seg.json"
   echo "$1" >"$work/seg-$seg.label"
 }
 
@@ -70,9 +73,9 @@ moved_before=$(moved "${first3[@]}")
 echo "== node4 joins (seeds only)" >&2
 "$bin" dev --dir "$work/dev" --port "$port" --nodes 4 --init-only >/dev/null
 start=$(date +%s.%N)
-QUORUMKV_LOG=warn "$bin" serve --config "$work/dev/node4.toml" >"$work/node4.log" 2>&1 &
+QUORUMKV_LOG=${RESIZE_LOG:-warn} "$bin" serve --config "$work/dev/node4.toml" >"$work/node4.log" 2>&1 &
 node4=$!
-for _ in $(seq 1 30); do
+for _ in $(seq 1 $((300 / secs))); do
   segment joining
   [ "$(versions)" = 1 ] && [ "$(view | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["members"]))')" = 4 ] && break
 done
@@ -86,7 +89,7 @@ echo "== node4 leaves" >&2
 start=$(date +%s.%N)
 "$bin" cluster leave node4 --wait --url "https://127.0.0.1:$port" --cacert "$ca" >"$work/leave.log" &
 leave=$!
-for _ in $(seq 1 30); do
+for _ in $(seq 1 $((300 / secs))); do
   segment leaving
   kill -0 "$leave" 2>/dev/null || break
 done
@@ -99,7 +102,7 @@ python3 - "$work" "$seg" "$keys" "$join_s" "$leave_s" <<'PY'
 import json, os, sys
 work, n, keys, join_s, leave_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 moved = int(open(os.path.join(work, "moved")).read())
-print("| segment (10 s) | ops/s | p50 ms | p99 ms | errors |")
+print(f"| segment ({os.environ.get('RESIZE_SEGMENT', '10')} s) | ops/s | p50 ms | p99 ms | errors |")
 print("|---|---:|---:|---:|---:|")
 for i in range(1, n + 1):
     r = json.load(open(os.path.join(work, f"seg-{i}.json")))

@@ -249,13 +249,14 @@ impl Meta {
         }
     }
 
-    /// Stores the layout history, synced: a node must not come back from a
-    /// crash having forgotten a version it acknowledged or a mark it made.
-    pub fn set_layout_history(&self, encoded: &[u8]) -> Result<(), StorageError> {
+    /// Stores the layout history, synced if `sync` (a node must not come
+    /// back from a crash having forgotten a version it acknowledged or a
+    /// mark it made; what it merged from peers they still hold).
+    pub fn set_layout_history(&self, encoded: &[u8], sync: bool) -> Result<(), StorageError> {
         let mut value = Vec::with_capacity(encoded.len() + 1);
         value.push(FORMAT);
         value.extend_from_slice(encoded);
-        self.db.rocks.put_cf_opt(self.db.cf(CF_META)?, META_LAYOUT, value, &synced())?;
+        self.db.rocks.put_cf_opt(self.db.cf(CF_META)?, META_LAYOUT, value, &write_options(sync))?;
         Ok(())
     }
 
@@ -295,8 +296,8 @@ mod tests {
             assert_eq!(m.dot_lease().unwrap(), 0);
             m.set_dot_lease(42).unwrap();
             assert_eq!(m.layout_history().unwrap(), None);
-            m.set_layout_history(b"v1").unwrap();
-            m.set_layout_history(b"v2").unwrap();
+            m.set_layout_history(b"v1", true).unwrap();
+            m.set_layout_history(b"v2", false).unwrap();
             m.mark_peer_seen("b", Sighting { dir: 7, incarnation: 3, run: 1 }).unwrap();
             m.mark_peer_seen("b", Sighting { dir: 7, incarnation: 2, run: 2 }).unwrap();
         }
