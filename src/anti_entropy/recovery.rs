@@ -205,7 +205,8 @@ async fn hello_round(
 ///
 /// A partition this node homes in no version is dropped: no read asks it,
 /// and should a later version make it a home again, that version's
-/// transfer fills it before any read uses it. A list naming a node that is
+/// transfer fills it before any read uses it (and a view that jumps past
+/// that version marks it unsynced again: `Layout::jumped_to`). A list naming a node that is
 /// no longer a home is replaced by every other current home: the versions
 /// that node was in left the history only once every new home had received
 /// what it held, so the current homes hold everything; which of them this

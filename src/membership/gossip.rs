@@ -254,7 +254,7 @@ fn step(membership: &Membership, seen: &mut Seen, grace: Duration) -> Result<(),
     }
     let layout = membership.layout();
     let history = layout.history();
-    let read = history.versions()[history.read_index()].digest();
+    let read = history.versions()[history.read_index_for(&me)].digest();
     if since(&mut seen.read, read) >= grace {
         membership.update(|h| mark_digest(h, Tracker::SyncAck, &me, read))?;
     }

@@ -657,6 +657,23 @@ impl History {
         if self.all_reached(Tracker::Sync, newest) { newest } else { 0 }
     }
 
+    /// The version `node` reads from: [`History::read_index`], except that
+    /// instead of falling back to the oldest version it keeps to the one
+    /// of its own `sync_ack` mark when that is later. That version was its
+    /// read version (filled by then), and it stays in force everywhere
+    /// until this node acknowledges a newer one; whereas the oldest in this
+    /// node's view may already be gone elsewhere, its old homes' copies
+    /// swept (a node a step behind in gossip that commits a change on top
+    /// would otherwise read from a version the others pruned).
+    pub fn read_index_for(&self, node: &str) -> usize {
+        let read = self.read_index();
+        if read != 0 {
+            return read;
+        }
+        let own = self.marks_of(node).and_then(|m| m.get(Tracker::SyncAck));
+        own.and_then(|m| self.index_of(m)).unwrap_or(0)
+    }
+
     /// Drops the oldest versions every node has stopped reading from; true
     /// if it dropped one.
     fn prune(&mut self) -> bool {

@@ -90,6 +90,14 @@ impl Layout {
         Ok(Layout { history, placed, read, all, tag })
     }
 
+    /// This layout as `node` uses it: reads go to
+    /// [`History::read_index_for`] that node, which may be later than the
+    /// oldest version in force.
+    pub fn seen_by(mut self, node: &str) -> Layout {
+        self.read = self.history.read_index_for(node);
+        self
+    }
+
     pub fn history(&self) -> &History {
         &self.history
     }
@@ -279,6 +287,46 @@ impl Layout {
         out
     }
 
+    /// The partitions `node` homes in this layout that it homed in no
+    /// version of `previous` and will not receive by transfer (no older
+    /// version in force here to pull from), each with its other homes.
+    /// Empty in normal operation: a node learns each version while the one
+    /// before is still in force (that one is dropped only once this node
+    /// acknowledged the new one). Not empty when its view jumped several
+    /// versions at once, as when it was restored from an older copy of its
+    /// directory and its own marks came back from peers: those partitions'
+    /// copies here were never filled, so it must refill them like any
+    /// partition of a node that lost data.
+    pub fn jumped_to(&self, previous: &Layout, node: &str) -> Vec<(u32, Vec<NodeId>)> {
+        let same = |a: &Layout, b: &Layout| {
+            a.placed.len() == b.placed.len()
+                && a.placed
+                    .iter()
+                    .zip(&b.placed)
+                    .all(|(x, y)| Arc::ptr_eq(&x.version, &y.version) || x.version == y.version)
+        };
+        if same(self, previous) || previous.partitions() != self.partitions() {
+            return Vec::new();
+        }
+        let incoming: std::collections::BTreeSet<u32> =
+            self.incoming(node).into_iter().map(|(p, _)| p).collect();
+        let mut out = Vec::new();
+        for p in 0..self.partitions() {
+            let homes = self.homes(p);
+            if !homes.iter().any(|h| h == node)
+                || incoming.contains(&p)
+                || previous.placed.iter().any(|v| v.homes(p).iter().any(|h| h == node))
+            {
+                continue;
+            }
+            let others: Vec<NodeId> = homes.into_iter().filter(|h| h != node).collect();
+            if !others.is_empty() {
+                out.push((p, others));
+            }
+        }
+        out
+    }
+
     /// Whether `node`'s mark on tracker `t` reached the newest version.
     pub fn reached_newest(&self, t: Tracker, node: &str) -> bool {
         self.history.reached(t, node, self.placed.len() - 1)
@@ -379,6 +427,41 @@ mod tests {
         let layout = Layout::of(h).unwrap();
         assert_eq!(layout.read_version(), 2);
         assert_eq!(layout.state_of("d"), "active");
+    }
+
+    #[test]
+    fn a_view_that_jumps_past_a_version_names_the_partitions_never_filled() {
+        // d leaves: a, b and c gain its partitions, by transfer when the
+        // change is seen while the old version is in force.
+        let members: Vec<MemberConfig> = ["a", "b", "c", "d"].into_iter().map(member).collect();
+        let mut h = History::initial("t", 64, 3, &members);
+        let v1 = Layout::of(h.clone()).unwrap();
+        h.wish("a", "d", crate::membership::history::Desire::Leaving);
+        assert!(h.commit());
+        let v1_v2 = Layout::of(h.clone()).unwrap();
+        assert!(v1_v2.jumped_to(&v1, "a").is_empty(), "seen in turn: filled by transfer");
+        assert!(v1_v2.jumped_to(&v1_v2, "a").is_empty());
+        for id in ["a", "b", "c", "d"] {
+            h.mark(Tracker::Ack, id, 1);
+            h.mark(Tracker::Sync, id, 1);
+            h.mark(Tracker::SyncAck, id, 1);
+        }
+        let v2 = Layout::of(h).unwrap();
+        assert_eq!(v2.history().versions().len(), 1, "v1 dropped");
+        assert!(v2.jumped_to(&v1_v2, "a").is_empty(), "dropping a version gives nothing new");
+        // A node whose view goes from v1 straight to v2 alone (an older copy
+        // of its directory) never received what v2 gave it.
+        let a = "a".to_string();
+        let gained: Vec<u32> =
+            (0..64).filter(|&p| v2.homes(p).contains(&a) && !v1.homes(p).contains(&a)).collect();
+        assert!(!gained.is_empty(), "a takes some of d's partitions");
+        let jumped = v2.jumped_to(&v1, "a");
+        assert_eq!(jumped.iter().map(|(p, _)| *p).collect::<Vec<_>>(), gained);
+        assert!(
+            jumped
+                .iter()
+                .all(|(p, others)| others.len() == 2 && !others.contains(&a) && v2.homes(*p).contains(&a))
+        );
     }
 
     #[test]

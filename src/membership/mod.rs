@@ -97,7 +97,7 @@ impl Membership {
         history: History,
         storage: Option<Arc<Storage>>,
     ) -> Result<Membership, MembershipError> {
-        let layout = Arc::new(Layout::of(history)?);
+        let layout = Arc::new(Layout::of(history)?.seen_by(&me.id));
         if let Some(storage) = &storage {
             storage.meta().set_layout_history(&encode(layout.history()), true)?;
         }
@@ -166,8 +166,18 @@ impl Membership {
             if !change(&mut history) {
                 return Ok(false);
             }
-            let layout = Arc::new(Layout::after(history, Some(&previous))?);
+            let layout = Arc::new(Layout::after(history, Some(&previous))?.seen_by(self.self_id()));
             if let Some(storage) = &self.storage {
+                let jumped = layout.jumped_to(&previous, self.self_id());
+                if !jumped.is_empty() {
+                    // Before anyone reads with the new layout.
+                    tracing::warn!(
+                        partitions = jumped.len(),
+                        "this node's layout jumped past versions it never filled: those partitions are unsynced"
+                    );
+                    let unsynced = jumped.into_iter().map(|(p, others)| (p, others.into_iter().collect()));
+                    storage.unsynced().set(unsynced.collect())?;
+                }
                 storage.meta().set_layout_history(&encode(layout.history()), durable)?;
             }
             let (old, new) = (previous.version(), layout.version());

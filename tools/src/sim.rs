@@ -261,7 +261,7 @@ fn step(node: &mut Node, round: u64, grace: u64) {
     if h.all_reached(Tracker::Ack, last) {
         gossip::mark_digest(h, Tracker::Sync, me, newest);
     }
-    let read = h.versions()[h.read_index()].digest();
+    let read = h.versions()[h.read_index_for(me)].digest();
     if since(&mut node.read_seen, read, round) >= grace {
         gossip::mark_digest(h, Tracker::SyncAck, me, read);
     }

@@ -26,7 +26,7 @@ fn step(h: &mut History, me: &str) {
     if let Some(i) = (0..h.versions().len()).rev().find(|&i| h.all_reached(Tracker::Ack, i)) {
         h.mark(Tracker::Sync, me, i);
     }
-    let read = h.read_index();
+    let read = h.read_index_for(me);
     h.mark(Tracker::SyncAck, me, read);
 }
 
@@ -156,6 +156,36 @@ fn reads_never_move_to_an_intermediate_version_a_later_mark_reaches() {
         h.mark(Tracker::Sync, id, 2);
     }
     assert_eq!(h.read_index(), 2, "v3 once every node synced it");
+}
+
+#[test]
+fn a_node_behind_in_gossip_keeps_reading_the_version_it_acknowledged() {
+    // Everyone synced v2 and a sync-acked it, so the others may have
+    // pruned v1 and swept its old homes; a's view still holds v1 (b's
+    // sync-ack has not reached it) when a change is committed on top.
+    let mut h = start(&["a", "b", "c"]);
+    h.wish("d", "d", Desire::Member(member("d")));
+    h.commit();
+    for id in ["a", "b", "c", "d"] {
+        h.mark(Tracker::Ack, id, 1);
+        h.mark(Tracker::Sync, id, 1);
+    }
+    assert_eq!(h.read_index(), 1);
+    for id in ["a", "c", "d"] {
+        h.mark(Tracker::SyncAck, id, 1);
+    }
+    assert_eq!(h.versions().len(), 2, "b has not sync-acked v2: v1 is still in force");
+    h.wish("a", "e", Desire::Member(member("e")));
+    h.commit();
+    assert_eq!(h.versions().len(), 3);
+    assert_eq!(h.read_index(), 0, "nobody synced v3");
+    assert_eq!(h.read_index_for("a"), 1, "a reads v2, which it sync-acked, not v1");
+    assert_eq!(h.read_index_for("b"), 0, "b never sync-acked v2: v1 is still its read version");
+    for id in ["a", "b", "c", "d", "e"] {
+        h.mark(Tracker::Ack, id, 2);
+        h.mark(Tracker::Sync, id, 2);
+    }
+    assert_eq!(h.read_index_for("a"), 2, "v3 once every node synced it");
 }
 
 #[test]
