@@ -99,7 +99,8 @@ pub async fn fetch(
     let mut last = String::from("no seeds");
     loop {
         for seed in seeds {
-            match client.call_url::<_, JoinReply>(seed, routes::JOIN, request, Duration::from_secs(5)).await {
+            match client.call_seed::<_, JoinReply>(seed, routes::JOIN, request, Duration::from_secs(5)).await
+            {
                 Ok(Ok(history)) if history.cluster() == request.cluster && history.validate().is_ok() => {
                     return Ok(history);
                 }

@@ -73,6 +73,9 @@ pub const LAYOUT_HEADER: &str = "quorumkv-layout";
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
+    /// Kept to build a client pinned to other addresses ([`PeerClient::call_seed`]).
+    tls: rustls::ClientConfig,
+    local_ip: Option<std::net::IpAddr>,
     reachability: Arc<dyn Reachability>,
     faults: Faults,
     metrics: RpcMetrics,
@@ -88,24 +91,8 @@ impl PeerClient {
         local_ip: Option<std::net::IpAddr>,
         metrics: RpcMetrics,
     ) -> Result<Self, RpcError> {
-        let http = reqwest::Client::builder()
-            .local_address(local_ip)
-            .use_preconfigured_tls(tls)
-            // Peers always speak HTTP/2: every call to one peer multiplexes
-            // over one TLS connection instead of growing a pool.
-            .http2_prior_knowledge()
-            // Batched replica writes are large bodies: fixed large windows
-            // avoid a WINDOW_UPDATE round trip every 64 KiB.
-            .http2_initial_stream_window_size(super::H2_STREAM_WINDOW)
-            .http2_initial_connection_window_size(super::H2_CONNECTION_WINDOW)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .http2_keep_alive_while_idle(true)
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .no_proxy()
-            .build()
-            .map_err(|e| RpcError::Build(e.to_string()))?;
-        Ok(PeerClient { http, reachability, faults: Faults::default(), metrics })
+        let http = http_client(tls.clone(), local_ip, None)?;
+        Ok(PeerClient { http, tls, local_ip, reachability, faults: Faults::default(), metrics })
     }
 
     pub fn faults(&self) -> &Faults {
@@ -142,10 +129,85 @@ impl PeerClient {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, RpcError> {
+        call_with(&self.http, base, route, request, timeout).await
+    }
+
+    /// [`PeerClient::call_url`] for a seed, skipping this host's own
+    /// addresses: a seed name that every node shares (a Kubernetes headless
+    /// Service publishing not-ready pods, a compose network alias) resolves
+    /// to this node too, sorted first (longest matching prefix), and its
+    /// peer port is bound but not serving yet, so the call would hang in
+    /// the TLS handshake until it timed out, every time.
+    pub async fn call_seed<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        base: &str,
+        route: &'static str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcError> {
+        let Some((host, addrs)) = others_of(base).await else {
+            return self.call_url(base, route, request, timeout).await;
+        };
+        let pinned = http_client(self.tls.clone(), self.local_ip, Some((&host, &addrs)))?;
+        call_with(&pinned, base, route, request, timeout).await
+    }
+}
+
+/// The peer HTTP client: HTTP/2 over mutual TLS; `pin` resolves one host
+/// name to the given addresses.
+fn http_client(
+    tls: rustls::ClientConfig,
+    local_ip: Option<std::net::IpAddr>,
+    pin: Option<(&str, &[std::net::SocketAddr])>,
+) -> Result<reqwest::Client, RpcError> {
+    let mut builder = reqwest::Client::builder()
+        .local_address(local_ip)
+        .use_preconfigured_tls(tls)
+        // Peers always speak HTTP/2: every call to one peer multiplexes
+        // over one TLS connection instead of growing a pool.
+        .http2_prior_knowledge()
+        // Batched replica writes are large bodies: fixed large windows
+        // avoid a WINDOW_UPDATE round trip every 64 KiB.
+        .http2_initial_stream_window_size(super::H2_STREAM_WINDOW)
+        .http2_initial_connection_window_size(super::H2_CONNECTION_WINDOW)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_while_idle(true)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .no_proxy();
+    if let Some((host, addrs)) = pin {
+        builder = builder.resolve_to_addrs(host, addrs);
+    }
+    builder.build().map_err(|e| RpcError::Build(e.to_string()))
+}
+
+/// The host of `base` and its addresses that are not this host's own, if
+/// it has some of both (else the URL is called as it is).
+async fn others_of(base: &str) -> Option<(String, Vec<std::net::SocketAddr>)> {
+    let url = reqwest::Url::parse(base).ok()?;
+    let host = url.host_str()?.to_string();
+    let port = url.port_or_known_default()?;
+    let all: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port)).await.ok()?.collect();
+    // Only a local address can be bound.
+    let others: Vec<std::net::SocketAddr> = all
+        .iter()
+        .copied()
+        .filter(|a| std::net::UdpSocket::bind(std::net::SocketAddr::new(a.ip(), 0)).is_err())
+        .collect();
+    (!others.is_empty() && others.len() < all.len()).then_some((host, others))
+}
+
+async fn call_with<Req: Serialize, Resp: DeserializeOwned>(
+    http: &reqwest::Client,
+    base: &str,
+    route: &'static str,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Resp, RpcError> {
+    {
         let peer = base.to_string();
         let work = async {
-            let response = self
-                .http
+            let response = http
                 .post(format!("{}{route}", base.trim_end_matches('/')))
                 .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
                 .body(codec::encode(request))
@@ -166,7 +228,9 @@ impl PeerClient {
             .await
             .unwrap_or_else(|_| Err(RpcError::Timeout { peer: peer.clone(), ms: timeout.as_millis() }))
     }
+}
 
+impl PeerClient {
     async fn call_inner<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         peer: &str,
