@@ -352,14 +352,7 @@ fn same_nodes(a: &[NodeId], b: &[NodeId]) -> bool {
 mod tests {
     use super::*;
 
-    fn member(id: &str) -> MemberConfig {
-        MemberConfig {
-            id: id.into(),
-            client_url: format!("https://{id}:8443"),
-            peer_url: format!("https://{id}:9443"),
-            weight: 1,
-        }
-    }
+    use crate::membership::test_member as member;
 
     #[test]
     fn homes_are_the_first_replicas_and_every_member_is_in_each_preference_list() {

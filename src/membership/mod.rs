@@ -403,3 +403,14 @@ impl Reachability for Membership {
         members.binary_search_by(|m| m.id.as_str().cmp(peer)).ok().map(|i| members[i].peer_url.clone())
     }
 }
+
+/// A member named `id` with URLs derived from it, for the module tests.
+#[cfg(test)]
+pub(crate) fn test_member(id: &str) -> crate::config::MemberConfig {
+    crate::config::MemberConfig {
+        id: id.into(),
+        client_url: format!("https://{id}:8443"),
+        peer_url: format!("https://{id}:9443"),
+        weight: 1,
+    }
+}

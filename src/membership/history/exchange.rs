@@ -180,14 +180,7 @@ mod tests {
     use super::*;
     use crate::config::MemberConfig;
 
-    fn member(id: &str) -> MemberConfig {
-        MemberConfig {
-            id: id.into(),
-            client_url: format!("https://{id}:8443"),
-            peer_url: format!("https://{id}:9443"),
-            weight: 1,
-        }
-    }
+    use crate::membership::test_member as member;
 
     /// One push-pull exchange, as the gossip worker runs it.
     fn exchange(a: &mut History, b: &mut History) -> usize {

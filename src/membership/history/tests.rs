@@ -1,14 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 
-fn member(id: &str) -> MemberConfig {
-    MemberConfig {
-        id: id.into(),
-        client_url: format!("https://{id}:8443"),
-        peer_url: format!("https://{id}:9443"),
-        weight: 1,
-    }
-}
+use crate::membership::test_member as member;
 
 fn start(ids: &[&str]) -> History {
     let members: Vec<MemberConfig> = ids.iter().map(|id| member(id)).collect();
