@@ -162,6 +162,9 @@ pub struct Config {
     /// Bounds on one key's object (siblings and bytes).
     #[serde(default)]
     pub limits: ObjectLimits,
+    /// Background work yields to foreground latency.
+    #[serde(default)]
+    pub governor: GovernorConfig,
 }
 
 /// How large one key's object may grow through client writes. A write that
@@ -193,14 +196,14 @@ pub struct RepairConfig {
     /// A hint whose home stays unreachable longer than this is dropped once
     /// another home holds a version including it (anti-entropy covers it).
     pub hint_window_secs: u64,
-    /// Bandwidth cap of hint delivery, per node.
+    /// Rate of hint delivery per node at governor share 1 (`crate::governor`).
     pub handoff_bytes_per_sec: u64,
     /// Run Merkle-tree anti-entropy exchanges.
     pub anti_entropy: bool,
     /// Pause between two anti-entropy rounds (a round compares every
     /// partition this node shares with one peer).
     pub anti_entropy_interval_ms: u64,
-    /// Bandwidth cap of anti-entropy exchanges, per node.
+    /// Rate of anti-entropy, transfers and GC per node at governor share 1.
     pub anti_entropy_bytes_per_sec: u64,
     /// Each partition's tree is rebuilt from its data this often, catching
     /// records damaged on disk without any write (0: never).
@@ -222,6 +225,27 @@ impl Default for RepairConfig {
             tree_rebuild_secs: 7 * 24 * 3600,
             tombstone_grace_secs: 24 * 3600,
         }
+    }
+}
+
+/// `[governor]`: how background work yields to foreground requests
+/// (`crate::governor`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernorConfig {
+    /// Watch foreground latency and scale background work to it; off, the
+    /// background runs at the configured rates whatever the load.
+    pub enabled: bool,
+    /// Foreground p99 (ms) above which background work is slowed down.
+    pub target_p99_ms: u64,
+    /// How far above the configured rates background work may run while
+    /// the node answers (almost) no foreground requests.
+    pub idle_boost: u64,
+}
+
+impl Default for GovernorConfig {
+    fn default() -> Self {
+        GovernorConfig { enabled: true, target_p99_ms: 10, idle_boost: 8 }
     }
 }
 
@@ -410,6 +434,9 @@ impl Config {
         }
         if r.anti_entropy_interval_ms == 0 {
             return bad("repair.anti_entropy_interval_ms must be positive".into());
+        }
+        if self.governor.target_p99_ms == 0 || self.governor.idle_boost == 0 {
+            return bad("governor.target_p99_ms and governor.idle_boost must be positive".into());
         }
         if self.limits.max_siblings == 0 {
             return bad("limits.max_siblings must be positive".into());

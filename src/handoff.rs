@@ -6,8 +6,8 @@
 //! target's hints, sends them in batches as ordinary replica merges (synced,
 //! so a `DW` write does not lose its durability on the way), and removes a
 //! hint only after the home acknowledged it. It runs one batch at a time and
-//! sleeps to stay under `handoff_bytes_per_sec`, so foreground requests keep
-//! the cores.
+//! sleeps to stay under `handoff_bytes_per_sec` × the governor's share
+//! ([`crate::governor`]), so foreground requests keep the cores.
 //!
 //! A hint for a home that stays unreachable longer than the window is
 //! dropped, but only once another home replica is seen to hold a version
@@ -23,6 +23,7 @@ use bytes::Bytes;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 
+use crate::governor::Pacer;
 use crate::membership::Membership;
 use crate::metrics::{Registry, counter};
 use crate::replica::{ReadRequest, ReadResponse, ReplicateRequest, ReplicateResponse};
@@ -84,7 +85,8 @@ pub struct Handoff {
     pub membership: Arc<Membership>,
     pub peers: PeerClient,
     pub window: Duration,
-    pub bytes_per_sec: u64,
+    /// Delivery pace: `handoff_bytes_per_sec` × the governor's share.
+    pub pacer: Pacer,
     pub stats: Arc<HandoffStats>,
 }
 
@@ -195,7 +197,7 @@ impl Handoff {
                 self.stats.delivered.fetch_add(n as u64, Ordering::Relaxed);
                 sent += acked.len();
                 let bytes: usize = live.iter().map(|h| h.size()).sum();
-                tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64)).await;
+                self.pacer.spend(bytes).await;
             }
             after = Some((last.partition, last.key.clone()));
         }

@@ -27,6 +27,7 @@ pub mod anti_entropy;
 pub mod api;
 pub mod config;
 pub mod coordinator;
+pub mod governor;
 pub mod handoff;
 pub mod membership;
 pub mod metrics;

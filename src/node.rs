@@ -16,6 +16,7 @@ use crate::api::AppState;
 use crate::api::metrics::ApiMetrics;
 use crate::config::Config;
 use crate::coordinator::Coordinator;
+use crate::governor::Governor;
 use crate::handoff::Handoff;
 use crate::membership::history::History;
 use crate::membership::join::JoinRequest;
@@ -27,7 +28,7 @@ use crate::rpc::metrics::RpcMetrics;
 use crate::rpc::server::Endpoints;
 use crate::storage::{Storage, StorageError};
 use crate::worker::Workers;
-use crate::{anti_entropy, api, coordinator, membership, metrics, rpc, tls};
+use crate::{anti_entropy, api, coordinator, governor, membership, metrics, rpc, tls};
 
 /// How long in-flight requests get to finish on shutdown (well inside a
 /// Kubernetes grace period).
@@ -128,16 +129,17 @@ impl Node {
         let peers = PeerClient::new(peer_client_tls, membership.clone(), local_ip, rpc_metrics.clone())?;
         let detector_peers = peers.clone();
         let faults = peers.faults().clone();
+        let governor = Governor::new(config.governor);
         let handoff = Handoff {
             storage: storage.clone(),
             membership: membership.clone(),
             peers: peers.clone(),
             window: Duration::from_secs(config.repair.hint_window_secs),
-            bytes_per_sec: config.repair.handoff_bytes_per_sec,
+            pacer: governor.pacer(config.repair.handoff_bytes_per_sec),
             stats: Arc::default(),
         };
         let anti_entropy =
-            AntiEntropy::new(replica.clone(), membership.clone(), peers.clone(), config.repair);
+            AntiEntropy::new(replica.clone(), membership.clone(), peers.clone(), config.repair, &governor);
         let coordinator = Coordinator::new(
             membership,
             replica,
@@ -158,6 +160,7 @@ impl Node {
         rpc_metrics.prime(&peer_ids);
         coordinator.register_metrics(&mut registry);
         handoff.stats.register(&mut registry);
+        governor.register(&mut registry);
         anti_entropy::metrics::register(&anti_entropy.stats, &mut registry);
         crate::storage::metrics::register(&storage, peer_ids, &mut registry);
         let mut endpoints = Endpoints::new();
@@ -173,8 +176,11 @@ impl Node {
             config.max_value_bytes,
             api_metrics,
             registry,
-            handoff.stats.clone(),
-            anti_entropy.stats.clone(),
+            api::Background {
+                handoff: handoff.stats.clone(),
+                anti_entropy: anti_entropy.stats.clone(),
+                governor: governor.clone(),
+            },
             workers.clone(),
         ));
 
@@ -248,6 +254,14 @@ impl Node {
         });
         workers.start("detector", |w| detector::run(membership, detector_peers, w));
         workers.start("handoff", |w| handoff.run(w));
+        let compactions = storage.clone();
+        workers.start("governor", |w| {
+            governor.run(w, move |share| {
+                if let Err(error) = compactions.defer_compactions(share < governor::DEFER_COMPACTIONS_BELOW) {
+                    tracing::warn!(%error, "cannot change RocksDB's compaction setting");
+                }
+            })
+        });
         workers.start("lease", |w| state.coordinator.replica().clone().keep_lease_ahead(w));
         // Runs even with anti-entropy off while partitions are unsynced.
         workers.start("anti_entropy", |w| anti_entropy.clone().run(w));

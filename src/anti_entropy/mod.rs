@@ -9,8 +9,8 @@
 //! [`STRAY_SWEEP_ROUNDS`] rounds), and reaps tombstones that every home
 //! replica holds ([`gc`]). When the layout changes, the `transfer` worker
 //! fills this node's new partitions with the same exchanges
-//! ([`transfer`]). All of it is throttled to
-//! `anti_entropy_bytes_per_sec`.
+//! ([`transfer`]). All of it is paced at `anti_entropy_bytes_per_sec`
+//! scaled by the node's [`crate::governor`] share.
 
 mod endpoints;
 mod exchange;
@@ -29,6 +29,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RepairConfig;
+use crate::governor::{Governor, Pacer};
 use crate::membership::Membership;
 use crate::replica::Replica;
 use crate::rpc::client::{PeerClient, RpcError, routes};
@@ -269,37 +270,10 @@ impl AeStats {
     }
 }
 
-/// Sleeps so that the bytes spent stay under a rate.
-/// One byte budget for every anti-entropy and GC call of this node: each
-/// call books its bytes after the ones before it and waits for its turn,
-/// so the two workers together stay under `anti_entropy_bytes_per_sec`.
-#[derive(Debug)]
-struct Throttle {
-    bytes_per_sec: u64,
-    next: std::sync::Mutex<tokio::time::Instant>,
-}
-
-impl Throttle {
-    fn new(bytes_per_sec: u64) -> Throttle {
-        Throttle { bytes_per_sec, next: std::sync::Mutex::new(tokio::time::Instant::now()) }
-    }
-
-    async fn spend(&self, bytes: usize) {
-        let secs = bytes as f64 / self.bytes_per_sec.max(1) as f64;
-        let until = match self.next.lock() {
-            Ok(mut next) => {
-                let start = (*next).max(tokio::time::Instant::now());
-                *next = start + Duration::from_secs_f64(secs);
-                *next
-            }
-            // A poisoned lock (a panicked holder): pace this call alone.
-            Err(_) => tokio::time::Instant::now() + Duration::from_secs_f64(secs),
-        };
-        if until > tokio::time::Instant::now() + Duration::from_micros(100) {
-            tokio::time::sleep_until(until).await;
-        }
-    }
-}
+/// One byte budget for every anti-entropy, transfer and GC call of this
+/// node: each call books its bytes and waits for its turn, so the workers
+/// together stay under `anti_entropy_bytes_per_sec` × the governor's share.
+type Throttle = Pacer;
 
 #[derive(Clone)]
 pub struct AntiEntropy {
@@ -308,8 +282,10 @@ pub struct AntiEntropy {
     peers: PeerClient,
     config: RepairConfig,
     pub stats: Arc<AeStats>,
-    /// Shared by the `anti_entropy` and `gc` workers.
+    /// Shared by the `anti_entropy`, `transfer` and `gc` workers.
     throttle: Arc<Throttle>,
+    /// Tree rebuilds: local reads, paced at the same rate on their own.
+    rebuilds: Arc<Pacer>,
 }
 
 impl AntiEntropy {
@@ -318,9 +294,11 @@ impl AntiEntropy {
         membership: Arc<Membership>,
         peers: PeerClient,
         config: RepairConfig,
+        governor: &Arc<Governor>,
     ) -> Self {
-        let throttle = Arc::new(Throttle::new(config.anti_entropy_bytes_per_sec));
-        AntiEntropy { replica, membership, peers, config, stats: Arc::default(), throttle }
+        let throttle = Arc::new(governor.pacer(config.anti_entropy_bytes_per_sec));
+        let rebuilds = Arc::new(governor.pacer(config.anti_entropy_bytes_per_sec));
+        AntiEntropy { replica, membership, peers, config, stats: Arc::default(), throttle, rebuilds }
     }
 
     fn storage(&self) -> &Arc<Storage> {
@@ -505,8 +483,9 @@ impl AntiEntropy {
         }
         for p in due {
             match self.blocking(move |s| s.trees().rebuild(p)).await {
-                Ok(()) => {
+                Ok(read) => {
                     self.stats.trees_rebuilt.fetch_add(1, Ordering::Relaxed);
+                    self.rebuilds.spend(read as usize).await;
                 }
                 Err(error) => tracing::warn!(partition = p, %error, "tree rebuild failed"),
             }
@@ -522,7 +501,7 @@ mod tests {
     /// other rather than each getting the configured rate (virtual time).
     #[tokio::test(start_paused = true)]
     async fn concurrent_spenders_share_one_byte_budget() {
-        let throttle = Arc::new(Throttle::new(1_000));
+        let throttle = Arc::new(Governor::fixed().pacer(1_000));
         let started = tokio::time::Instant::now();
         let (a, b) = (throttle.clone(), throttle.clone());
         tokio::join!(a.spend(1_000), b.spend(1_000));
@@ -531,6 +510,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let again = tokio::time::Instant::now();
         throttle.spend(500).await;
-        assert_eq!(again.elapsed(), Duration::from_millis(500));
+        let waited = again.elapsed();
+        assert!(waited >= Duration::from_millis(499) && waited < Duration::from_millis(600), "{waited:?}");
     }
 }

@@ -58,6 +58,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
             "expired": state.handoff.expired.load(Ordering::Relaxed),
         },
         "anti_entropy": state.anti_entropy.snapshot(),
+        "governor": state.governor.view(),
         // Partitions whose copy here may lack acknowledged writes (this
         // node lost its data and is being refilled): its answers for them
         // do not count toward R/PR.

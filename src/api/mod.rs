@@ -23,7 +23,7 @@ use axum::routing::get;
 
 use crate::coordinator::QuorumKind;
 use error::ApiError;
-pub use state::AppState;
+pub use state::{AppState, Background};
 
 /// The client-facing router; testable without a socket.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -67,8 +67,10 @@ async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    state.governor.observe(elapsed);
     let metrics = &state.metrics;
-    metrics.observe_request(operation, status, started.elapsed().as_secs_f64());
+    metrics.observe_request(operation, status, elapsed.as_secs_f64());
     if let Some(kind) = response.extensions().get::<QuorumKind>() {
         metrics.observe_quorum_failure(kind.as_str());
     }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use super::metrics::ApiMetrics;
 use crate::anti_entropy::AeStats;
 use crate::coordinator::Coordinator;
+use crate::governor::Governor;
 use crate::handoff::HandoffStats;
 use crate::metrics::Registry;
 use crate::worker::Workers;
@@ -20,6 +21,8 @@ pub struct AppState {
     pub registry: Registry,
     pub handoff: Arc<HandoffStats>,
     pub anti_entropy: Arc<AeStats>,
+    /// Told the latency of every `/keys` request; background work follows it.
+    pub governor: Arc<Governor>,
     /// The background workers, whose statuses `/cluster` shows.
     pub workers: Arc<Workers>,
     /// Partitions this start found unsynced (a data loss it learned of).
@@ -30,6 +33,13 @@ pub struct AppState {
     draining: AtomicBool,
 }
 
+/// What `/cluster` and the request path see of the background work.
+pub struct Background {
+    pub handoff: Arc<HandoffStats>,
+    pub anti_entropy: Arc<AeStats>,
+    pub governor: Arc<Governor>,
+}
+
 impl AppState {
     /// A state that is not ready yet (`/keys` answers 503 until [`AppState::mark_ready`]).
     pub fn new(
@@ -37,10 +47,10 @@ impl AppState {
         max_value_bytes: usize,
         metrics: ApiMetrics,
         registry: Registry,
-        handoff: Arc<HandoffStats>,
-        anti_entropy: Arc<AeStats>,
+        background: Background,
         workers: Arc<Workers>,
     ) -> AppState {
+        let Background { handoff, anti_entropy, governor } = background;
         AppState {
             coordinator,
             max_value_bytes,
@@ -48,6 +58,7 @@ impl AppState {
             registry,
             handoff,
             anti_entropy,
+            governor,
             workers,
             unsynced_at_start: AtomicU64::new(0),
             ready: AtomicBool::new(false),

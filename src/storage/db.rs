@@ -6,7 +6,7 @@
 
 use std::hash::BuildHasher;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteOptions};
@@ -29,12 +29,21 @@ pub(super) const CF_TOMBSTONES_V1: &str = "tombstones";
 pub(super) const FAMILIES: [&str; 5] = [CF_OBJECTS, CF_META, CF_HINTS, CF_TREE, CF_GC_QUEUE];
 /// Enough stripes that unrelated keys rarely wait on each other.
 const LOCK_STRIPES: usize = 1024;
+/// Compactions are held off only while every family has fewer level-0
+/// files than this: RocksDB starts compacting at 4 and slows writes down at
+/// 20, so a deferral never brings on the write stall it is meant to avoid.
+const DEFER_MAX_L0_FILES: u64 = 10;
+/// The families whose compactions the governor may hold off: the ones
+/// every write adds to.
+const DEFERRABLE: [&str; 2] = [CF_OBJECTS, CF_TREE];
 
 pub(super) struct Db {
     pub(super) rocks: DB,
     locks: Box<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
     corrupt_reads: AtomicU64,
+    /// Automatic compactions are held off (`defer_compactions`).
+    deferred: AtomicBool,
 }
 
 /// `sync` makes RocksDB fsync the WAL before returning (the `DW`
@@ -87,6 +96,7 @@ impl Db {
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: Default::default(),
             corrupt_reads: AtomicU64::new(0),
+            deferred: AtomicBool::new(false),
         })
     }
 
@@ -134,6 +144,32 @@ impl Db {
         stripes.sort_unstable();
         stripes.dedup();
         stripes.into_iter().map(|s| self.lock_stripe(s)).collect()
+    }
+
+    /// Holds off (or resumes) automatic compactions of the families every
+    /// write adds to, for the background governor: compaction competes with
+    /// foreground requests for the two cores and the disk. A deferral is
+    /// refused (compactions resume) once any of them has
+    /// [`DEFER_MAX_L0_FILES`] level-0 files, so reads never pay for a long
+    /// level 0 and writes never reach RocksDB's stall; flushes go on
+    /// meanwhile, so no write waits for it. Returns the state now in force.
+    pub(super) fn defer_compactions(&self, defer: bool) -> Result<bool, StorageError> {
+        let mut l0 = 0;
+        for name in DEFERRABLE {
+            let cf = self.cf(name)?;
+            let files = self.rocks.property_int_value_cf(cf, "rocksdb.num-files-at-level0")?.unwrap_or(0);
+            l0 = l0.max(files);
+        }
+        let defer = defer && l0 < DEFER_MAX_L0_FILES;
+        if self.deferred.load(Ordering::Relaxed) != defer {
+            let value = if defer { "true" } else { "false" };
+            for name in DEFERRABLE {
+                self.rocks.set_options_cf(self.cf(name)?, &[("disable_auto_compactions", value)])?;
+            }
+            // Only the one governor worker calls this.
+            self.deferred.store(defer, Ordering::Relaxed);
+        }
+        Ok(defer)
     }
 
     /// `(live bytes on disk and in memtables, bytes compaction still has to

@@ -139,4 +139,10 @@ impl Storage {
     pub fn corrupt_reads(&self) -> u64 {
         self.db.corrupt_reads()
     }
+
+    /// Asks RocksDB to hold off (or resume) its automatic compactions; see
+    /// [`db::Db::defer_compactions`]. Returns whether they are now held off.
+    pub fn defer_compactions(&self, defer: bool) -> Result<bool, StorageError> {
+        self.db.defer_compactions(defer)
+    }
 }

@@ -174,6 +174,7 @@ fn dev_config(members: Vec<MemberConfig>, nodes: usize, log_format: LogFormat) -
         read_repair: true,
         repair: Default::default(),
         limits: Default::default(),
+        governor: Default::default(),
     }
 }
 

@@ -127,6 +127,9 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             let summary = quorumkv_tools::bench::run(&args).await?;
+            if let Some(dir) = &args.report {
+                quorumkv_tools::bench::plot::write_report(dir, &summary)?;
+            }
             let text = if args.json { serde_json::to_string_pretty(&summary)? } else { summary.text() };
             // A closed pipe (`| head`) is not worth a panic.
             let _ = writeln!(std::io::stdout(), "{text}");

@@ -19,7 +19,8 @@ impl Trees {
     /// `rebuilt ^ at_snapshot`: what writes added since the snapshot stays
     /// in the leaf, what was wrong at the snapshot is cancelled. Writes go
     /// on meanwhile; only this partition's scan is paid for.
-    pub fn rebuild(&self, partition: u32) -> Result<(), StorageError> {
+    /// Returns the bytes it read, which the caller paces its rebuilds by.
+    pub fn rebuild(&self, partition: u32) -> Result<u64, StorageError> {
         // Cleared first: damage found after the snapshot marks it again.
         self.clear_dirty(partition)?;
         let rebuilt = self.rebuild_from_snapshot(partition);
@@ -29,7 +30,7 @@ impl Trees {
         rebuilt
     }
 
-    fn rebuild_from_snapshot(&self, partition: u32) -> Result<(), StorageError> {
+    fn rebuild_from_snapshot(&self, partition: u32) -> Result<u64, StorageError> {
         let snapshot = self.db.rocks.snapshot();
         let objects = self.db.cf(CF_OBJECTS)?;
         let prefix = partition.to_be_bytes();
@@ -37,11 +38,13 @@ impl Trees {
         opts.set_prefix_same_as_start(true);
         let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
         let mut leaves: BTreeMap<Vec<u8>, Hash> = Default::default();
+        let mut read = 0u64;
         for item in snapshot.iterator_cf_opt(objects, opts, mode) {
             let (k, v) = item?;
             if !k.starts_with(&prefix) {
                 break;
             }
+            read += (k.len() + v.len()) as u64;
             if let Some(object) = self.db.decode_checked(partition, &v) {
                 let key = &k[4..];
                 let leaf = leaves.entry(leaf_key(partition, bucket_of(key), object.n())).or_insert(ZERO);
@@ -64,7 +67,7 @@ impl Trees {
         self.db.rocks.write(batch)?;
         self.touch(partition);
         self.set_rebuilt_now(partition)?;
-        Ok(())
+        Ok(read)
     }
 }
 

@@ -7,6 +7,7 @@
 //! omission). `--ceiling` runs the same client against `/health/live`: the
 //! cost of TLS + HTTP + this tool alone, to compare data-path numbers with.
 
+pub mod plot;
 pub mod report;
 pub mod workload;
 
@@ -125,6 +126,11 @@ pub struct BenchArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Also draw this run into DIR: <scenario>.svg (throughput and latency
+    /// over time, HDR percentile curve), and redraw DIR/index.html and
+    /// DIR/percentiles.svg over every run kept there.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
 }
 
 /// Extra random bytes values are cut from.
@@ -284,7 +290,8 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
     }
 
     let started = Instant::now();
-    let workers: Vec<_> = (0..args.concurrency).map(|i| tokio::spawn(worker(plan.clone(), i))).collect();
+    let workers: Vec<_> =
+        (0..args.concurrency).map(|i| tokio::spawn(worker(plan.clone(), i, started))).collect();
     let progress = (!args.quiet).then(|| tokio::spawn(progress(plan.clone(), started)));
     if let Some(d) = duration {
         let plan = plan.clone();
@@ -293,7 +300,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
             plan.stop.store(true, Ordering::Relaxed);
         });
     }
-    let mut total = Tally::new();
+    let mut total = Tally::starting_at(started);
     for w in workers {
         if let Ok(t) = w.await {
             total.merge(&t);
@@ -334,6 +341,8 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
         max_siblings: total.max_siblings,
         bytes_sent: total.bytes_sent,
         bytes_received: total.bytes_received,
+        timeline: total.timeline(),
+        percentiles: report::percentile_curve(&total.latency_us),
     })
 }
 
@@ -481,8 +490,8 @@ async fn ceiling(plan: &Run, node: usize, tally: &mut Tally) {
     count(plan, tally, status);
 }
 
-async fn worker(plan: Arc<Run>, id: usize) -> Tally {
-    let mut tally = Tally::new();
+async fn worker(plan: Arc<Run>, id: usize, started: Instant) -> Tally {
+    let mut tally = Tally::starting_at(started);
     let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
     let interval = plan.rate_per_worker.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
     let mut intended = Instant::now() + Duration::from_micros(rng.random_range(0..1000));

@@ -1,10 +1,10 @@
 //! The benchmark's measurements and their summary (text and JSON).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What one worker measured; merged at the end.
 pub struct Tally {
@@ -16,11 +16,23 @@ pub struct Tally {
     pub max_siblings: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// When the measured run started: samples are timed from it.
+    origin: Instant,
+    /// `(ms since origin at completion, latency µs)` of every request, for
+    /// the report's throughput and latency over time (8 bytes a request).
+    pub samples: Vec<(u32, u32)>,
 }
 
 impl Tally {
     pub fn new() -> Tally {
+        Tally::starting_at(Instant::now())
+    }
+
+    /// A tally whose samples are timed from `origin` (the run's start).
+    pub fn starting_at(origin: Instant) -> Tally {
         Tally {
+            origin,
+            samples: Vec::new(),
             // 1 µs to 60 s at 3 significant digits.
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid"),
             statuses: BTreeMap::new(),
@@ -35,6 +47,8 @@ impl Tally {
     pub fn record(&mut self, latency: Duration) {
         let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
         let _ = self.latency_us.record(us);
+        let at = u32::try_from(self.origin.elapsed().as_millis()).unwrap_or(u32::MAX);
+        self.samples.push((at, us as u32));
     }
 
     pub fn merge(&mut self, other: &Tally) {
@@ -47,6 +61,29 @@ impl Tally {
         self.max_siblings = self.max_siblings.max(other.max_siblings);
         self.bytes_sent += other.bytes_sent;
         self.bytes_received += other.bytes_received;
+        self.samples.extend_from_slice(&other.samples);
+    }
+
+    /// Throughput and latency per second of the run, from the samples.
+    pub fn timeline(&self) -> Vec<Second> {
+        let mut by_second: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for (at, us) in &self.samples {
+            by_second.entry(at / 1000).or_default().push(*us);
+        }
+        by_second
+            .into_iter()
+            .map(|(second, mut us)| {
+                us.sort_unstable();
+                let at = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+                Second {
+                    t_s: second,
+                    ops: us.len() as u64,
+                    p50_ms: at(0.50),
+                    p99_ms: at(0.99),
+                    max_ms: at(1.0),
+                }
+            })
+            .collect()
     }
 
     pub fn ops(&self) -> u64 {
@@ -67,7 +104,31 @@ impl Default for Tally {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One second of a run: requests completed in it and their latency.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Second {
+    pub t_s: u32,
+    pub ops: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The latency percentile curve of a whole run (an HDR percentile plot):
+/// `(percentile, ms)` at points that crowd towards 100 %.
+pub fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut curve: Vec<(f64, f64)> = h
+        .iter_quantiles(4)
+        .map(|v| (v.quantile_iterated_to() * 100.0, v.value_iterated_to() as f64 / 1000.0))
+        .collect();
+    curve.dedup_by(|a, b| a.0 == b.0);
+    curve
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p90_ms: f64,
@@ -77,7 +138,7 @@ pub struct Latency {
     pub mean_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub scenario: String,
     pub workload: String,
@@ -107,6 +168,12 @@ pub struct Summary {
     pub max_siblings: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Per second of the run (the report's throughput and latency over time).
+    #[serde(default)]
+    pub timeline: Vec<Second>,
+    /// `(percentile, ms)`: the run's latency percentile curve.
+    #[serde(default)]
+    pub percentiles: Vec<(f64, f64)>,
 }
 
 impl Summary {

@@ -159,6 +159,7 @@ impl TestCluster {
                 read_repair: opts.read_repair,
                 repair: opts.repair,
                 limits: opts.limits,
+                governor: Default::default(),
             });
         }
         // Started together, as a real cluster's nodes are: each greets its

@@ -136,6 +136,7 @@ async fn writes_on_both_sides_of_a_real_network_cut_become_siblings() {
             read_repair: false,
             repair: RepairConfig { anti_entropy_interval_ms: 200, ..RepairConfig::default() },
             limits: Default::default(),
+            governor: Default::default(),
         };
         let path = dir.path().join(format!("{id}.toml"));
         std::fs::write(&path, config.to_toml()).unwrap();
