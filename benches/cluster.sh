@@ -38,7 +38,7 @@ run() {
   local before
   before=$(cpu)
   "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --name "$name" --report "$out/report" \
-    --concurrency "$concurrency" --keys "$keys" --protocol "$protocol" "$@" >"$work/$name.json"
+    --concurrency "$concurrency" --keys "$keys" --protocol "$protocol" --warmup 2s "$@" >"$work/$name.json"
   echo "$before $(cpu)" >"$work/$name.cpu"
 }
 run ceiling --ceiling --duration "$duration"

@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
 secs=${GOV_SECS:-20}
-rate=${GOV_RATE:-2500}
+rate=${GOV_RATE:-1500}
 fill=${GOV_FILL_SECS:-15}
 keys=${GOV_KEYS:-100000}
 wait_max=${GOV_WAIT:-240}
@@ -42,11 +42,11 @@ load() {
   local name=$1
   echo "== $name" >&2
   "$bin" bench "${nodes[@]}" --cacert "$ca" --json --quiet --name "$name-put" --report "$report" \
-    --workload put --w 2 --key-prefix "$name" --keys "$keys" --rate "$rate" --concurrency 48 \
+    --workload put --w 2 --key-prefix "$name" --keys "$keys" --rate "$rate" --concurrency 48 --warmup 2s \
     --duration "${secs}s" >"$work/$name-put.json" &
   local put=$!
   "$bin" bench "${nodes[@]}" --cacert "$ca" --json --quiet --name "$name-get" --report "$report" \
-    --workload get --r 2 --key-prefix data --keys "$keys" --rate "$rate" --concurrency 48 \
+    --workload get --r 2 --key-prefix data --keys "$keys" --rate "$rate" --concurrency 48 --warmup 2s \
     --duration "${secs}s" >"$work/$name-get.json"
   wait "$put"
 }

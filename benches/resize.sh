@@ -6,7 +6,9 @@
 # RESIZE_RATE ops/s (default 1000), or, with RESIZE_RATE=0, closed loop over
 # RESIZE_CONNS connections (default 24, as in the comparison), which
 # shows what the moves cost in throughput. RESIZE_SEGMENT sets the length
-# of a segment in seconds (default 10).
+# of a segment in seconds (default 10). RESIZE_GOVERNOR=off turns the
+# background governor off on every node (the transfer then runs at the
+# fixed anti_entropy_bytes_per_sec).
 # Each segment's throughput, p50/p99 and errors are printed, with how long
 # each move took and how many keys the new node pulled against how many it
 # holds at the end. Loopback only; bounded (about 3 minutes by default).
@@ -23,6 +25,10 @@ cargo build --release --quiet --bin quorumkv
 bin=target/release/quorumkv
 work=$(mktemp -d)
 "$bin" dev --dir "$work/dev" --port "$port" --nodes 3 --init-only >/dev/null
+if [ "${RESIZE_GOVERNOR:-on}" = off ]; then
+  # node4's config is made from node1's, so it inherits this.
+  sed -i 's/^enabled = true$/enabled = false/' "$work"/dev/node*.toml
+fi
 QUORUMKV_LOG=${RESIZE_LOG:-warn} "$bin" dev --dir "$work/dev" --port "$port" >"$work/dev.log" 2>&1 &
 pid=$!
 node4=

@@ -196,7 +196,7 @@ pub struct RepairConfig {
     /// A hint whose home stays unreachable longer than this is dropped once
     /// another home holds a version including it (anti-entropy covers it).
     pub hint_window_secs: u64,
-    /// Rate of hint delivery per node at governor share 1 (`crate::governor`).
+    /// Rate of hint delivery per node at governor share 1.
     pub handoff_bytes_per_sec: u64,
     /// Run Merkle-tree anti-entropy exchanges.
     pub anti_entropy: bool,
@@ -229,7 +229,7 @@ impl Default for RepairConfig {
 }
 
 /// `[governor]`: how background work yields to foreground requests
-/// (`crate::governor`).
+/// (the `governor` module).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GovernorConfig {

@@ -323,3 +323,37 @@ fn a_directory_with_the_old_tombstone_index_is_migrated_to_the_queue() {
     let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
     assert!(!families.iter().any(|f| f == db::CF_TOMBSTONES_V1), "the old index is dropped: {families:?}");
 }
+
+/// The governor may hold compactions off, but level 0 never grows past
+/// the bound: a deferral is refused there, and compactions run again.
+#[test]
+fn deferred_compactions_resume_before_level_zero_grows_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path(), 1 << 20).unwrap();
+    assert!(s.defer_compactions(true).unwrap(), "held off while level 0 is short");
+    let objects = s.db.cf(db::CF_OBJECTS).unwrap();
+    let level0 = || s.db.rocks.property_int_value_cf(objects, "rocksdb.num-files-at-level0").unwrap().unwrap();
+    let mut i = 0u32;
+    while level0() < 8 {
+        // Each flush makes one more level-0 file while compactions are off.
+        s.objects()
+            .modify(1, &i.to_be_bytes(), false, |_| {
+                let mut o = Object::new();
+                o.update(&VersionVector::new(), "a", value("v"));
+                Some(o)
+            })
+            .unwrap();
+        s.db.rocks.flush_cf(objects).unwrap();
+        i += 1;
+        assert!(i < 20, "level 0 did not grow while compactions were held off");
+    }
+    assert!(!s.defer_compactions(true).unwrap(), "past the bound the deferral is refused");
+    // Compactions run again and bring level 0 back under RocksDB's trigger.
+    let mut waited = 0;
+    while level0() >= 4 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+        assert!(waited < 400, "compactions did not resume: {} level-0 files", level0());
+    }
+    assert!(!s.defer_compactions(false).unwrap());
+}

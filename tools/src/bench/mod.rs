@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// How long to run (e.g. 20s); the default when --requests is not given is 20s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// Run this long first without measuring (connections opening, caches
+    /// filling), then `--duration`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub warmup: Option<Duration>,
     /// Stop after this many requests instead.
     #[arg(long)]
     pub requests: Option<u64>,
@@ -290,23 +294,24 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
     }
 
     let started = Instant::now();
+    let warmup = args.warmup.unwrap_or_default();
     let workers: Vec<_> =
-        (0..args.concurrency).map(|i| tokio::spawn(worker(plan.clone(), i, started))).collect();
+        (0..args.concurrency).map(|i| tokio::spawn(worker(plan.clone(), i, started, warmup))).collect();
     let progress = (!args.quiet).then(|| tokio::spawn(progress(plan.clone(), started)));
     if let Some(d) = duration {
         let plan = plan.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(d).await;
+            tokio::time::sleep(warmup + d).await;
             plan.stop.store(true, Ordering::Relaxed);
         });
     }
-    let mut total = Tally::starting_at(started);
+    let mut total = Tally::starting_at(started, warmup);
     for w in workers {
         if let Ok(t) = w.await {
             total.merge(&t);
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().saturating_sub(warmup).as_secs_f64();
     plan.stop.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         p.abort();
@@ -490,8 +495,8 @@ async fn ceiling(plan: &Run, node: usize, tally: &mut Tally) {
     count(plan, tally, status);
 }
 
-async fn worker(plan: Arc<Run>, id: usize, started: Instant) -> Tally {
-    let mut tally = Tally::starting_at(started);
+async fn worker(plan: Arc<Run>, id: usize, started: Instant, warmup: Duration) -> Tally {
+    let mut tally = Tally::starting_at(started, warmup);
     let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
     let interval = plan.rate_per_worker.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
     let mut intended = Instant::now() + Duration::from_micros(rng.random_range(0..1000));

@@ -16,8 +16,10 @@ pub struct Tally {
     pub max_siblings: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    /// When the measured run started: samples are timed from it.
+    /// When the run started: samples are timed from it.
     origin: Instant,
+    /// Requests that complete before this are not measured (the warm-up).
+    measure_from: Instant,
     /// `(ms since origin at completion, latency µs)` of every request, for
     /// the report's throughput and latency over time (8 bytes a request).
     pub samples: Vec<(u32, u32)>,
@@ -25,13 +27,15 @@ pub struct Tally {
 
 impl Tally {
     pub fn new() -> Tally {
-        Tally::starting_at(Instant::now())
+        Tally::starting_at(Instant::now(), Duration::ZERO)
     }
 
-    /// A tally whose samples are timed from `origin` (the run's start).
-    pub fn starting_at(origin: Instant) -> Tally {
+    /// A tally whose samples are timed from `origin` (the run's start),
+    /// measuring only what completes after `warmup`.
+    pub fn starting_at(origin: Instant, warmup: Duration) -> Tally {
         Tally {
             origin,
+            measure_from: origin + warmup,
             samples: Vec::new(),
             // 1 µs to 60 s at 3 significant digits.
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid"),
@@ -45,6 +49,9 @@ impl Tally {
     }
 
     pub fn record(&mut self, latency: Duration) {
+        if self.measure_from > self.origin && Instant::now() < self.measure_from {
+            return;
+        }
         let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
         let _ = self.latency_us.record(us);
         let at = u32::try_from(self.origin.elapsed().as_millis()).unwrap_or(u32::MAX);
