@@ -35,11 +35,11 @@ cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/pro
 run() {
   local name=$1; shift
   echo "== $name" >&2
-  local before
-  before=$(cpu)
+  # The CPU count starts when the 2 s warm-up ends (as the measured ops do).
+  (sleep 2; cpu >"$work/$name.cpu0") &
   "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --name "$name" --report "$out/report" \
     --concurrency "$concurrency" --keys "$keys" --protocol "$protocol" --warmup 2s "$@" >"$work/$name.json"
-  echo "$before $(cpu)" >"$work/$name.cpu"
+  echo "$(cat "$work/$name.cpu0") $(cpu)" >"$work/$name.cpu"
 }
 run ceiling --ceiling --duration "$duration"
 # Blind PUTs of an existing key add siblings, so each write scenario has its
@@ -47,7 +47,10 @@ run ceiling --ceiling --duration "$duration"
 run put-w2 --workload put --w 2 --key-prefix put-w2 --duration "$duration"
 run put-w1 --workload put --w 1 --key-prefix put-w1 --duration "$duration"
 run put-dw1 --workload put --w 2 --dw 1 --key-prefix put-dw1 --duration "$duration"
-run get-r2 --workload get --r 2 --key-prefix kv --preload --duration "$duration"
+echo "== preload" >&2
+"$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --name preload --workload get --preload \
+  --requests 1 --concurrency "$concurrency" --keys "$keys" --key-prefix kv >/dev/null
+run get-r2 --workload get --r 2 --key-prefix kv --duration "$duration"
 run get-r1 --workload get --r 1 --key-prefix kv --duration "$duration"
 run mixed-90-10-zipf --workload mixed:90 --distribution zipf:0.99 --key-prefix kv --duration "$duration"
 run ceiling-after --ceiling --duration "$duration"

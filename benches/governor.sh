@@ -6,13 +6,14 @@
 # bench processes) runs for GOV_SECS seconds:
 #  1. quiet: no background work (the reference);
 #  2. hint flood: node3 was down while N=2 writes queued GOV_FILL_SECS of
-#     hints for it; it is back and the hints are handed off under the load;
-#  3. refill: node3's directory was wiped; it restarts empty and refills
-#     from the others by anti-entropy under the load.
+#     hints for it; it is started again once the load's warm-up is over,
+#     and the hints are handed off under the load;
+#  3. refill: node3's directory was wiped; it is started empty once the
+#     load's warm-up is over and refills from the others by anti-entropy.
 # For each: the load's p50/p99/p99.9 and how long the background work took
 # (hints left → 0, unsynced partitions → 0; polled each 0.5 s, at most
 # GOV_WAIT seconds). The partition-transfer case is benches/resize.sh, run
-# with QUORUMKV_GOVERNOR_ENABLED=false and true.
+# with RESIZE_GOVERNOR=off and on.
 # Writes $BENCH_OUT/governor.md and, with every run drawn,
 # $BENCH_OUT/governor-report/index.html.
 set -euo pipefail
@@ -35,11 +36,14 @@ down() { term 0 & term 1 & term 2 & wait; }
 stat() { stats "$1" | python3 -c "import json,sys; s=json.load(sys.stdin)['stats']; print($2)"; }
 hints() { echo $(( $(stat 0 "s['hints']['queued'].get('node3', 0)") + $(stat 1 "s['hints']['queued'].get('node3', 0)") )); }
 unsynced() { stat 2 "s['unsynced_partitions']"; }
-nodes=(--url "$(url 0)" --url "$(url 1)" --url "$(url 2)")
+# The load goes to node1 and node2 (node3 is the one that goes down and
+# comes back), as a client behind a load balancer would see it.
+nodes=(--url "$(url 0)" --url "$(url 1)")
 
-# load NAME: PUT and GET at $rate/s each for $secs s, side by side.
+# load NAME [then...]: PUT and GET at $rate/s each for $secs s (after a 2 s
+# warm-up), side by side; the rest of the arguments run once the warm-up is over.
 load() {
-  local name=$1
+  local name=$1; shift
   echo "== $name" >&2
   "$bin" bench "${nodes[@]}" --cacert "$ca" --json --quiet --name "$name-put" --report "$report" \
     --workload put --w 2 --key-prefix "$name" --keys "$keys" --rate "$rate" --concurrency 48 --warmup 2s \
@@ -47,8 +51,10 @@ load() {
   local put=$!
   "$bin" bench "${nodes[@]}" --cacert "$ca" --json --quiet --name "$name-get" --report "$report" \
     --workload get --r 2 --key-prefix data --keys "$keys" --rate "$rate" --concurrency 48 --warmup 2s \
-    --duration "${secs}s" >"$work/$name-get.json"
-  wait "$put"
+    --duration "${secs}s" >"$work/$name-get.json" &
+  local get=$!
+  if [ $# -gt 0 ]; then sleep 2; "$@"; fi
+  wait "$put" "$get"
 }
 
 # until_zero NAME FN: seconds from now until FN prints 0 (polled), into $work/NAME.secs.
@@ -63,13 +69,17 @@ until_zero() {
   python3 -c "import time; print(f'{time.time() - $t0:.1f}' if '$left' == '0' else 'not done in ${wait_max}s')" >"$work/$name.secs"
 }
 
+# restart_and_time NAME FN: starts node3, and times its background work
+# in the background (its pid in $timer).
+restart_and_time() { start 2; ready 2; until_zero "$1" "$2" & timer=$!; }
+
 for mode in off on; do
   [ "$mode" = on ] && export QUORUMKV_GOVERNOR_ENABLED=true || export QUORUMKV_GOVERNOR_ENABLED=false
   rm -rf "$work/dev"
   "$bin" dev --dir "$work/dev" --port "$port" --init-only >/dev/null
   up
   echo "== governor $mode: preload $keys keys" >&2
-  "$bin" bench "${nodes[@]}" --cacert "$ca" --quiet --json --name preload \
+  "$bin" bench "${nodes[@]}" --url "$(url 2)" --cacert "$ca" --quiet --json --name preload \
     --workload get --preload --requests 1 --key-prefix data --keys "$keys" >/dev/null
   load "quiet-$mode"
 
@@ -78,19 +88,13 @@ for mode in off on; do
   "$bin" bench --url "$(url 0)" --url "$(url 1)" --cacert "$ca" --quiet --json --name fill \
     --workload put --n 2 --w 2 --key-prefix "hinted-$mode" --keys "$keys" --duration "${fill}s" >/dev/null
   hints >"$work/flood-$mode.hints"
-  start 2; ready 2
-  until_zero "flood-$mode" hints &
-  poll=$!
-  load "flood-$mode"
-  wait "$poll"
+  load "flood-$mode" restart_and_time "flood-$mode" hints
+  wait "$timer"
 
   kill9 2
   rm -rf "$work/dev/node3/data"
-  start 2; ready 2
-  until_zero "refill-$mode" unsynced &
-  poll=$!
-  load "refill-$mode"
-  wait "$poll"
+  load "refill-$mode" restart_and_time "refill-$mode" unsynced
+  wait "$timer"
   down
 done
 

@@ -435,8 +435,10 @@ impl Config {
         if r.anti_entropy_interval_ms == 0 {
             return bad("repair.anti_entropy_interval_ms must be positive".into());
         }
-        if self.governor.target_p99_ms == 0 || self.governor.idle_boost == 0 {
-            return bad("governor.target_p99_ms and governor.idle_boost must be positive".into());
+        if self.governor.target_p99_ms == 0 || !(1..=64).contains(&self.governor.idle_boost) {
+            return bad(
+                "governor.target_p99_ms must be positive and governor.idle_boost between 1 and 64".into()
+            );
         }
         if self.limits.max_siblings == 0 {
             return bad("limits.max_siblings must be positive".into());

@@ -10,15 +10,22 @@
 //! foreground's tail). The configured byte rates stay the reference: at
 //! share 1 each background task runs at its configured rate.
 //!
-//! The control law is additive-increase/multiplicative-decrease on the
-//! share, once per [`TICK`], from the foreground p99 of the tick's window:
+//! The control law moves the share once per [`TICK`], from the foreground
+//! p99 of the tick's window (its slowest request when the window holds
+//! fewer than [`MIN_SAMPLES`]: "idle"):
 //! - p99 above `target_p99_ms`: the share halves, down to [`MIN_SHARE`]
 //!   (never zero: a hint flood must still drain under a sustained overload,
 //!   only slowly);
-//! - p99 under half the target: the share grows by a quarter, up to 1 while
-//!   the foreground is busy and up to `idle_boost` while it is idle (fewer
-//!   than [`MIN_SAMPLES`] requests in the window, whose slowest is then
-//!   used in place of a p99).
+//! - p99 under half the target: the share grows by a quarter;
+//! - in between: it grows by [`MIN_SHARE`] (a foreground that meets its
+//!   target must not leave background work at the floor after one spike);
+//! - it never passes 1 while the foreground is busy, nor `idle_boost`
+//!   while it is idle.
+//!
+//! Work a node owes for correctness — refilling partitions it lost, filling
+//! partitions it newly homes — takes a pacer with a floor
+//! ([`Governor::pacer_with_floor`]), so an overloaded node still finishes
+//! it in a bounded time.
 //!
 //! Off (`enabled = false`) the share is fixed at 1: the configured rates,
 //! as before the governor existed.
@@ -46,8 +53,10 @@ pub const MIN_SAMPLES: u64 = 20;
 /// The lowest share: background work slowed 64-fold, never stopped.
 pub const MIN_SHARE: f64 = 1.0 / 64.0;
 /// Below this share RocksDB's automatic compactions are held off (within
-/// the storage's own bound on level-0 files).
+/// the storage's own bound on level-0 files), and they resume once the
+/// share is back to [`RESUME_COMPACTIONS_FROM`].
 pub const DEFER_COMPACTIONS_BELOW: f64 = 0.25;
+pub const RESUME_COMPACTIONS_FROM: f64 = 0.5;
 /// A [`Pacer`] sleeps at most this long at once, so a share that rose while
 /// it waited takes effect within this.
 const MAX_NAP: Duration = Duration::from_millis(50);
@@ -76,6 +85,7 @@ pub struct GovernorView {
     pub enabled: bool,
     pub target_p99_ms: u64,
     pub share: f64,
+    /// The last window's p99 of `/keys` requests (its slowest when idle).
     pub foreground_p99_ms: f64,
     pub foreground_samples: u64,
     pub cuts: u64,
@@ -148,7 +158,7 @@ impl Governor {
     /// The `governor` worker: a tick every [`TICK`], after which
     /// `after_tick` gets the new share (the node defers RocksDB compactions
     /// with it, which this base module cannot reach).
-    pub async fn run(self: Arc<Self>, worker: Worker, after_tick: impl Fn(f64) + Send + 'static) {
+    pub async fn run(self: Arc<Self>, worker: Worker, mut after_tick: impl FnMut(f64) + Send + 'static) {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -169,12 +179,23 @@ impl Governor {
 
     /// A pacer for one kind of background work at `bytes_per_sec` × share.
     pub fn pacer(self: &Arc<Self>, bytes_per_sec: u64) -> Pacer {
+        self.pacer_with_floor(bytes_per_sec, MIN_SHARE)
+    }
+
+    /// A pacer that never goes below `floor` × `bytes_per_sec`: for work
+    /// the node owes (a refill, a transfer), which must end in bounded time.
+    pub fn pacer_with_floor(self: &Arc<Self>, bytes_per_sec: u64, floor: f64) -> Pacer {
         Pacer {
             governor: self.clone(),
             bytes_per_sec: bytes_per_sec.max(1),
+            floor,
             debt: Mutex::new(Debt { bytes: 0.0, at: Instant::now() }),
-            waited_us: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the share moves (`enabled`); off, it is fixed at 1.
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
     }
 }
 
@@ -186,13 +207,13 @@ pub fn next_share(config: &GovernorConfig, share: f64, samples: u64, p99_us: u64
     let target_us = config.target_p99_ms.saturating_mul(1000);
     let idle = samples < MIN_SAMPLES;
     let ceiling = if idle { config.idle_boost.max(1) as f64 } else { 1.0 };
+    let share = share.min(ceiling);
     if p99_us > target_us {
         (share / 2.0).max(MIN_SHARE)
     } else if p99_us <= target_us / 2 {
-        // Busy and fine: come back to 1 but not above it; idle: up to the boost.
         (share * 1.25).min(ceiling)
     } else {
-        share.min(ceiling)
+        (share + MIN_SHARE).min(ceiling)
     }
 }
 
@@ -231,15 +252,14 @@ struct Debt {
 pub struct Pacer {
     governor: Arc<Governor>,
     bytes_per_sec: u64,
+    /// The lowest share this pacer runs at.
+    floor: f64,
     debt: Mutex<Debt>,
-    /// Time callers spent waiting here (µs), for the note on what the
-    /// governor cost the background.
-    waited_us: AtomicU64,
 }
 
 impl Pacer {
     fn rate(&self) -> f64 {
-        self.bytes_per_sec as f64 * self.governor.share()
+        self.bytes_per_sec as f64 * self.governor.share().max(self.floor)
     }
 
     /// How long to sleep before the debt is paid (zero: go on), after
@@ -254,26 +274,19 @@ impl Pacer {
         if debt.bytes <= 0.0 {
             return Duration::ZERO;
         }
-        Duration::from_secs_f64(debt.bytes / rate.max(1.0))
+        // Bounded: a nap is at most MAX_NAP anyway.
+        Duration::from_secs_f64((debt.bytes / rate.max(1.0)).min(3600.0))
     }
 
     /// Accounts `bytes` of background work, then waits until the rate
     /// allows it. Waits in short naps, so a share that rises (the
     /// foreground went quiet) speeds up a wait already under way.
     pub async fn spend(&self, bytes: usize) {
-        let started = Instant::now();
         let mut wait = self.book(bytes as f64);
         while wait > Duration::from_micros(200) {
             tokio::time::sleep(wait.min(MAX_NAP)).await;
             wait = self.book(0.0);
         }
-        let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.waited_us.fetch_add(waited, Ordering::Relaxed);
-    }
-
-    /// Total time callers waited here.
-    pub fn waited(&self) -> Duration {
-        Duration::from_micros(self.waited_us.load(Ordering::Relaxed))
     }
 }
 
@@ -309,8 +322,14 @@ mod tests {
         }
         assert_eq!(share, 1.0);
         assert_eq!(next_share(&on(), share, 1000, 2_000), 1.0);
-        // Between half the target and the target: hold.
-        assert_eq!(next_share(&on(), 0.5, 1000, 7_000), 0.5);
+        // Between half the target and the target: a small step up, so
+        // one spike does not leave the share at the floor for good.
+        assert_eq!(next_share(&on(), 0.5, 1000, 7_000), 0.5 + MIN_SHARE);
+        let mut share = MIN_SHARE;
+        for _ in 0..70 {
+            share = next_share(&on(), share, 1000, 7_000);
+        }
+        assert_eq!(share, 1.0);
     }
 
     #[test]
@@ -324,6 +343,8 @@ mod tests {
         assert_eq!(next_share(&on(), share, 500, 400), 1.0);
         // A single slow request while nearly idle still counts.
         assert_eq!(next_share(&on(), share, 3, 40_000), 4.0);
+        // Busy and slow: halved from the busy ceiling, not from the boost.
+        assert_eq!(next_share(&on(), 8.0, 500, 40_000), 0.5);
     }
 
     #[test]
@@ -348,6 +369,23 @@ mod tests {
         g.tick();
         assert_eq!(g.share(), 0.625);
         assert_eq!(g.view().cuts, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pacer_with_a_floor_keeps_its_pace_at_the_floor() {
+        let g = Governor::new(on());
+        for _ in 0..10 {
+            for _ in 0..200 {
+                g.observe(Duration::from_millis(30));
+            }
+            g.tick();
+        }
+        assert_eq!(g.share(), MIN_SHARE);
+        let owed = g.pacer_with_floor(1_000_000, 0.25);
+        let start = Instant::now();
+        owed.spend(250_000).await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(950) && took <= Duration::from_millis(1100), "{took:?}");
     }
 
     #[tokio::test(start_paused = true)]

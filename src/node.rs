@@ -255,10 +255,19 @@ impl Node {
         workers.start("detector", |w| detector::run(membership, detector_peers, w));
         workers.start("handoff", |w| handoff.run(w));
         let compactions = storage.clone();
+        let mut deferring = false;
         workers.start("governor", |w| {
             governor.run(w, move |share| {
-                if let Err(error) = compactions.defer_compactions(share < governor::DEFER_COMPACTIONS_BELOW) {
-                    tracing::warn!(%error, "cannot change RocksDB's compaction setting");
+                // Hysteresis: held off below a quarter, resumed from a half.
+                deferring = if deferring {
+                    share < governor::RESUME_COMPACTIONS_FROM
+                } else {
+                    share < governor::DEFER_COMPACTIONS_BELOW
+                };
+                // A change rewrites (and syncs) RocksDB's OPTIONS file.
+                match crate::util::block_on_disk(|| compactions.defer_compactions(deferring)) {
+                    Ok(deferred) => deferring = deferred,
+                    Err(error) => tracing::warn!(%error, "cannot change RocksDB's compaction setting"),
                 }
             })
         });

@@ -282,11 +282,20 @@ pub struct AntiEntropy {
     peers: PeerClient,
     config: RepairConfig,
     pub stats: Arc<AeStats>,
-    /// Shared by the `anti_entropy`, `transfer` and `gc` workers.
+    /// Shared by the `anti_entropy` and `gc` workers' regular rounds.
     throttle: Arc<Throttle>,
-    /// Tree rebuilds: local reads, paced at the same rate on their own.
-    rebuilds: Arc<Pacer>,
+    /// Work this node owes (a refill of partitions it lost, a transfer of
+    /// partitions it newly homes): never below [`OWED_FLOOR`] of the rate.
+    owed: Arc<Throttle>,
+    /// Periodic tree rebuilds (bytes read) while the governor is on; a
+    /// rebuild of a dirty tree, which exchanges wait for, is not paced.
+    rebuilds: Option<Arc<Pacer>>,
 }
+
+/// The lowest share of `anti_entropy_bytes_per_sec` a refill or transfer
+/// runs at, however slow the foreground: a node missing data must not stay
+/// so for hours because it is busy.
+const OWED_FLOOR: f64 = 0.25;
 
 impl AntiEntropy {
     pub fn new(
@@ -296,9 +305,11 @@ impl AntiEntropy {
         config: RepairConfig,
         governor: &Arc<Governor>,
     ) -> Self {
-        let throttle = Arc::new(governor.pacer(config.anti_entropy_bytes_per_sec));
-        let rebuilds = Arc::new(governor.pacer(config.anti_entropy_bytes_per_sec));
-        AntiEntropy { replica, membership, peers, config, stats: Arc::default(), throttle, rebuilds }
+        let rate = config.anti_entropy_bytes_per_sec;
+        let throttle = Arc::new(governor.pacer(rate));
+        let owed = Arc::new(governor.pacer_with_floor(rate, OWED_FLOOR));
+        let rebuilds = governor.enabled().then(|| Arc::new(governor.pacer(rate)));
+        AntiEntropy { replica, membership, peers, config, stats: Arc::default(), throttle, owed, rebuilds }
     }
 
     fn storage(&self) -> &Arc<Storage> {
@@ -372,7 +383,8 @@ impl AntiEntropy {
                     let peer = reachable[next_peer % reachable.len()].clone();
                     next_peer = next_peer.wrapping_add(1);
                     let differing = self.stats.partitions_differing.load(Ordering::Relaxed);
-                    match self.exchange_with(&peer, &throttle).await {
+                    let pace = if recovering.is_empty() { &throttle } else { &self.owed };
+                    match self.exchange_with(&peer, pace).await {
                         Ok(complete) => {
                             if complete {
                                 let shared: Vec<u32> =
@@ -457,7 +469,8 @@ impl AntiEntropy {
     /// 100 ms rounds of a refill, which need only the dirty ones). Both the
     /// marks and the rebuild times are persisted, so restarts postpone nothing.
     async fn rebuild_trees(&self, periodic: bool) {
-        let mut due = self.storage().trees().dirty_partitions();
+        let dirty = self.storage().trees().dirty_partitions();
+        let mut due = dirty.clone();
         let every = self.config.tree_rebuild_secs;
         if every > 0 && periodic && self.config.anti_entropy {
             let every_ms = every.saturating_mul(1000);
@@ -485,7 +498,9 @@ impl AntiEntropy {
             match self.blocking(move |s| s.trees().rebuild(p)).await {
                 Ok(read) => {
                     self.stats.trees_rebuilt.fetch_add(1, Ordering::Relaxed);
-                    self.rebuilds.spend(read as usize).await;
+                    if let Some(pacer) = self.rebuilds.as_ref().filter(|_| !dirty.contains(&p)) {
+                        pacer.spend(read as usize).await;
+                    }
                 }
                 Err(error) => tracing::warn!(partition = p, %error, "tree rebuild failed"),
             }

@@ -44,7 +44,12 @@ impl AntiEntropy {
                 () = tokio::time::sleep(TICK) => {}
             }
             worker.set(State::Busy);
-            if let Err(error) = self.transfer_round(&mut done).await {
+            // A round may wait long on its pacer: shutdown does not wait for it.
+            let result = tokio::select! {
+                () = worker.cancelled() => return,
+                result = self.transfer_round(&mut done) => result,
+            };
+            if let Err(error) = result {
                 tracing::warn!(%error, "partition transfer paused");
                 worker.failed(&error);
             }
@@ -98,7 +103,7 @@ impl AntiEntropy {
         }
         for (source, partitions) in owed {
             for batch in partitions.chunks(BATCH) {
-                match self.exchange_partitions(source, batch, &self.throttle).await {
+                match self.exchange_partitions(source, batch, &self.owed).await {
                     Ok(true) => {
                         done.1.extend(batch.iter().map(|(p, _)| (*p, source.to_string())));
                         stats.transfer_pending.store(left(&done.1) as u64, Ordering::Relaxed);

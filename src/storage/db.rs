@@ -6,7 +6,7 @@
 
 use std::hash::BuildHasher;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteOptions};
@@ -36,6 +36,10 @@ const LOCK_STRIPES: usize = 1024;
 /// after a preload kept ~10 files and its quiet GET p99 rose from 7.5 to
 /// 12.5 ms (benches/governor.sh).
 const DEFER_MAX_L0_FILES: u64 = 6;
+/// States of the automatic compactions (`Db::deferred`).
+const RUNNING: u8 = 0;
+const DEFERRED: u8 = 1;
+const UNKNOWN: u8 = 2;
 /// The families whose compactions the governor may hold off: the ones
 /// every write adds to.
 const DEFERRABLE: [&str; 2] = [CF_OBJECTS, CF_TREE];
@@ -45,8 +49,10 @@ pub(super) struct Db {
     locks: Box<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
     corrupt_reads: AtomicU64,
-    /// Automatic compactions are held off (`defer_compactions`).
-    deferred: AtomicBool,
+    /// Automatic compactions: [`RUNNING`], [`DEFERRED`] or [`UNKNOWN`].
+    deferred: AtomicU8,
+    /// Level 0 reached the bound: no deferral until it is short again.
+    latched: AtomicBool,
 }
 
 /// `sync` makes RocksDB fsync the WAL before returning (the `DW`
@@ -99,7 +105,8 @@ impl Db {
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: Default::default(),
             corrupt_reads: AtomicU64::new(0),
-            deferred: AtomicBool::new(false),
+            deferred: AtomicU8::new(RUNNING),
+            latched: AtomicBool::new(false),
         })
     }
 
@@ -157,20 +164,34 @@ impl Db {
     /// level 0 and writes never reach RocksDB's stall; flushes go on
     /// meanwhile, so no write waits for it. Returns the state now in force.
     pub(super) fn defer_compactions(&self, defer: bool) -> Result<bool, StorageError> {
-        let mut l0 = 0;
+        let mut l0 = Some(0);
         for name in DEFERRABLE {
             let cf = self.cf(name)?;
-            let files = self.rocks.property_int_value_cf(cf, "rocksdb.num-files-at-level0")?.unwrap_or(0);
-            l0 = l0.max(files);
+            let files = self.rocks.property_int_value_cf(cf, "rocksdb.num-files-at-level0")?;
+            l0 = l0.zip(files).map(|(a, b)| a.max(b));
         }
-        let defer = defer && l0 < DEFER_MAX_L0_FILES;
-        if self.deferred.load(Ordering::Relaxed) != defer {
+        // Past the bound (or not knowing), compactions run, and stay on
+        // until level 0 is back to a couple of files: no on/off churn (each
+        // change rewrites RocksDB's OPTIONS file) while it hovers at the bound.
+        let latched = match l0 {
+            Some(files) if files >= DEFER_MAX_L0_FILES => true,
+            None => true,
+            Some(files) if files <= 2 => false,
+            Some(_) => self.latched.load(Ordering::Relaxed),
+        };
+        self.latched.store(latched, Ordering::Relaxed);
+        let defer = defer && !latched;
+        let want = if defer { DEFERRED } else { RUNNING };
+        // Re-applied while the state is unknown (an earlier change failed
+        // half way: RocksDB applies an option before writing its file).
+        if self.deferred.load(Ordering::Relaxed) != want {
+            self.deferred.store(UNKNOWN, Ordering::Relaxed);
             let value = if defer { "true" } else { "false" };
             for name in DEFERRABLE {
                 self.rocks.set_options_cf(self.cf(name)?, &[("disable_auto_compactions", value)])?;
             }
             // Only the one governor worker calls this.
-            self.deferred.store(defer, Ordering::Relaxed);
+            self.deferred.store(want, Ordering::Relaxed);
         }
         Ok(defer)
     }

@@ -332,7 +332,8 @@ fn deferred_compactions_resume_before_level_zero_grows_long() {
     let s = Storage::open(dir.path(), 1 << 20).unwrap();
     assert!(s.defer_compactions(true).unwrap(), "held off while level 0 is short");
     let objects = s.db.cf(db::CF_OBJECTS).unwrap();
-    let level0 = || s.db.rocks.property_int_value_cf(objects, "rocksdb.num-files-at-level0").unwrap().unwrap();
+    let level0 =
+        || s.db.rocks.property_int_value_cf(objects, "rocksdb.num-files-at-level0").unwrap().unwrap();
     let mut i = 0u32;
     while level0() < 8 {
         // Each flush makes one more level-0 file while compactions are off.

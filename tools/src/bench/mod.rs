@@ -419,6 +419,10 @@ fn header_u64(r: &reqwest::Response, name: &str) -> u64 {
 
 fn count(plan: &Run, tally: &mut Tally, status: Option<StatusCode>) -> bool {
     plan.done.fetch_add(1, Ordering::Relaxed);
+    // A warm-up answer is only its verdict: not counted, not an error.
+    if !tally.measuring() {
+        return status.is_some_and(|s| s.is_success());
+    }
     match status {
         Some(s) => {
             *tally.statuses.entry(s.as_u16()).or_default() += 1;

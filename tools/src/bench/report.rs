@@ -48,8 +48,17 @@ impl Tally {
         }
     }
 
+    /// Past the warm-up (answers are counted).
+    pub fn measuring(&self) -> bool {
+        self.measure_from <= self.origin || Instant::now() >= self.measure_from
+    }
+
+    /// Records a request's latency, unless it started during the warm-up
+    /// (an open-loop request queued then would carry the warm-up's waits).
     pub fn record(&mut self, latency: Duration) {
-        if self.measure_from > self.origin && Instant::now() < self.measure_from {
+        if self.measure_from > self.origin
+            && Instant::now().checked_sub(latency).is_none_or(|start| start < self.measure_from)
+        {
             return;
         }
         let us = (latency.as_micros() as u64).clamp(1, 60_000_000);

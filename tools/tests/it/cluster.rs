@@ -159,7 +159,11 @@ impl TestCluster {
                 read_repair: opts.read_repair,
                 repair: opts.repair,
                 limits: opts.limits,
-                governor: Default::default(),
+                // Off: tests that act in the middle of a transfer or a hand-off
+                // rely on the configured rates (an idle test cluster would
+                // otherwise run them 8x faster). The governor is unit-tested,
+                // and the nemesis and container tests run nodes with it on.
+                governor: quorumkv::config::GovernorConfig { enabled: false, ..Default::default() },
             });
         }
         // Started together, as a real cluster's nodes are: each greets its
