@@ -429,7 +429,7 @@ async fn a_write_returns_a_context_only_when_it_is_all_a_reader_sees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_lists_the_background_workers_and_shutdown_waits_for_them() {
     let mut c = TestCluster::start(2).await;
-    let expected = ["anti_entropy", "detector", "gc", "gossip", "handoff", "lease", "transfer"];
+    let expected = ["anti_entropy", "detector", "gc", "gossip", "governor", "handoff", "lease", "transfer"];
     let mut workers = Vec::new();
     for _ in 0..100 {
         let v = c.cluster_view(0).await;
@@ -437,7 +437,7 @@ async fn cluster_lists_the_background_workers_and_shutdown_waits_for_them() {
         let ran = |name: &str| {
             workers.iter().any(|w| w["name"] == name && w["rounds"].as_u64().is_some_and(|r| r > 0))
         };
-        if ran("detector") && ran("lease") && ran("handoff") {
+        if ran("detector") && ran("lease") && ran("handoff") && ran("governor") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -449,7 +449,7 @@ async fn cluster_lists_the_background_workers_and_shutdown_waits_for_them() {
         assert!(["busy", "idle"].contains(&w["state"].as_str().unwrap_or("")), "running: {w}");
         assert!(w["errors"].is_u64() && w.get("last_error").is_some(), "{w}");
     }
-    for name in ["detector", "lease", "handoff"] {
+    for name in ["detector", "lease", "handoff", "governor"] {
         let w = workers.iter().find(|w| w["name"] == name).expect("listed");
         assert!(w["rounds"].as_u64().unwrap_or(0) > 0, "{name} has run: {w}");
     }
