@@ -298,17 +298,18 @@ mod tests {
         GovernorConfig { enabled: true, target_p99_ms: 10, idle_boost: 8 }
     }
 
+    /// The share after `ticks` windows of `samples` requests at `p99_us`.
+    fn after(ticks: usize, mut share: f64, samples: u64, p99_us: u64) -> f64 {
+        for _ in 0..ticks {
+            share = next_share(&on(), share, samples, p99_us);
+        }
+        share
+    }
+
     #[test]
     fn a_slow_foreground_halves_the_share_down_to_the_floor() {
-        let mut share = 1.0;
-        for _ in 0..3 {
-            share = next_share(&on(), share, 1000, 25_000);
-        }
-        assert_eq!(share, 0.125);
-        for _ in 0..20 {
-            share = next_share(&on(), share, 1000, 25_000);
-        }
-        assert_eq!(share, MIN_SHARE, "slowed, never stopped");
+        assert_eq!(after(3, 1.0, 1000, 25_000), 0.125);
+        assert_eq!(after(23, 1.0, 1000, 25_000), MIN_SHARE, "slowed, never stopped");
     }
 
     #[test]
@@ -325,19 +326,12 @@ mod tests {
         // Between half the target and the target: a small step up, so
         // one spike does not leave the share at the floor for good.
         assert_eq!(next_share(&on(), 0.5, 1000, 7_000), 0.5 + MIN_SHARE);
-        let mut share = MIN_SHARE;
-        for _ in 0..70 {
-            share = next_share(&on(), share, 1000, 7_000);
-        }
-        assert_eq!(share, 1.0);
+        assert_eq!(after(70, MIN_SHARE, 1000, 7_000), 1.0);
     }
 
     #[test]
     fn an_idle_foreground_lets_background_work_run_above_its_rate() {
-        let mut share = 1.0;
-        for _ in 0..50 {
-            share = next_share(&on(), share, 3, 400);
-        }
+        let share = after(50, 1.0, 3, 400);
         assert_eq!(share, 8.0);
         // The first busy tick within target brings it back under 1.
         assert_eq!(next_share(&on(), share, 500, 400), 1.0);

@@ -159,10 +159,11 @@ impl TestCluster {
                 read_repair: opts.read_repair,
                 repair: opts.repair,
                 limits: opts.limits,
-                // Off: tests that act in the middle of a transfer or a hand-off
-                // rely on the configured rates (an idle test cluster would
-                // otherwise run them 8x faster). The governor is unit-tested,
-                // and the nemesis and container tests run nodes with it on.
+                // Off: tests that act in the middle of a transfer or a
+                // hand-off rely on the configured rates, which a test's own
+                // deliberately slow request would cut. The governor is
+                // unit-tested, and the nemesis and container tests run
+                // nodes with it on.
                 governor: quorumkv::config::GovernorConfig { enabled: false, ..Default::default() },
             });
         }
