@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use super::{
     AeError, AeRequest, AeResponse, AntiEntropy, BYTES_PER_CALL, KEYS_PER_CALL, ROOTS_PER_CALL, SETTLE,
-    Throttle,
 };
+use crate::governor::Pacer;
 use crate::replica::{ReplicateRequest, ReplicateResponse, object_bytes};
 use crate::rpc::client::routes;
 use crate::rpc::error::PeerError;
@@ -54,7 +54,7 @@ impl AntiEntropy {
     /// every shared partition pulled from an authoritative answer. A
     /// partition that fails is skipped (and so retried next round); it does
     /// not stop the exchange with this peer. Only a failed roots call does.
-    pub(super) async fn exchange_with(&self, peer: &str, throttle: &Throttle) -> Result<bool, AeError> {
+    pub(super) async fn exchange_with(&self, peer: &str, throttle: &Pacer) -> Result<bool, AeError> {
         let shared = self.shared_with(peer);
         self.exchange_partitions(peer, &shared, throttle).await
     }
@@ -64,7 +64,7 @@ impl AntiEntropy {
         &self,
         peer: &str,
         shared: &[(u32, u8)],
-        throttle: &Throttle,
+        throttle: &Pacer,
     ) -> Result<bool, AeError> {
         let mut complete = true;
         for chunk in shared.chunks(ROOTS_PER_CALL) {
@@ -96,7 +96,7 @@ impl AntiEntropy {
         &self,
         peer: &str,
         partitions: Vec<(u32, u8)>,
-        throttle: &Throttle,
+        throttle: &Pacer,
     ) -> Result<Vec<(u32, u8)>, AeError> {
         let ask = partitions.clone();
         let local = self
@@ -115,7 +115,7 @@ impl AntiEntropy {
         peer: &str,
         partition: u32,
         from_n: u8,
-        throttle: &Throttle,
+        throttle: &Pacer,
     ) -> Result<bool, AeError> {
         let leaves = self.blocking(move |s| s.trees().leaves(partition, from_n)).await?;
         let inner = tree::inner_of(&leaves);
@@ -184,7 +184,7 @@ impl AntiEntropy {
         peer: &str,
         partition: u32,
         keys: Vec<Bytes>,
-        throttle: &Throttle,
+        throttle: &Pacer,
     ) -> Result<bool, AeError> {
         let mut complete = true;
         let mut rest = &keys[..];
@@ -222,7 +222,7 @@ impl AntiEntropy {
         peer: &str,
         partition: u32,
         keys: Vec<Bytes>,
-        throttle: &Throttle,
+        throttle: &Pacer,
     ) -> Result<(), AeError> {
         for chunk in keys.chunks(KEYS_PER_CALL) {
             let ask = chunk.to_vec();
@@ -254,7 +254,7 @@ impl AntiEntropy {
         &self,
         peer: &str,
         requests: Vec<ReplicateRequest>,
-        throttle: &Throttle,
+        throttle: &Pacer,
     ) -> Result<(), AeError> {
         let bytes = crate::rpc::codec::encode(&requests).len();
         let answers: Vec<Result<ReplicateResponse, PeerError>> = match self

@@ -20,7 +20,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::{AeError, AeRequest, AeResponse, AntiEntropy, Throttle};
+use super::{AeError, AeRequest, AeResponse, AntiEntropy};
+use crate::governor::Pacer;
 use crate::membership::Layout;
 use crate::storage::tree::{self, Hash};
 use crate::util::now_ms;
@@ -34,7 +35,7 @@ impl AntiEntropy {
     /// `cursors` remembers where each partition's walk is.
     pub(super) async fn collect_tombstones(
         &self,
-        throttle: &Throttle,
+        throttle: &Pacer,
         cursors: &mut HashMap<u32, (u64, Vec<u8>)>,
     ) -> Result<(), AeError> {
         let layout = self.membership.layout();
@@ -60,7 +61,7 @@ impl AntiEntropy {
         &self,
         layout: &Layout,
         p: u32,
-        throttle: &Throttle,
+        throttle: &Pacer,
         cursors: &mut HashMap<u32, (u64, Vec<u8>)>,
     ) -> Result<(), AeError> {
         let homes = layout.homes(p);

@@ -270,11 +270,6 @@ impl AeStats {
     }
 }
 
-/// One byte budget for every anti-entropy, transfer and GC call of this
-/// node: each call books its bytes and waits for its turn, so the workers
-/// together stay under `anti_entropy_bytes_per_sec` × the governor's share.
-type Throttle = Pacer;
-
 #[derive(Clone)]
 pub struct AntiEntropy {
     replica: Replica,
@@ -282,11 +277,13 @@ pub struct AntiEntropy {
     peers: PeerClient,
     config: RepairConfig,
     pub stats: Arc<AeStats>,
-    /// Shared by the `anti_entropy` and `gc` workers' regular rounds.
-    throttle: Arc<Throttle>,
+    /// One byte budget for the `anti_entropy` and `gc` workers' regular
+    /// rounds: each call books its bytes and waits for its turn, so they
+    /// together stay under `anti_entropy_bytes_per_sec` × the governor's share.
+    throttle: Arc<Pacer>,
     /// Work this node owes (a refill of partitions it lost, a transfer of
     /// partitions it newly homes): never below [`OWED_FLOOR`] of the rate.
-    owed: Arc<Throttle>,
+    owed: Arc<Pacer>,
     /// Periodic tree rebuilds (bytes read) while the governor is on; a
     /// rebuild of a dirty tree, which exchanges wait for, is not paced.
     rebuilds: Option<Arc<Pacer>>,
@@ -325,7 +322,7 @@ impl AntiEntropy {
     }
 
     /// One anti-entropy call to `peer`; its bytes count against the throttle.
-    async fn call(&self, peer: &str, request: AeRequest, throttle: &Throttle) -> Result<AeResponse, AeError> {
+    async fn call(&self, peer: &str, request: AeRequest, throttle: &Pacer) -> Result<AeResponse, AeError> {
         let sent = crate::rpc::codec::encode(&request).len();
         let answer: Result<AeResponse, PeerError> =
             self.peers.call(peer, routes::ANTI_ENTROPY, &request, CALL_TIMEOUT).await?;

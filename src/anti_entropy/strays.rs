@@ -17,7 +17,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::{AeError, AntiEntropy, CALL_TIMEOUT, KEYS_PER_CALL, Throttle};
+use super::{AeError, AntiEntropy, CALL_TIMEOUT, KEYS_PER_CALL};
+use crate::governor::Pacer;
 use crate::replica::{ReplicateRequest, ReplicateResponse};
 use crate::rpc::client::routes;
 use crate::rpc::error::PeerError;
@@ -30,7 +31,7 @@ fn same_layout(a: &crate::membership::Layout, b: &crate::membership::Layout) -> 
 impl AntiEntropy {
     /// One sweep over every partition; returns how many strays are left
     /// (not yet handed off: a home unreachable or refusing).
-    pub(super) async fn hand_off_strays(&self, throttle: &Throttle) -> Result<u64, AeError> {
+    pub(super) async fn hand_off_strays(&self, throttle: &Pacer) -> Result<u64, AeError> {
         let layout = self.membership.layout();
         let me = self.membership.self_id().to_string();
         let mut left = 0;
@@ -89,7 +90,7 @@ impl AntiEntropy {
         key: &[u8],
         object: &crate::storage::Object,
         targets: &[String],
-        throttle: &Throttle,
+        throttle: &Pacer,
     ) -> bool {
         let request = vec![ReplicateRequest {
             partition,

@@ -109,7 +109,7 @@ pub fn run_svg(summary: &Summary) -> Result<String, ReportError> {
             .draw()
             .map_err(draw)?;
 
-        percentile_chart(&panels[2], "latency by percentile (HDR)", std::slice::from_ref(summary))?;
+        percentile_chart(&panels[2], "latency by percentile (HDR)", &[summary])?;
         root.present().map_err(draw)?;
     }
     Ok(svg)
@@ -119,7 +119,7 @@ pub fn run_svg(summary: &Summary) -> Result<String, ReportError> {
 fn percentile_chart<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     caption: &str,
-    runs: &[Summary],
+    runs: &[&Summary],
 ) -> Result<(), ReportError>
 where
     DB::ErrorType: 'static,
@@ -162,7 +162,7 @@ where
 }
 
 /// Every run's percentile curve on one plot.
-pub fn overlay_svg(runs: &[Summary]) -> Result<String, ReportError> {
+pub fn overlay_svg(runs: &[&Summary]) -> Result<String, ReportError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (960, 480)).into_drawing_area();
@@ -231,7 +231,7 @@ pub fn write_report(dir: &Path, summary: &Summary) -> Result<PathBuf, ReportErro
     }
     runs.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
     let runs: Vec<(String, Summary)> = runs.into_iter().map(|(_, stem, run)| (stem, run)).collect();
-    let all: Vec<Summary> = runs.iter().map(|(_, r)| r.clone()).collect();
+    let all: Vec<&Summary> = runs.iter().map(|(_, r)| r).collect();
     let overlay = dir.join("percentiles.svg");
     std::fs::write(&overlay, overlay_svg(&all)?).map_err(io(&overlay))?;
     let index = dir.join("index.html");
