@@ -21,6 +21,12 @@ cargo build --release --quiet
 bin=target/release/quorumkv
 work=$(mktemp -d)
 "$bin" dev --dir "$work/dev" --port "$port" --init-only >/dev/null
+# BENCH_READ_FANOUT=all: GETs ask all N replicas (Dynamo's way), to compare
+# with the default quorum fan-out.
+if [ -n "${BENCH_READ_FANOUT:-}" ]; then
+  sed -i "s/^read_fanout = .*/read_fanout = \"$BENCH_READ_FANOUT\"/" "$work"/dev/node*.toml
+  grep -q "^read_fanout = \"$BENCH_READ_FANOUT\"" "$work"/dev/node1.toml
+fi
 QUORUMKV_LOG=warn "$bin" dev --dir "$work/dev" --port "$port" >"$work/dev.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }

@@ -61,6 +61,24 @@ impl Default for Defaults {
     }
 }
 
+/// How many of a key's replicas a GET asks.
+///
+/// `Quorum` (the default, Cassandra's choice since 4.0) asks R of them,
+/// this node's own copy first, and another only when one fails, answers
+/// that it cannot stand for the key (a wiped or damaged replica), or is
+/// slower than 99 % of recent replica reads (speculative retry). R + W > N
+/// holds as before: any R replicas meet every acknowledged write's W. Read
+/// repair then mends the replicas that were asked; anti-entropy the rest.
+/// `All` (Dynamo's and Riak's) asks all N and waits for R: every read
+/// costs N replica reads, and read repair sees every replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFanout {
+    #[default]
+    Quorum,
+    All,
+}
+
 /// Output format of the node's logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -156,6 +174,9 @@ pub struct Config {
     /// answer up to date (asynchronously).
     #[serde(default = "default_true")]
     pub read_repair: bool,
+    /// How many replicas a GET asks (see [`ReadFanout`]).
+    #[serde(default)]
+    pub read_fanout: ReadFanout,
     /// Hinted handoff, anti-entropy and tombstone GC.
     #[serde(default)]
     pub repair: RepairConfig,

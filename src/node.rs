@@ -149,6 +149,7 @@ impl Node {
                 max_n: config.max_n,
                 timeout: Duration::from_millis(config.request_timeout_ms),
                 read_repair: config.read_repair,
+                read_fanout: config.read_fanout,
             },
             &workers,
         );

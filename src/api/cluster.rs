@@ -51,6 +51,7 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
     let storage = state.coordinator.replica().storage();
     let stats = json!({
         "read_repairs": state.coordinator.read_repairs(),
+        "speculative_reads": state.coordinator.speculative_reads(),
         "corrupt_reads": storage.corrupt_reads(),
         "hints": {
             "queued": storage.hints().counts(),

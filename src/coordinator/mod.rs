@@ -15,6 +15,7 @@ mod put;
 mod queues;
 pub mod quorum;
 mod read_repair;
+mod speculate;
 pub mod targets;
 mod wire;
 
@@ -32,7 +33,7 @@ use queues::PeerQueues;
 use targets::plan;
 pub use wire::{CoordinatorError, ForwardPut, ForwardPutResponse, Outcome, QuorumKind, QuorumReport};
 
-use crate::config::Defaults;
+use crate::config::{Defaults, ReadFanout};
 use crate::membership::{Layout, Membership};
 use crate::replica::Replica;
 use crate::rpc::batch::{BatchLimits, Batcher};
@@ -68,6 +69,11 @@ pub struct Coordinator {
     repair_slots: Arc<Semaphore>,
     /// Replicas brought up to date by read repair since start.
     read_repairs: Arc<AtomicU64>,
+    read_fanout: ReadFanout,
+    /// When a read asks a spare replica (quorum fan-out).
+    hedge: Arc<speculate::HedgeDelay>,
+    /// Spare replicas asked because the first ones were slow, since start.
+    speculative_reads: Arc<AtomicU64>,
 }
 
 /// The coordinator's part of the node's configuration.
@@ -80,6 +86,7 @@ pub struct Settings {
     /// Deadline of a client request's replica calls.
     pub timeout: Duration,
     pub read_repair: bool,
+    pub read_fanout: ReadFanout,
 }
 
 impl Coordinator {
@@ -92,7 +99,7 @@ impl Coordinator {
         settings: Settings,
         background: &Workers,
     ) -> Coordinator {
-        let Settings { defaults, max_n, timeout, read_repair } = settings;
+        let Settings { defaults, max_n, timeout, read_repair, read_fanout } = settings;
         let tasks = background.tasks().clone();
         let read_repair = read_repair.then(|| background.token());
         let limits = BatchLimits { max_batch: 256, max_bytes: 4 << 20, max_in_flight: 2, timeout };
@@ -109,6 +116,9 @@ impl Coordinator {
             tasks,
             repair_slots: Arc::new(Semaphore::new(MAX_CONCURRENT_REPAIRS)),
             read_repairs: Arc::new(AtomicU64::new(0)),
+            read_fanout,
+            hedge: Arc::default(),
+            speculative_reads: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -117,9 +127,14 @@ impl Coordinator {
         self.read_repairs.load(Ordering::Relaxed)
     }
 
+    /// Spare replicas reads asked because their first replicas were slow.
+    pub fn speculative_reads(&self) -> u64 {
+        self.speculative_reads.load(Ordering::Relaxed)
+    }
+
     /// Registers the coordinator's counters in `registry`.
     pub fn register_metrics(&self, registry: &mut crate::metrics::Registry) {
-        read_repair::register(&self.read_repairs, registry);
+        read_repair::register(&self.read_repairs, &self.speculative_reads, registry);
     }
 
     pub fn membership(&self) -> &Arc<Membership> {

@@ -98,6 +98,76 @@ pub async fn gather<T: Send + 'static>(
     Gathered { ok, failed, timed_out, rest }
 }
 
+/// Like [`gather`], for reads that ask only as many replicas as the quorum
+/// needs: `first` are sent at once, `spares` one at a time, each when a
+/// reply arrives that does not `count` (a failure, or an answer that cannot
+/// stand for the replica), or when no reply came within `hedge_after` of
+/// the last send (a slow replica: speculative retry). Spares never sent
+/// are dropped, so they cost nothing. Returns the gathered replies and how
+/// many spares were sent because of the delay alone.
+pub async fn gather_hedged<T: Send + 'static>(
+    first: Vec<Call<T>>,
+    spares: Vec<Call<T>>,
+    hedge_after: std::time::Duration,
+    deadline: Instant,
+    counts: impl Fn(&Reply<T>) -> bool,
+    enough: impl Fn(&[Reply<T>]) -> bool,
+) -> (Gathered<T>, usize) {
+    let mut rest: FuturesUnordered<Call<T>> = first.into_iter().collect();
+    let mut spares = spares.into_iter();
+    let mut ok = Vec::with_capacity(rest.len() + spares.len());
+    let mut failed = Vec::new();
+    let mut timed_out = false;
+    let mut speculative = 0;
+    let sleep = tokio::time::sleep_until(deadline);
+    tokio::pin!(sleep);
+    let hedge = tokio::time::sleep(hedge_after);
+    tokio::pin!(hedge);
+    let mut hedging = true;
+    // Nothing in flight (every first call answered without a quorum, or
+    // there were none): the next spare goes at once.
+    let mut send_next = |rest: &mut FuturesUnordered<Call<T>>| match spares.next() {
+        Some(call) => {
+            rest.push(call);
+            true
+        }
+        None => false,
+    };
+    if rest.is_empty() {
+        send_next(&mut rest);
+    }
+    while !enough(&ok) {
+        tokio::select! {
+            next = rest.next() => match next {
+                None => break,
+                Some(reply) => {
+                    if !counts(&reply) && send_next(&mut rest) {
+                        hedge.as_mut().reset(Instant::now() + hedge_after);
+                    }
+                    if reply.result.is_ok() { ok.push(reply) } else { failed.push(reply) }
+                    if rest.is_empty() && !enough(&ok) && !send_next(&mut rest) {
+                        break;
+                    }
+                }
+            },
+            () = &mut hedge, if hedging => {
+                if send_next(&mut rest) {
+                    speculative += 1;
+                    hedge.as_mut().reset(Instant::now() + hedge_after);
+                } else {
+                    // No spare left: nothing more to hedge with.
+                    hedging = false;
+                }
+            }
+            () = &mut sleep => {
+                timed_out = true;
+                break;
+            }
+        }
+    }
+    (Gathered { ok, failed, timed_out, rest }, speculative)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +206,114 @@ mod tests {
         let calls = vec![call("a", 10, false), call("b", 20, true), call("c", 30, false)];
         let g = gather(calls, Instant::now() + Duration::from_secs(60), |ok| ok.len() >= 2).await;
         assert_eq!((g.ok.len(), g.failed.len()), (1, 2));
+    }
+
+    fn two_of(ok: &[Reply<u32>]) -> bool {
+        ok.len() >= 2
+    }
+
+    fn is_ok(r: &Reply<u32>) -> bool {
+        r.result.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hedged_spares_stay_unsent_when_the_first_calls_answer() {
+        let start = Instant::now();
+        let first = vec![call("a", 1, true), call("b", 2, true)];
+        let spare = vec![call("c", 1, true)];
+        let (g, speculative) = gather_hedged(
+            first,
+            spare,
+            Duration::from_millis(50),
+            start + Duration::from_secs(60),
+            is_ok,
+            two_of,
+        )
+        .await;
+        let asked: Vec<&str> = g.ok.iter().map(|r| r.node.as_str()).collect();
+        assert_eq!(asked, ["a", "b"]);
+        assert_eq!((g.rest.len(), speculative), (0, 0), "the spare was never sent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_call_sends_a_spare_at_once() {
+        let start = Instant::now();
+        let first = vec![call("a", 1, true), call("b", 2, false)];
+        let spare = vec![call("c", 1, true)];
+        let (g, speculative) = gather_hedged(
+            first,
+            spare,
+            Duration::from_millis(50),
+            start + Duration::from_secs(60),
+            is_ok,
+            two_of,
+        )
+        .await;
+        assert_eq!(g.ok.iter().map(|r| r.node.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(speculative, 0);
+        assert_eq!(Instant::now() - start, Duration::from_millis(3), "no wait for the hedge delay");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_call_is_hedged_after_the_delay() {
+        let start = Instant::now();
+        let first = vec![call("a", 1, true), call("b", 10_000, true)];
+        let spare = vec![call("c", 5, true)];
+        let (g, speculative) = gather_hedged(
+            first,
+            spare,
+            Duration::from_millis(50),
+            start + Duration::from_secs(60),
+            is_ok,
+            two_of,
+        )
+        .await;
+        assert_eq!(g.ok.iter().map(|r| r.node.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(speculative, 1);
+        assert_eq!(Instant::now() - start, Duration::from_millis(55));
+        assert_eq!(g.rest.len(), 1, "the slow call is still in flight, for read repair");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_does_not_count_sends_a_spare_and_no_spares_left_stops() {
+        let start = Instant::now();
+        // "b" answers, but its answer does not count (a wiped replica).
+        let counts = |r: &Reply<u32>| r.node != "b";
+        let enough = |ok: &[Reply<u32>]| ok.iter().filter(|r| counts(r)).count() >= 2;
+        let first = vec![call("a", 1, true), call("b", 2, true)];
+        let spare = vec![call("c", 3, false)];
+        let (g, _) = gather_hedged(
+            first,
+            spare,
+            Duration::from_millis(50),
+            start + Duration::from_secs(60),
+            counts,
+            enough,
+        )
+        .await;
+        assert_eq!((g.ok.len(), g.failed.len()), (2, 1), "everyone was asked, and the quorum is not met");
+        assert!(!g.timed_out);
+        assert_eq!(Instant::now() - start, Duration::from_millis(5), "the spare went when b answered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spares_go_one_by_one_and_the_deadline_still_cuts() {
+        let start = Instant::now();
+        let first = vec![call("a", 10_000, true)];
+        let spares = vec![call("b", 10_000, true), call("c", 10_000, true), call("d", 1, true)];
+        let one = |ok: &[Reply<u32>]| !ok.is_empty();
+        let (g, speculative) = gather_hedged(
+            first,
+            spares,
+            Duration::from_millis(50),
+            start + Duration::from_millis(120),
+            is_ok,
+            one,
+        )
+        .await;
+        // b at 50 ms, c at 100 ms, the deadline at 120 ms before d's turn.
+        assert!(g.timed_out);
+        assert_eq!((g.ok.len(), g.rest.len(), speculative), (0, 3, 2));
     }
 
     #[tokio::test(start_paused = true)]

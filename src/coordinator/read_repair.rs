@@ -1,10 +1,13 @@
 //! Read repair: once a GET has been answered, wait briefly for the slower
 //! replicas, merge every reply, and send the merged object to each replica
 //! whose copy lacks part of it (missing, stale, or unreadable after a failed
-//! integrity check). Runs in a spawned task: a repair never fails or slows
-//! the read, and a failed repair is logged, not returned. Repairs in flight
-//! are bounded (one is skipped when the bound is reached) and cancelled at
-//! shutdown, so they never keep the database open.
+//! integrity check). It sees the replicas the read asked: all N with
+//! `read_fanout = "all"`, the first R and any spares with the quorum
+//! fan-out, where anti-entropy mends the replicas no read asked. Runs in a
+//! spawned task: a repair never fails or slows the read, and a failed
+//! repair is logged, not returned. Repairs in flight are bounded (one is
+//! skipped when the bound is reached) and cancelled at shutdown, so they
+//! never keep the database open.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,18 +25,25 @@ use crate::metrics::{Registry, counter};
 use crate::replica::{ReadResponse, ReplicateRequest};
 use crate::storage::Object;
 
-/// The read-repair counter, read at scrape time.
+/// The read counters (repairs, speculative reads), read at scrape time.
 #[derive(Debug)]
-struct RepairCollector(Arc<AtomicU64>);
-
-pub(super) fn register(repairs: &Arc<AtomicU64>, registry: &mut Registry) {
-    registry.register_collector(Box::new(RepairCollector(repairs.clone())));
+struct ReadCollector {
+    repairs: Arc<AtomicU64>,
+    speculative: Arc<AtomicU64>,
 }
 
-impl Collector for RepairCollector {
+pub(super) fn register(repairs: &Arc<AtomicU64>, speculative: &Arc<AtomicU64>, registry: &mut Registry) {
+    let c = ReadCollector { repairs: repairs.clone(), speculative: speculative.clone() };
+    registry.register_collector(Box::new(c));
+}
+
+impl Collector for ReadCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let repairs = self.0.load(Ordering::Relaxed);
-        counter(&mut e, "read_repairs", "Replicas brought up to date by read repair", repairs)
+        let repairs = self.repairs.load(Ordering::Relaxed);
+        counter(&mut e, "read_repairs", "Replicas brought up to date by read repair", repairs)?;
+        let speculative = self.speculative.load(Ordering::Relaxed);
+        let help = "Spare replicas a read asked because its first replicas were slow";
+        counter(&mut e, "speculative_reads", help, speculative)
     }
 }
 

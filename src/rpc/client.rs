@@ -245,6 +245,10 @@ impl PeerClient {
                 reason: "cut by fault injection".into(),
             });
         }
+        if self.faults.stalls(peer, route) {
+            tokio::time::sleep(timeout).await;
+            return Err(RpcError::Timeout { peer: peer.to_string(), ms: timeout.as_millis() });
+        }
         let mut send = self
             .http
             .post(format!("{}{route}", base.trim_end_matches('/')))

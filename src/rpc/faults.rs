@@ -1,8 +1,9 @@
 //! A fault-injection switch on the internal transport: calls to a "cut"
 //! peer fail at once as if its address refused the connection; calls on a
 //! route whose replies are "lost" reach the peer (which acts on them) but
-//! fail afterwards as a timeout would, the outcome the caller cannot know.
-//! Tests use it
+//! fail afterwards as a timeout would, the outcome the caller cannot know;
+//! calls on a "stalled" route get no answer until their timeout (a paused
+//! or swapping peer), without reaching the peer. Tests use it
 //! for fast, deterministic partitions (a real network cut is tested too);
 //! operators can ignore it. With no cut set, the cost is one atomic load.
 
@@ -15,6 +16,7 @@ pub struct Faults {
     any: Arc<AtomicBool>,
     cut: Arc<RwLock<HashSet<String>>>,
     lost_replies: Arc<RwLock<HashSet<(String, String)>>>,
+    stalled: Arc<RwLock<HashSet<(String, String)>>>,
 }
 
 impl Faults {
@@ -32,9 +34,27 @@ impl Faults {
         self.any.store(true, Ordering::Release);
     }
 
+    /// Calls from this node to `peer` on `route` hang until their timeout
+    /// and fail then, until healed.
+    pub fn stall(&self, peer: &str, route: &str) {
+        let mut stalled = self.stalled.write().unwrap_or_else(|p| p.into_inner());
+        stalled.insert((peer.to_string(), route.to_string()));
+        self.any.store(true, Ordering::Release);
+    }
+
+    pub fn stalls(&self, peer: &str, route: &str) -> bool {
+        self.any.load(Ordering::Acquire)
+            && self
+                .stalled
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&(peer.to_string(), route.to_string()))
+    }
+
     pub fn heal_all(&self) {
         self.cut.write().unwrap_or_else(|p| p.into_inner()).clear();
         self.lost_replies.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.stalled.write().unwrap_or_else(|p| p.into_inner()).clear();
         self.any.store(false, Ordering::Release);
     }
 

@@ -172,6 +172,7 @@ fn dev_config(members: Vec<MemberConfig>, nodes: usize, log_format: LogFormat) -
         block_cache_bytes: 128 * 1024 * 1024,
         log_format,
         read_repair: true,
+        read_fanout: Default::default(),
         repair: Default::default(),
         limits: Default::default(),
         governor: Default::default(),

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use quorumkv::config::{Config, Defaults, LogFormat, MemberConfig, ObjectLimits, RepairConfig, TlsConfig};
+use quorumkv::config::{
+    Config, Defaults, LogFormat, MemberConfig, ObjectLimits, ReadFanout, RepairConfig, TlsConfig,
+};
 use quorumkv::node::{Listeners, Node};
 use quorumkv_tools::certs::{Ca, default_sans};
 use reqwest::{Client, Method, RequestBuilder, Response};
@@ -25,6 +27,7 @@ pub struct Options {
     pub max_value_bytes: usize,
     pub request_timeout_ms: u64,
     pub read_repair: bool,
+    pub read_fanout: ReadFanout,
     pub repair: RepairConfig,
     pub limits: ObjectLimits,
 }
@@ -36,6 +39,7 @@ impl Default for Options {
             max_value_bytes: 1 << 20,
             request_timeout_ms: 2_000,
             read_repair: true,
+            read_fanout: ReadFanout::default(),
             repair: RepairConfig::default(),
             limits: ObjectLimits::default(),
         }
@@ -157,6 +161,7 @@ impl TestCluster {
                 block_cache_bytes: 8 << 20,
                 log_format: LogFormat::Text,
                 read_repair: opts.read_repair,
+                read_fanout: opts.read_fanout,
                 repair: opts.repair,
                 limits: opts.limits,
                 // Off: tests that act in the middle of a transfer or a

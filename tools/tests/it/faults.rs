@@ -1,7 +1,7 @@
 //! Behaviour with a node down, across restarts, and at the peer port's door.
 
 use crate::cluster::{Options, TestCluster, header, sibling_values, tls_client};
-use quorumkv::config::RepairConfig;
+use quorumkv::config::{ReadFanout, RepairConfig};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,12 +117,18 @@ async fn durable_and_primary_quorums() {
     c.shutdown().await;
 }
 
+/// Every read asks every replica here: read repair can only mend the
+/// replicas a read asked.
+fn ask_all() -> Options {
+    Options { read_fanout: ReadFanout::All, ..Options::default() }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_repair_brings_a_missing_and_a_stale_replica_up_to_date() {
     // Anti-entropy off: on a slow machine its first round can heal node 2
     // before the reads, and then there is nothing left for read repair.
     let repair = RepairConfig { anti_entropy: false, ..RepairConfig::default() };
-    let mut c = TestCluster::start_with(Options { repair, ..Options::default() }).await;
+    let mut c = TestCluster::start_with(Options { repair, ..ask_all() }).await;
     c.stop(2).await;
     assert_eq!(c.put(0, "missed", "v1", &[("w", "2")]).await.status(), 204);
     assert_eq!(c.put(0, "stale", "old", &[("w", "2")]).await.status(), 204);
@@ -170,7 +176,7 @@ async fn read_repair_brings_a_missing_and_a_stale_replica_up_to_date() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_repair_restores_a_corrupted_copy() {
-    let c = TestCluster::start(3).await;
+    let c = TestCluster::start_with(ask_all()).await;
     assert_eq!(c.put(0, "bitrot", "good", &[("w", "3")]).await.status(), 204);
     c.corrupt(1, "bitrot");
     assert!(c.local(1, "bitrot").await.is_none(), "a corrupt copy is never served");
@@ -181,6 +187,93 @@ async fn read_repair_restores_a_corrupted_copy() {
     assert_eq!(sibling_values(&repaired), vec!["Z29vZA=="]);
     let r = c.get(0, "bitrot", &[("r", "3")]).await;
     assert_eq!(r.status(), 200, "repaired, it counts again");
+    c.shutdown().await;
+}
+
+/// Read calls node 0 sent to its peers, from its metrics.
+async fn reads_sent(c: &TestCluster) -> f64 {
+    let text = c.client.get(c.url(0, "/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("quorumkv_rpc_duration_seconds_count{") && l.contains(r#"route="/rpc/read""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_read_asks_r_replicas_and_a_spare_only_when_one_cannot_answer() {
+    let mut c = TestCluster::start(3).await;
+    for i in 0..20 {
+        assert_eq!(c.put(0, &format!("few-{i}"), "v", &[("w", "3")]).await.status(), 204);
+    }
+    // R=2 from a home: its own copy and one peer, never both peers (but
+    // for a spare asked because a peer was slow, counted apart).
+    let speculative = |v: serde_json::Value| v["stats"]["speculative_reads"].as_u64().unwrap() as f64;
+    let (before, hedged) = (reads_sent(&c).await, speculative(c.cluster_view(0).await));
+    for i in 0..20 {
+        let r = c.get(0, &format!("few-{i}"), &[("r", "2")]).await;
+        assert_eq!(
+            (r.status(), header(&r, "quorum-report")),
+            (StatusCode::OK, "n=3; r=2; answered=2".into())
+        );
+    }
+    let hedged = speculative(c.cluster_view(0).await) - hedged;
+    // A call is counted when it ends, and a hedged one may still be out.
+    let mut sent = reads_sent(&c).await - before;
+    for _ in 0..30 {
+        if sent >= 20.0 + hedged {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        sent = reads_sent(&c).await - before;
+    }
+    // Asking both peers would be 40.
+    assert!((10.0..=20.0 + hedged).contains(&sent), "one peer read per GET R=2: {sent}, {hedged} hedged");
+    // R=3 asks everyone.
+    let before = reads_sent(&c).await;
+    assert_eq!(c.get(0, "few-0", &[("r", "3")]).await.status(), 200);
+    assert_eq!(reads_sent(&c).await - before, 2.0);
+
+    // A stopped replica: its failed call sends the read to the spare.
+    c.stop(2).await;
+    for i in 0..20 {
+        assert_eq!(c.get(1, &format!("few-{i}"), &[("r", "2")]).await.status(), 200);
+    }
+    c.restart(2).await;
+
+    // A replica whose data is gone cannot count, so another one is asked:
+    // R=1 at the wiped node still reads every acknowledged write.
+    c.stop(0).await;
+    c.wipe(0);
+    c.restart(0).await;
+    for i in 0..20 {
+        let r = c.get(0, &format!("few-{i}"), &[("r", "1")]).await;
+        assert_eq!(r.status(), 200, "few-{i} after node 0 lost its data");
+        assert_eq!(r.text().await.unwrap(), "v");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waiting_on_a_stalled_replica_asks_a_spare() {
+    let c = TestCluster::start(3).await;
+    for i in 0..20 {
+        assert_eq!(c.put(0, &format!("slow-{i}"), "v", &[("w", "3")]).await.status(), 204);
+    }
+    // node2 takes node 0's reads but never answers (a paused process the
+    // failure detector has not caught yet): without a spare, every read
+    // that asked it would wait out the deadline and fail.
+    c.node(0).faults().stall("node2", "/rpc/read");
+    for i in 0..20 {
+        let r = c.get(0, &format!("slow-{i}"), &[("r", "2")]).await;
+        assert_eq!(r.status(), 200, "slow-{i}");
+    }
+    let stats = c.cluster_view(0).await;
+    let speculative = stats["stats"]["speculative_reads"].as_u64().unwrap();
+    assert!(speculative >= 1, "reads that asked node2 asked node3 too: {}", stats["stats"]);
+    let text = c.client.get(c.url(0, "/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(&format!("quorumkv_speculative_reads_total {speculative}")), "exported too");
     c.shutdown().await;
 }
 

@@ -134,6 +134,7 @@ async fn writes_on_both_sides_of_a_real_network_cut_become_siblings() {
             block_cache_bytes: 8 << 20,
             log_format: LogFormat::Text,
             read_repair: false,
+            read_fanout: Default::default(),
             repair: RepairConfig { anti_entropy_interval_ms: 200, ..RepairConfig::default() },
             limits: Default::default(),
             governor: Default::default(),
