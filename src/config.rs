@@ -268,8 +268,8 @@ impl Default for GovernorConfig {
     fn default() -> Self {
         // No boost by default: an idle node that pulls (a joiner, a refill)
         // made its busy peers answer 8x faster and their p99 during a join
-        // rose from 9 to 15 ms; a node paces what it asks for, not what it
-        // answers (benches/resize.sh).
+        // rose from 9 to 15 ms (benches/resize.sh), measured before nodes
+        // paced their answers too; not measured again since.
         GovernorConfig { enabled: true, target_p99_ms: 10, idle_boost: 1 }
     }
 }

@@ -269,7 +269,9 @@ impl Pacer {
         let Ok(mut debt) = self.debt.lock() else { return Duration::ZERO };
         let now = Instant::now();
         let paid = now.saturating_duration_since(debt.at).as_secs_f64() * rate;
-        debt.bytes = (debt.bytes - paid).max(0.0) + bytes;
+        // Never below zero: a correction (`charge` of a negative amount)
+        // must not bank credit for a later burst.
+        debt.bytes = ((debt.bytes - paid).max(0.0) + bytes).max(0.0);
         debt.at = now;
         if debt.bytes <= 0.0 {
             return Duration::ZERO;
@@ -282,9 +284,34 @@ impl Pacer {
     /// allows it. Waits in short naps, so a share that rises (the
     /// foreground went quiet) speeds up a wait already under way.
     pub async fn spend(&self, bytes: usize) {
-        let mut wait = self.book(bytes as f64);
+        let _ = self.book(bytes as f64);
+        self.settle(None).await;
+    }
+
+    /// Accounts `bytes` of work without waiting: the next
+    /// [`Pacer::settle`] (or `spend`) pays for it. Negative: a correction
+    /// of an earlier estimate that was too high. For a node answering a
+    /// peer's background request: it books an estimate, waits (bounded:
+    /// the peer waits with a deadline), answers, then books the
+    /// difference to the answer's real size.
+    pub fn charge(&self, bytes: i64) {
+        let _ = self.book(bytes as f64);
+    }
+
+    /// Waits until the work accounted so far is paid for at the rate, or
+    /// at most `limit` (the debt left then paces later work).
+    pub async fn settle(&self, limit: Option<Duration>) {
+        let until = limit.map(|l| Instant::now() + l);
+        let mut wait = self.book(0.0);
         while wait > Duration::from_micros(200) {
-            tokio::time::sleep(wait.min(MAX_NAP)).await;
+            let nap = match until {
+                Some(until) => wait.min(until.saturating_duration_since(Instant::now())),
+                None => wait,
+            };
+            if nap.is_zero() {
+                return;
+            }
+            tokio::time::sleep(nap.min(MAX_NAP)).await;
             wait = self.book(0.0);
         }
     }
@@ -380,6 +407,40 @@ mod tests {
         owed.spend(250_000).await;
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(950) && took <= Duration::from_millis(1100), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answering_pacer_answers_at_once_and_delays_the_next_answer() {
+        let g = Governor::new(on());
+        let answers = g.pacer(1_000_000);
+        let start = Instant::now();
+        answers.settle(None).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "nothing owed yet: the first answer goes at once");
+        answers.charge(800_000);
+        answers.charge(-300_000);
+        assert_eq!(start.elapsed(), Duration::ZERO, "charging never waits");
+        answers.settle(None).await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(450) && took <= Duration::from_millis(550), "{took:?}");
+        // A correction larger than the debt banks no credit.
+        answers.charge(-5_000_000);
+        answers.charge(100_000);
+        let start = Instant::now();
+        answers.settle(None).await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(90) && took <= Duration::from_millis(110), "{took:?}");
+        // A huge answer: the next one waits at most the limit, the debt stays.
+        answers.charge(60_000_000);
+        let start = Instant::now();
+        answers.settle(Some(Duration::from_secs(10))).await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(10) && took <= Duration::from_millis(10_050), "{took:?}");
+        answers.settle(Some(Duration::from_secs(10))).await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(20) && took <= Duration::from_millis(20_100),
+            "still owed: {took:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

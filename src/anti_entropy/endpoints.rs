@@ -1,14 +1,44 @@
 //! Anti-entropy's peer endpoints: a peer's tree exchange, and the hello of
 //! a node that is starting ([`super::recovery`]). Both read RocksDB in bulk,
 //! so they run on the blocking pool, tracked by the replica's task tracker.
+//!
+//! A peer paces the exchanges it asks for by its own governor, but the
+//! answers cost this node too (reads of trees, keys and objects), while it
+//! may be the one whose clients are slow: with the governor on, answers
+//! are paced by this node's share as well. Each request books an estimate
+//! of its answer's bytes and waits until everything booked before is paid
+//! (so concurrent askers are spread out, not woken together), at no less
+//! than a quarter of the rate (a refill or transfer an asker owes must end
+//! in bounded time), and never longer than [`MAX_ANSWER_WAIT`] (the asker
+//! waits with a deadline, a draining node with its drain); the estimate is
+//! corrected to the answer's encoded size once it is made. One pacer
+//! serves every asker: a node answers all its peers together at its pace.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::AeRequest;
 use super::recovery::{self, Hello};
+use crate::governor::Pacer;
 use crate::replica::Replica;
 use crate::rpc::client::routes;
 use crate::rpc::error::{PeerError, RemoteCode};
 use crate::rpc::server::{Endpoints, Refusal};
 use crate::storage::StorageError;
+
+/// Longest an answer waits for its pacer: well inside the asker's call
+/// deadline (30 s) and a stopping node's drain (8 s), even after one huge
+/// object (the debt left paces the answers after it).
+const MAX_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// What an answer is booked at before it is made: a fetch up to its
+/// budget, anything else a few KiB (corrected once it is made).
+fn estimate(request: &AeRequest) -> i64 {
+    match request {
+        AeRequest::Fetch { budget, .. } => i64::try_from(*budget).unwrap_or(i64::MAX).min(4 << 20),
+        _ => 4 << 10,
+    }
+}
 
 /// A storage failure is an answer (the peer logs and retries), not a refusal.
 fn failure_as_answer<T>(
@@ -20,13 +50,34 @@ fn failure_as_answer<T>(
     }
 }
 
-pub fn register(replica: &Replica, endpoints: &mut Endpoints) {
+/// `answers`: the pacer of this node's answers (`None`: the governor is
+/// off, answers are not paced).
+pub fn register(replica: &Replica, answers: Option<Arc<Pacer>>, endpoints: &mut Endpoints) {
     let store = replica.clone();
     endpoints.add(routes::ANTI_ENTROPY, move |_from, request: AeRequest| {
         let replica = store.clone();
+        let answers = answers.clone();
         async move {
-            let answer = replica.blocking(move |s| super::answer(s, request)).await;
-            Ok(failure_as_answer(answer))
+            let booked = estimate(&request);
+            if let Some(pacer) = &answers {
+                pacer.charge(booked);
+                pacer.settle(Some(MAX_ANSWER_WAIT)).await;
+            }
+            let measure = answers.is_some();
+            let answer = replica
+                .blocking(move |s| {
+                    // Sized here, on the blocking pool: a fetch may be MiBs.
+                    super::answer(s, request).map(|a| {
+                        let size = if measure { crate::rpc::codec::encode(&a).len() } else { 0 };
+                        (a, size)
+                    })
+                })
+                .await;
+            let answer = failure_as_answer(answer);
+            if let (Some(pacer), Ok((_, size))) = (&answers, &answer) {
+                pacer.charge(i64::try_from(*size).unwrap_or(i64::MAX) - booked);
+            }
+            Ok(answer.map(|(a, _)| a))
         }
     });
     let store = replica.clone();

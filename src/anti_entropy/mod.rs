@@ -284,6 +284,9 @@ pub struct AntiEntropy {
     /// Work this node owes (a refill of partitions it lost, a transfer of
     /// partitions it newly homes): never below [`OWED_FLOOR`] of the rate.
     owed: Arc<Pacer>,
+    /// This node's answers to peers' exchanges, while the governor is on
+    /// (see [`endpoints`]).
+    answers: Option<Arc<Pacer>>,
     /// Periodic tree rebuilds (bytes read) while the governor is on; a
     /// rebuild of a dirty tree, which exchanges wait for, is not paced.
     rebuilds: Option<Arc<Pacer>>,
@@ -306,7 +309,23 @@ impl AntiEntropy {
         let throttle = Arc::new(governor.pacer(rate));
         let owed = Arc::new(governor.pacer_with_floor(rate, OWED_FLOOR));
         let rebuilds = governor.enabled().then(|| Arc::new(governor.pacer(rate)));
-        AntiEntropy { replica, membership, peers, config, stats: Arc::default(), throttle, owed, rebuilds }
+        let answers = governor.enabled().then(|| Arc::new(governor.pacer_with_floor(rate, OWED_FLOOR)));
+        AntiEntropy {
+            replica,
+            membership,
+            peers,
+            config,
+            stats: Arc::default(),
+            throttle,
+            owed,
+            answers,
+            rebuilds,
+        }
+    }
+
+    /// The pacer of this node's answers to peers' exchanges (`None`: not paced).
+    pub fn answers(&self) -> Option<Arc<Pacer>> {
+        self.answers.clone()
     }
 
     fn storage(&self) -> &Arc<Storage> {
