@@ -2,7 +2,11 @@
 # Does throughput hold from a small to a large key space, and how much memory
 # does a node use holding 1M keys? Three `quorumkv serve` processes (one per
 # node, so each node's RSS is its own), loopback only, bounded in time
-# (~6 minutes with the defaults). Writes $BENCH_OUT/scale.md.
+# (~6 minutes with the defaults). Each scenario: 64 connections, a 2 s
+# warm-up left out, the three nodes' CPU per operation (from /proc, from
+# the end of the warm-up) and each node's RSS after it. Writes
+# $BENCH_OUT/scale.md, with the large key space's figures as a share of
+# the small one's (issue 13: within 15 %).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
@@ -25,26 +29,49 @@ for i in 1 2 3; do
 done
 wait_ready "$work/dev/ca.pem" "$port"
 
-bench() { "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet "$@"; }
+bench() { "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --concurrency 64 "$@"; }
 rss() { for p in "${pids[@]}"; do awk '/VmRSS/ {printf "%d ", $2/1024}' "/proc/$p/status"; done; }
-row() {
-  python3 -c '
+# CPU seconds (user + system) of the three nodes so far.
+cpu() {
+  local p; for p in "${pids[@]}"; do cat "/proc/$p/stat"; done |
+    awk -v hz="$(getconf CLK_TCK)" '{t += $14 + $15} END {printf "%.2f", t / hz}'
+}
+# run KEYS WORKLOAD ARGS...: one scenario, its row appended to $work/rows.
+run() {
+  local keys=$1 workload=$2; shift 2
+  (sleep 2; cpu >"$work/cpu0") &
+  bench --workload "$workload" --keys "$keys" --key-prefix "s$keys" --warmup 2s --duration "$duration" "$@" >"$work/run.json"
+  local after; after=$(cpu)
+  python3 - "$work/run.json" "$keys" "$workload" "$(cat "$work/cpu0")" "$after" "$(rss)" >>"$work/rows" <<'PY'
 import json, sys
-r = json.load(sys.stdin)
+path, keys, workload, before, after, rss = sys.argv[1:]
+r = json.load(open(path))
 l = r["latency"]
-print("| %s | %s | %.0f | %.2f | %.2f | %d |" % (sys.argv[1], r["workload"], r["ops_per_sec"], l["p50_ms"], l["p99_ms"], r["errors"]))
-' "$1"
+cpu = (float(after) - float(before)) * 1e6 / max(r["ops"], 1)
+print(f"{keys}\t{workload} ({r['consistency']})\t{r['ops_per_sec']:.0f}\t{l['p50_ms']:.2f}\t{l['p99_ms']:.2f}\t{cpu:.0f}\t{r['errors']}\t{rss.strip()}")
+PY
 }
 
-lines=("| keys | workload | ops/s | p50 ms | p99 ms | errors |" "|---:|---|---:|---:|---:|---:|")
+: >"$work/rows"
 for keys in "$small" "$large"; do
   echo "== $keys keys: preload" >&2
   start=$(date +%s)
   bench --workload put --w 2 --keys "$keys" --key-prefix "s$keys" --preload --requests 1 >/dev/null
   echo "   preload took $(( $(date +%s) - start )) s; node RSS MiB: $(rss)" >&2
-  lines+=("$(bench --workload get --r 2 --keys "$keys" --key-prefix "s$keys" --duration "$duration" | row "$keys")")
-  lines+=("$(bench --workload mixed:90 --keys "$keys" --key-prefix "s$keys" --duration "$duration" | row "$keys")")
+  run "$keys" get --r 2
+  run "$keys" mixed:90
 done
+mapfile -t lines < <(python3 - "$work/rows" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+print("| keys | workload | ops/s | × small | p50 ms | p99 ms | CPU µs/op | errors | node RSS MiB |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+small = {}
+for keys, workload, ops, p50, p99, cpu, errors, rss in rows:
+    small.setdefault(workload, float(ops))
+    print(f"| {keys} | {workload} | {ops} | {float(ops) / small[workload]:.2f} | {p50} | {p99} | {cpu} | {errors} | {rss} |")
+PY
+)
 lines+=("" "Resident memory after holding $large keys of 1 KiB (plus $small), per node: $(rss)MiB (block cache 128 MiB).")
 mkdir -p "$out"
 printf '%s\n' "${lines[@]}" | tee "$out/scale.md"
