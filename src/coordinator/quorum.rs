@@ -216,20 +216,17 @@ mod tests {
         r.result.is_ok()
     }
 
+    /// Two successes wanted, hedged after 50 ms, a minute's deadline.
+    async fn hedged(first: Vec<Call<u32>>, spare: Vec<Call<u32>>) -> (Gathered<u32>, usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        gather_hedged(first, spare, Duration::from_millis(50), deadline, is_ok, two_of).await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn hedged_spares_stay_unsent_when_the_first_calls_answer() {
-        let start = Instant::now();
         let first = vec![call("a", 1, true), call("b", 2, true)];
         let spare = vec![call("c", 1, true)];
-        let (g, speculative) = gather_hedged(
-            first,
-            spare,
-            Duration::from_millis(50),
-            start + Duration::from_secs(60),
-            is_ok,
-            two_of,
-        )
-        .await;
+        let (g, speculative) = hedged(first, spare).await;
         let asked: Vec<&str> = g.ok.iter().map(|r| r.node.as_str()).collect();
         assert_eq!(asked, ["a", "b"]);
         assert_eq!((g.rest.len(), speculative), (0, 0), "the spare was never sent");
@@ -240,15 +237,7 @@ mod tests {
         let start = Instant::now();
         let first = vec![call("a", 1, true), call("b", 2, false)];
         let spare = vec![call("c", 1, true)];
-        let (g, speculative) = gather_hedged(
-            first,
-            spare,
-            Duration::from_millis(50),
-            start + Duration::from_secs(60),
-            is_ok,
-            two_of,
-        )
-        .await;
+        let (g, speculative) = hedged(first, spare).await;
         assert_eq!(g.ok.iter().map(|r| r.node.as_str()).collect::<Vec<_>>(), ["a", "c"]);
         assert_eq!(speculative, 0);
         assert_eq!(Instant::now() - start, Duration::from_millis(3), "no wait for the hedge delay");
@@ -259,15 +248,7 @@ mod tests {
         let start = Instant::now();
         let first = vec![call("a", 1, true), call("b", 10_000, true)];
         let spare = vec![call("c", 5, true)];
-        let (g, speculative) = gather_hedged(
-            first,
-            spare,
-            Duration::from_millis(50),
-            start + Duration::from_secs(60),
-            is_ok,
-            two_of,
-        )
-        .await;
+        let (g, speculative) = hedged(first, spare).await;
         assert_eq!(g.ok.iter().map(|r| r.node.as_str()).collect::<Vec<_>>(), ["a", "c"]);
         assert_eq!(speculative, 1);
         assert_eq!(Instant::now() - start, Duration::from_millis(55));

@@ -15,9 +15,12 @@ use std::sync::{Arc, RwLock};
 pub struct Faults {
     any: Arc<AtomicBool>,
     cut: Arc<RwLock<HashSet<String>>>,
-    lost_replies: Arc<RwLock<HashSet<(String, String)>>>,
-    stalled: Arc<RwLock<HashSet<(String, String)>>>,
+    lost_replies: RouteSet,
+    stalled: RouteSet,
 }
+
+/// `(peer, route)` pairs a fault applies to.
+type RouteSet = Arc<RwLock<HashSet<(String, String)>>>;
 
 impl Faults {
     /// Calls from this node to `peer` fail until healed.
@@ -29,26 +32,27 @@ impl Faults {
     /// Calls from this node to `peer` on `route` are delivered, but their
     /// replies are lost, until healed.
     pub fn lose_replies(&self, peer: &str, route: &str) {
-        let mut lost = self.lost_replies.write().unwrap_or_else(|p| p.into_inner());
-        lost.insert((peer.to_string(), route.to_string()));
-        self.any.store(true, Ordering::Release);
+        self.add(&self.lost_replies, peer, route);
     }
 
     /// Calls from this node to `peer` on `route` hang until their timeout
     /// and fail then, until healed.
     pub fn stall(&self, peer: &str, route: &str) {
-        let mut stalled = self.stalled.write().unwrap_or_else(|p| p.into_inner());
-        stalled.insert((peer.to_string(), route.to_string()));
-        self.any.store(true, Ordering::Release);
+        self.add(&self.stalled, peer, route);
     }
 
     pub fn stalls(&self, peer: &str, route: &str) -> bool {
+        self.holds(&self.stalled, peer, route)
+    }
+
+    fn add(&self, set: &RouteSet, peer: &str, route: &str) {
+        set.write().unwrap_or_else(|p| p.into_inner()).insert((peer.to_string(), route.to_string()));
+        self.any.store(true, Ordering::Release);
+    }
+
+    fn holds(&self, set: &RouteSet, peer: &str, route: &str) -> bool {
         self.any.load(Ordering::Acquire)
-            && self
-                .stalled
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&(peer.to_string(), route.to_string()))
+            && set.read().unwrap_or_else(|p| p.into_inner()).contains(&(peer.to_string(), route.to_string()))
     }
 
     pub fn heal_all(&self) {
@@ -59,12 +63,7 @@ impl Faults {
     }
 
     pub fn loses_reply(&self, peer: &str, route: &str) -> bool {
-        self.any.load(Ordering::Acquire)
-            && self
-                .lost_replies
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&(peer.to_string(), route.to_string()))
+        self.holds(&self.lost_replies, peer, route)
     }
 
     pub fn is_cut(&self, peer: &str) -> bool {
