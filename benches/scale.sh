@@ -7,6 +7,12 @@
 # the end of the warm-up) and each node's RSS after it. Writes
 # $BENCH_OUT/scale.md, with the large key space's figures as a share of
 # the small one's (issue 13: within 15 %).
+#
+# Reads are measured on a settled store, as YCSB's run phase follows its
+# load phase: after each preload the script waits (at most
+# SCALE_SETTLE_MAX seconds) until RocksDB reports no compaction debt on any
+# node, and says how long that took. SCALE_SETTLE_MAX=0 measures right
+# after the load, with the load's compactions still running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
@@ -15,6 +21,7 @@ out=${BENCH_OUT:-benches/results}
 port=${BENCH_PORT:-38443}
 small=${SCALE_SMALL:-10000}
 large=${SCALE_LARGE:-1000000}
+settle_max=${SCALE_SETTLE_MAX:-600}
 
 cargo build --release --quiet
 bin=target/release/quorumkv
@@ -29,6 +36,22 @@ for i in 1 2 3; do
 done
 wait_ready "$work/dev/ca.pem" "$port"
 
+# Bytes compaction still owes, summed over the three nodes (RocksDB's estimate).
+owed() {
+  local i sum=0 v
+  for i in 0 1 2; do
+    v=$(curl -fsS --cacert "$work/dev/ca.pem" "https://127.0.0.1:$((port + i))/metrics" |
+      awk '/^quorumkv_rocksdb_pending_compaction_bytes / {print $2}')
+    sum=$((sum + ${v:-0}))
+  done
+  echo "$sum"
+}
+# settle: waits until no node owes compaction (bounded by $settle_max s).
+settle() {
+  local start=$SECONDS
+  while (( SECONDS - start < settle_max )) && [ "$(owed)" != 0 ]; do sleep 2; done
+  echo "   settled after $((SECONDS - start)) s; compaction still owed: $(owed) bytes" >&2
+}
 bench() { "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --concurrency 64 "$@"; }
 rss() { for p in "${pids[@]}"; do awk '/VmRSS/ {printf "%d ", $2/1024}' "/proc/$p/status"; done; }
 # CPU seconds (user + system) of the three nodes so far.
@@ -58,6 +81,7 @@ for keys in "$small" "$large"; do
   start=$(date +%s)
   bench --workload put --w 2 --keys "$keys" --key-prefix "s$keys" --preload --requests 1 >/dev/null
   echo "   preload took $(( $(date +%s) - start )) s; node RSS MiB: $(rss)" >&2
+  settle
   run "$keys" get --r 2
   run "$keys" mixed:90
 done
