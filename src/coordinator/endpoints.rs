@@ -1,7 +1,7 @@
 //! The coordinator's peer endpoint: a client write forwarded by the node
 //! that received it, to be coordinated here as a home replica.
 
-use super::{Coordinator, ForwardPut, ForwardPutResponse};
+use super::{Coordinator, CoordinatorError, ForwardPut, ForwardPutResponse};
 use crate::rpc::client::routes;
 use crate::rpc::server::{Endpoints, Refusal};
 
@@ -16,6 +16,13 @@ impl Coordinator {
                 // untouched (425), so the forwarding node tries another home.
                 if coordinator.replica().storage().unsynced().history_pending() {
                     return Err(Refusal::too_early("node is still greeting its peers"));
+                }
+                // The value crossed the network: it must still match the
+                // digest its receiving node computed from the client's body.
+                // (A value received here is hashed once, in the API: its
+                // digest is not checked again.)
+                if !req.value.digest_ok() {
+                    return Ok(Err(CoordinatorError::DigestMismatch));
                 }
                 // One snapshot for the whole forwarded write, taken here.
                 let layout = coordinator.membership().layout();

@@ -304,3 +304,50 @@ async fn an_expired_hint_is_dropped_only_when_a_home_holds_it() {
     assert_eq!(got.as_deref(), Some("only copy"));
     c.shutdown().await;
 }
+
+/// A value is hashed once, where the client's body arrives; a home that is
+/// forwarded the write checks the bytes against that digest, so a value
+/// damaged on the way between nodes is refused and never stored. The same
+/// write with intact bytes is then stored, so the refusal is the check's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_value_that_no_longer_matches_its_digest_is_refused() {
+    use bytes::Bytes;
+    use quorumkv::coordinator::{Consistency, CoordinatorError, ForwardPut, ForwardPutResponse};
+    use quorumkv::rpc::client::routes;
+    use quorumkv::storage::StoredValue;
+    use quorumkv::version::VersionVector;
+
+    let c = TestCluster::start(3).await;
+    let key = "in-transit";
+    let consistency = Consistency { n: 3, r: 2, w: 2, pr: 0, pw: 0, dw: 0 };
+    let intact = StoredValue::new(Bytes::from_static(b"sent"), "text/plain".into(), 1, false);
+    let mut damaged = intact.clone();
+    damaged.bytes = Bytes::from_static(b"sEnt");
+    let forward = |value| ForwardPut {
+        key: Bytes::from_static(key.as_bytes()),
+        context: VersionVector::new(),
+        value,
+        consistency,
+    };
+    let peers = c.node(0).state().coordinator.peers().clone();
+    let call = |req: ForwardPut| {
+        let peers = peers.clone();
+        async move {
+            peers
+                .call::<_, ForwardPutResponse>("node2", routes::PUT, &req, Duration::from_secs(10))
+                .await
+                .expect("node2 answers")
+        }
+    };
+    let refused = call(forward(damaged)).await;
+    assert!(matches!(refused, Err(CoordinatorError::DigestMismatch)), "{refused:?}");
+    for node in 0..3 {
+        assert_eq!(c.get(node, key, &[("r", "3")]).await.status(), 404, "nothing stored at node{}", node + 1);
+    }
+    let stored = call(forward(intact)).await;
+    assert!(stored.is_ok(), "{stored:?}");
+    let r = c.get(0, key, &[("r", "3")]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "sent");
+    c.shutdown().await;
+}
