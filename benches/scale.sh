@@ -36,13 +36,15 @@ for i in 1 2 3; do
 done
 wait_ready "$work/dev/ca.pem" "$port"
 
-# Bytes compaction still owes, summed over the three nodes (RocksDB's estimate).
+# Bytes compaction still owes, summed over the three nodes (RocksDB's
+# estimate); "unknown" when a node does not answer within 5 s.
 owed() {
   local i sum=0 v
   for i in 0 1 2; do
-    v=$(curl -fsS --cacert "$work/dev/ca.pem" "https://127.0.0.1:$((port + i))/metrics" |
-      awk '/^quorumkv_rocksdb_pending_compaction_bytes / {print $2}')
-    sum=$((sum + ${v:-0}))
+    v=$(curl -fsS -m 5 --cacert "$work/dev/ca.pem" "https://127.0.0.1:$((port + i))/metrics" |
+      awk '/^quorumkv_rocksdb_pending_compaction_bytes / {print $2}') || true
+    [ -n "$v" ] || { echo unknown; return; }
+    sum=$((sum + v))
   done
   echo "$sum"
 }

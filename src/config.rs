@@ -337,6 +337,10 @@ fn default_drain_delay_ms() -> u64 {
 fn default_request_timeout_ms() -> u64 {
     5_000
 }
+/// The smallest block cache a node accepts: RocksDB's clock cache needs a
+/// table of at least a few slots (a 0-byte one crashes it at open).
+pub const MIN_BLOCK_CACHE_BYTES: usize = 1 << 20;
+
 fn default_block_cache_bytes() -> usize {
     128 * 1024 * 1024
 }
@@ -450,6 +454,12 @@ impl Config {
         if self.request_timeout_ms == 0 {
             return bad("request_timeout_ms must be positive".into());
         }
+        if self.block_cache_bytes < MIN_BLOCK_CACHE_BYTES {
+            return bad(format!(
+                "block_cache_bytes {} is below the minimum {MIN_BLOCK_CACHE_BYTES} (1 MiB)",
+                self.block_cache_bytes
+            ));
+        }
         let r = self.repair;
         if r.handoff_bytes_per_sec == 0 || r.anti_entropy_bytes_per_sec == 0 {
             return bad("repair.*_bytes_per_sec must be positive".into());
@@ -513,6 +523,16 @@ mod tests {
         assert_eq!(config.node_id, "node1");
         assert_eq!(config.members.len(), 3);
         assert_eq!(config.defaults, Defaults::default());
+    }
+
+    #[test]
+    fn rejects_a_block_cache_under_a_mebibyte() {
+        let mut config = Config::from_toml(include_str!("../config/node.example.toml")).unwrap();
+        config.block_cache_bytes = 0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("block_cache_bytes 0 is below the minimum"), "{err}");
+        config.block_cache_bytes = MIN_BLOCK_CACHE_BYTES;
+        config.validate().expect("1 MiB is enough");
     }
 
     #[test]

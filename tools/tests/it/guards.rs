@@ -343,6 +343,9 @@ async fn a_forwarded_value_that_no_longer_matches_its_digest_is_refused() {
     assert!(matches!(refused, Err(CoordinatorError::DigestMismatch)), "{refused:?}");
     for node in 0..3 {
         assert_eq!(c.get(node, key, &[("r", "3")]).await.status(), 404, "nothing stored at node{}", node + 1);
+        // A stored damaged record would read as missing too, but counted.
+        let view = c.cluster_view(node).await;
+        assert_eq!(view["stats"]["corrupt_reads"], 0, "no damaged record at node{}", node + 1);
     }
     let stored = call(forward(intact)).await;
     assert!(stored.is_ok(), "{stored:?}");
