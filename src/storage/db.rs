@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteOptions};
 
 use super::{StorageError, record};
+use crate::config::MIN_BLOCK_CACHE_BYTES;
 use crate::storage::Object;
 
 pub(super) const CF_OBJECTS: &str = "objects";
@@ -224,9 +225,9 @@ fn objects_options(block_cache_bytes: usize) -> Options {
     // LRU's hash-chain walks and list updates under a shard mutex were
     // ~3 % of a node's CPU under GET load. The clock cache's lookups and
     // inserts are lock-free; 0 sizes its table automatically.
-    // Configs are validated to at least 1 MiB; the floor here keeps a
+    // Configs are validated to at least this; the floor here keeps a
     // direct caller from a zero-slot table, which RocksDB does not survive.
-    let cache = Cache::new_hyper_clock_cache(block_cache_bytes.max(1 << 20), 0);
+    let cache = Cache::new_hyper_clock_cache(block_cache_bytes.max(MIN_BLOCK_CACHE_BYTES), 0);
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(&cache);
     table.set_bloom_filter(10.0, false);
