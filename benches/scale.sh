@@ -99,5 +99,14 @@ for keys, workload, ops, p50, p99, cpu, errors, rss in rows:
 PY
 )
 lines+=("" "Resident memory after holding $large keys of 1 KiB (plus $small), per node: $(rss)MiB (block cache 128 MiB).")
+# How much of each node's table files the OS page cache held at the end: a
+# read of a block outside both caches goes to the disk, which is what a
+# large key space costs on a machine whose page cache is short or trimmed.
+if command -v fincore >/dev/null; then
+  held=$(for i in 1 2 3; do
+    fincore -b -n "$work/dev/node$i/data/"*.sst 2>/dev/null | awk '{r += $1; s += $3} END {printf "%d/%d ", r / 1048576, s / 1048576}'
+  done)
+  lines+=("Table files in the OS page cache at the end, per node (MiB held/MiB): ${held}.")
+fi
 mkdir -p "$out"
 printf '%s\n' "${lines[@]}" | tee "$out/scale.md"
