@@ -209,6 +209,19 @@ impl Db {
         }
         (size, pending)
     }
+
+    /// Memory the open table files hold for their indexes and bloom
+    /// filters, which live outside the block cache (see `objects_options`):
+    /// it grows with the data, ~10 MiB per GB, so operators can watch it.
+    pub(super) fn table_readers_bytes(&self) -> u64 {
+        FAMILIES
+            .iter()
+            .filter_map(|name| self.cf(name).ok())
+            .filter_map(|cf| {
+                self.rocks.property_int_value_cf(cf, "rocksdb.estimate-table-readers-mem").ok().flatten()
+            })
+            .sum()
+    }
 }
 
 /// A column family keyed `[partition u32 BE]...`, iterated one partition

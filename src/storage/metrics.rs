@@ -1,5 +1,5 @@
 //! What a scrape reads from the database: integrity failures, queued hints
-//! per target, RocksDB's size and compaction debt.
+//! per target, RocksDB's size, compaction debt and index memory.
 
 use std::sync::Arc;
 
@@ -53,6 +53,12 @@ impl Collector for StorageCollector {
             "rocksdb_pending_compaction_bytes",
             "RocksDB's estimate of bytes compaction still has to rewrite",
             pending as i64,
+        )?;
+        gauge(
+            &mut e,
+            "rocksdb_table_readers_bytes",
+            "Memory held by open RocksDB table files for their indexes and filters (outside the block cache)",
+            self.storage.table_readers_bytes() as i64,
         )
     }
 }

@@ -135,6 +135,12 @@ impl Storage {
         self.db.disk_usage()
     }
 
+    /// Bytes the open table files hold for indexes and filters (outside
+    /// the block cache); see [`db::Db::table_readers_bytes`].
+    pub fn table_readers_bytes(&self) -> u64 {
+        self.db.table_readers_bytes()
+    }
+
     /// How many stored records failed their integrity check since start.
     pub fn corrupt_reads(&self) -> u64 {
         self.db.corrupt_reads()
