@@ -165,7 +165,10 @@ pub struct Config {
     /// so load balancers stop routing to it before connections are refused.
     #[serde(default = "default_drain_delay_ms")]
     pub drain_delay_ms: u64,
-    /// RocksDB block cache size; bounds the node's read-cache memory.
+    /// RocksDB block cache size for the objects' data blocks. Their index
+    /// and filters are held apart, ~5 MiB per GB stored (see the
+    /// `rocksdb_table_readers_bytes` gauge), so a node's memory grows a
+    /// little with its data beyond this.
     #[serde(default = "default_block_cache_bytes")]
     pub block_cache_bytes: usize,
     #[serde(default)]

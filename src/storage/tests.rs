@@ -358,3 +358,35 @@ fn deferred_compactions_resume_before_level_zero_grows_long() {
     }
     assert!(!s.defer_compactions(false).unwrap());
 }
+
+/// The index and filter memory an operator sizes a node by (the
+/// `rocksdb_table_readers_bytes` gauge) is reported once data reaches the
+/// table files, and grows with them: it is held outside the block cache.
+#[test]
+fn index_and_filter_memory_is_reported_and_grows_with_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path(), 1 << 20).unwrap();
+    // Only the small metadata family has a table file at open.
+    let at_open = s.table_readers_bytes();
+    let objects = s.db.cf(db::CF_OBJECTS).unwrap();
+    let write_and_flush = |from: u32| {
+        for i in from..from + 2000 {
+            s.objects()
+                .modify(i % 8, format!("key-{i:06}").as_bytes(), false, |_| {
+                    let mut o = Object::new();
+                    o.update(&VersionVector::new(), "a", value("some value"));
+                    Some(o)
+                })
+                .unwrap();
+        }
+        s.db.rocks.flush_cf(objects).unwrap();
+        s.table_readers_bytes()
+    };
+    let one_file = write_and_flush(0);
+    assert!(
+        one_file > at_open,
+        "an open table file's index and filter are counted: {at_open} then {one_file}"
+    );
+    let more = write_and_flush(2000);
+    assert!(more > one_file, "more table files hold more: {one_file} then {more}");
+}
