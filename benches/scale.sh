@@ -36,13 +36,18 @@ for i in 1 2 3; do
 done
 wait_ready "$work/dev/ca.pem" "$port"
 
+# metric NAME I: node I's value of the unlabelled metric NAME (empty, and a
+# failed status, when the node does not answer within 5 s).
+metric() {
+  curl -fsS -m 5 --cacert "$work/dev/ca.pem" "https://127.0.0.1:$((port + $2))/metrics" |
+    awk -v name="$1" '$1 == name {print $2}'
+}
 # Bytes compaction still owes, summed over the three nodes (RocksDB's
-# estimate); "unknown" when a node does not answer within 5 s.
+# estimate); "unknown" when a node does not answer.
 owed() {
   local i sum=0 v
   for i in 0 1 2; do
-    v=$(curl -fsS -m 5 --cacert "$work/dev/ca.pem" "https://127.0.0.1:$((port + i))/metrics" |
-      awk '/^quorumkv_rocksdb_pending_compaction_bytes / {print $2}') || true
+    v=$(metric quorumkv_rocksdb_pending_compaction_bytes "$i") || true
     [ -n "$v" ] || { echo unknown; return; }
     sum=$((sum + v))
   done
@@ -113,8 +118,7 @@ if command -v fincore >/dev/null; then
 fi
 # Index and filter memory held outside the block cache, per node.
 readers=$(for i in 0 1 2; do
-  curl -fsS -m 5 --cacert "$work/dev/ca.pem" "https://127.0.0.1:$((port + i))/metrics" 2>/dev/null |
-    awk '/^quorumkv_rocksdb_table_readers_bytes / {printf "%.1f ", $2 / 1048576}' || true
+  { metric quorumkv_rocksdb_table_readers_bytes "$i" 2>/dev/null || true; } | awk '{printf "%.1f ", $1 / 1048576}'
 done)
 lines+=("Indexes and filters outside the block cache, per node (MiB): ${readers% }.")
 mkdir -p "$out"

@@ -197,31 +197,31 @@ impl Db {
         Ok(defer)
     }
 
-    /// `(live bytes on disk and in memtables, bytes compaction still has to
-    /// rewrite)` over every column family, from RocksDB's own estimates.
-    pub(super) fn disk_usage(&self) -> (u64, u64) {
-        let (mut size, mut pending) = (0, 0);
+    /// [`DiskUsage`] summed over every column family.
+    pub(super) fn disk_usage(&self) -> DiskUsage {
+        let mut usage = DiskUsage::default();
         for name in FAMILIES {
             let Ok(cf) = self.cf(name) else { continue };
             let prop = |p: &str| self.rocks.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
-            size += prop("rocksdb.live-sst-files-size") + prop("rocksdb.size-all-mem-tables");
-            pending += prop("rocksdb.estimate-pending-compaction-bytes");
+            usage.size += prop("rocksdb.live-sst-files-size") + prop("rocksdb.size-all-mem-tables");
+            usage.pending_compaction += prop("rocksdb.estimate-pending-compaction-bytes");
+            usage.table_readers += prop("rocksdb.estimate-table-readers-mem");
         }
-        (size, pending)
+        usage
     }
+}
 
+/// What the database holds and owes, from RocksDB's own estimates.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiskUsage {
+    /// Live bytes on disk and in memtables.
+    pub size: u64,
+    /// Bytes compaction still has to rewrite.
+    pub pending_compaction: u64,
     /// Memory the open table files hold for their indexes and bloom
     /// filters, which live outside the block cache (see `objects_options`):
     /// it grows with the data (~5 MiB per GB stored), so operators can watch it.
-    pub(super) fn table_readers_bytes(&self) -> u64 {
-        FAMILIES
-            .iter()
-            .filter_map(|name| self.cf(name).ok())
-            .filter_map(|cf| {
-                self.rocks.property_int_value_cf(cf, "rocksdb.estimate-table-readers-mem").ok().flatten()
-            })
-            .sum()
-    }
+    pub table_readers: u64,
 }
 
 /// A column family keyed `[partition u32 BE]...`, iterated one partition

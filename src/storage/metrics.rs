@@ -46,19 +46,19 @@ impl Collector for StorageCollector {
         for (target, count) in queued {
             ConstGauge::new(count as i64).encode(hints.encode_family(&HintTarget { target })?)?;
         }
-        let (size, pending) = self.storage.disk_usage();
-        gauge(&mut e, "rocksdb_size_bytes", "Size of the live RocksDB files", size as i64)?;
+        let usage = self.storage.disk_usage();
+        gauge(&mut e, "rocksdb_size_bytes", "Size of the live RocksDB files", usage.size as i64)?;
         gauge(
             &mut e,
             "rocksdb_pending_compaction_bytes",
             "RocksDB's estimate of bytes compaction still has to rewrite",
-            pending as i64,
+            usage.pending_compaction as i64,
         )?;
         gauge(
             &mut e,
             "rocksdb_table_readers_bytes",
             "Memory held by open RocksDB table files for their indexes and filters (outside the block cache)",
-            self.storage.table_readers_bytes() as i64,
+            usage.table_readers as i64,
         )
     }
 }

@@ -31,6 +31,7 @@ mod tests;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use db::DiskUsage;
 pub use gc_queue::GcQueue;
 pub use hints::{Hint, Hints};
 pub use meta::{Meta, Sighting};
@@ -129,16 +130,10 @@ impl Storage {
         &self.unsynced
     }
 
-    /// `(live bytes on disk and in memtables, bytes compaction still has to
-    /// rewrite)` over every column family, from RocksDB's own estimates.
-    pub fn disk_usage(&self) -> (u64, u64) {
+    /// Size, compaction debt and index memory over every column family,
+    /// from RocksDB's own estimates.
+    pub fn disk_usage(&self) -> DiskUsage {
         self.db.disk_usage()
-    }
-
-    /// Bytes the open table files hold for indexes and filters (outside
-    /// the block cache); see [`db::Db::table_readers_bytes`].
-    pub fn table_readers_bytes(&self) -> u64 {
-        self.db.table_readers_bytes()
     }
 
     /// How many stored records failed their integrity check since start.

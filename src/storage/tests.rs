@@ -324,6 +324,17 @@ fn a_directory_with_the_old_tombstone_index_is_migrated_to_the_queue() {
     assert!(!families.iter().any(|f| f == db::CF_TOMBSTONES_V1), "the old index is dropped: {families:?}");
 }
 
+/// Writes `v` as the first version of `key` (whatever was stored before).
+fn put_new(s: &Storage, partition: u32, key: &[u8], v: &'static str) {
+    s.objects()
+        .modify(partition, key, false, |_| {
+            let mut o = Object::new();
+            o.update(&VersionVector::new(), "a", value(v));
+            Some(o)
+        })
+        .unwrap();
+}
+
 /// The governor may hold compactions off, but level 0 never grows past
 /// the bound: a deferral is refused there, and compactions run again.
 #[test]
@@ -337,13 +348,7 @@ fn deferred_compactions_resume_before_level_zero_grows_long() {
     let mut i = 0u32;
     while level0() < 8 {
         // Each flush makes one more level-0 file while compactions are off.
-        s.objects()
-            .modify(1, &i.to_be_bytes(), false, |_| {
-                let mut o = Object::new();
-                o.update(&VersionVector::new(), "a", value("v"));
-                Some(o)
-            })
-            .unwrap();
+        put_new(&s, 1, &i.to_be_bytes(), "v");
         s.db.rocks.flush_cf(objects).unwrap();
         i += 1;
         assert!(i < 20, "level 0 did not grow while compactions were held off");
@@ -367,20 +372,14 @@ fn index_and_filter_memory_is_reported_and_grows_with_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let s = Storage::open(dir.path(), 1 << 20).unwrap();
     // Only the small metadata family has a table file at open.
-    let at_open = s.table_readers_bytes();
+    let at_open = s.disk_usage().table_readers;
     let objects = s.db.cf(db::CF_OBJECTS).unwrap();
     let write_and_flush = |from: u32| {
         for i in from..from + 2000 {
-            s.objects()
-                .modify(i % 8, format!("key-{i:06}").as_bytes(), false, |_| {
-                    let mut o = Object::new();
-                    o.update(&VersionVector::new(), "a", value("some value"));
-                    Some(o)
-                })
-                .unwrap();
+            put_new(&s, i % 8, format!("key-{i:06}").as_bytes(), "some value");
         }
         s.db.rocks.flush_cf(objects).unwrap();
-        s.table_readers_bytes()
+        s.disk_usage().table_readers
     };
     let one_file = write_and_flush(0);
     assert!(
