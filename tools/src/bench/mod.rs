@@ -230,10 +230,18 @@ fn build_clients(
     };
     (0..count)
         .map(|_| {
-            let tls = quorumkv::tls::public_client_config(
+            let mut tls = quorumkv::tls::public_client_config(
                 ca,
                 identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
             )?;
+            // Offer only the protocol asked for: the nodes prefer h2 when
+            // offered both, and the connection pool follows what ALPN
+            // negotiated, whatever `http1_only` says. Offering both made
+            // `--protocol http1` run HTTP/2 over one connection per node.
+            tls.alpn_protocols = vec![match args.protocol {
+                Protocol::Http1 => b"http/1.1".to_vec(),
+                Protocol::Http2 => b"h2".to_vec(),
+            }];
             let builder = Client::builder()
                 .use_preconfigured_tls(tls)
                 .no_proxy()
@@ -338,6 +346,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
         ops_per_sec: total.ops().saturating_sub(total.errors()) as f64 / elapsed.max(1e-9),
         latency: Summary::latency_of(&total.latency_us),
         statuses: total.statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
+        http_versions: total.versions.clone(),
         transport_errors: total.transport_errors,
         errors: total.errors(),
         max_errors: args.max_errors,
@@ -417,15 +426,23 @@ fn header_u64(r: &reqwest::Response, name: &str) -> u64 {
     r.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-fn count(plan: &Run, tally: &mut Tally, status: Option<StatusCode>) -> bool {
+/// The status and HTTP version of an answer; `None`: no answer.
+type Answer = Option<(StatusCode, reqwest::Version)>;
+
+fn answer_of(r: &reqwest::Response) -> Answer {
+    Some((r.status(), r.version()))
+}
+
+fn count(plan: &Run, tally: &mut Tally, answer: Answer) -> bool {
     plan.done.fetch_add(1, Ordering::Relaxed);
     // A warm-up answer is only its verdict: not counted, not an error.
     if !tally.measuring() {
-        return status.is_some_and(|s| s.is_success());
+        return answer.is_some_and(|(s, _)| s.is_success());
     }
-    match status {
-        Some(s) => {
+    match answer {
+        Some((s, version)) => {
             *tally.statuses.entry(s.as_u16()).or_default() += 1;
+            *tally.versions.entry(format!("{version:?}")).or_default() += 1;
             if s.as_u16() >= 400 {
                 plan.failed.fetch_add(1, Ordering::Relaxed);
             }
@@ -445,7 +462,7 @@ async fn get(plan: &Run, node: usize, key: &str, tally: &mut Tally) -> Option<St
     let url = format!("{}/keys/{key}", plan.urls[node]);
     match request(plan, client, reqwest::Method::GET, url).send().await {
         Ok(r) => {
-            let status = r.status();
+            let answer = answer_of(&r);
             let siblings = header_u64(&r, "sibling-count");
             if siblings > 1 {
                 tally.reads_with_siblings += 1;
@@ -454,7 +471,7 @@ async fn get(plan: &Run, node: usize, key: &str, tally: &mut Tally) -> Option<St
             let context = r.headers().get("causal-context").and_then(|v| v.to_str().ok()).map(str::to_string);
             let body = r.bytes().await.map(|b| b.len() as u64).unwrap_or(0);
             tally.bytes_received += body;
-            count(plan, tally, Some(status));
+            count(plan, tally, answer);
             context
         }
         Err(_) => {
@@ -482,21 +499,21 @@ async fn put(
         req = req.header("causal-context", ctx);
     }
     tally.bytes_sent += size as u64;
-    let status = req.send().await.ok().map(|r| r.status());
-    count(plan, tally, status)
+    let answer = req.send().await.ok().and_then(|r| answer_of(&r));
+    count(plan, tally, answer)
 }
 
 async fn ceiling(plan: &Run, node: usize, tally: &mut Tally) {
     let client = &plan.clients[node % plan.clients.len()];
-    let status = match client.get(format!("{}/health/live", plan.urls[node])).send().await {
+    let answer = match client.get(format!("{}/health/live", plan.urls[node])).send().await {
         Ok(r) => {
-            let s = r.status();
+            let answer = answer_of(&r);
             tally.bytes_received += r.bytes().await.map(|b| b.len() as u64).unwrap_or(0);
-            Some(s)
+            answer
         }
         Err(_) => None,
     };
-    count(plan, tally, status);
+    count(plan, tally, answer);
 }
 
 async fn worker(plan: Arc<Run>, id: usize, started: Instant, warmup: Duration) -> Tally {

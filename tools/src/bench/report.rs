@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub struct Tally {
     pub latency_us: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
+    /// Answers by the HTTP version the connection negotiated ("HTTP/1.1",
+    /// "HTTP/2.0"): what was measured, not only what was asked for.
+    pub versions: BTreeMap<String, u64>,
     /// Requests that got no HTTP answer at all (connect, TLS, timeout).
     pub transport_errors: u64,
     pub reads_with_siblings: u64,
@@ -40,6 +43,7 @@ impl Tally {
             // 1 µs to 60 s at 3 significant digits.
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid"),
             statuses: BTreeMap::new(),
+            versions: BTreeMap::new(),
             transport_errors: 0,
             reads_with_siblings: 0,
             max_siblings: 0,
@@ -71,6 +75,9 @@ impl Tally {
         let _ = self.latency_us.add(&other.latency_us);
         for (s, n) in &other.statuses {
             *self.statuses.entry(*s).or_default() += n;
+        }
+        for (v, n) in &other.versions {
+            *self.versions.entry(v.clone()).or_default() += n;
         }
         self.transport_errors += other.transport_errors;
         self.reads_with_siblings += other.reads_with_siblings;
@@ -174,6 +181,9 @@ pub struct Summary {
     pub ops_per_sec: f64,
     pub latency: Latency,
     pub statuses: BTreeMap<String, u64>,
+    /// Answers by negotiated HTTP version (see `Tally::versions`).
+    #[serde(default)]
+    pub http_versions: BTreeMap<String, u64>,
     pub transport_errors: u64,
     pub errors: u64,
     /// The `--max-errors` the run was held to.
@@ -208,6 +218,7 @@ impl Summary {
     pub fn text(&self) -> String {
         let l = &self.latency;
         let statuses: Vec<String> = self.statuses.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+        let versions: Vec<String> = self.http_versions.iter().map(|(v, n)| format!("{v}:{n}")).collect();
         let verdict = if self.passed {
             String::new()
         } else {
@@ -217,7 +228,7 @@ impl Summary {
             )
         };
         format!(
-            "{verdict}{scenario}: {ops} ops in {el:.1}s = {rate:.0} ops/s ({workload}, {conc} conns, {proto}, value {vs} B, {keys} keys {dist}, {cons})\n  latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  p99.9 {p999:.2}  max {max:.2}  mean {mean:.2}\n  statuses: {st}  transport errors: {te}  errors: {err}\n  siblings: {rws} reads saw >1 (max {ms})  bytes: sent {bs}, received {br}",
+            "{verdict}{scenario}: {ops} ops in {el:.1}s = {rate:.0} ops/s ({workload}, {conc} conns, {proto}, value {vs} B, {keys} keys {dist}, {cons})\n  latency ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}  p99.9 {p999:.2}  max {max:.2}  mean {mean:.2}\n  statuses: {st}  over: {vers}  transport errors: {te}  errors: {err}\n  siblings: {rws} reads saw >1 (max {ms})  bytes: sent {bs}, received {br}",
             verdict = verdict,
             scenario = self.scenario,
             ops = self.ops,
@@ -237,6 +248,7 @@ impl Summary {
             max = l.max_ms,
             mean = l.mean_ms,
             st = if statuses.is_empty() { "-".into() } else { statuses.join(" ") },
+            vers = if versions.is_empty() { "-".into() } else { versions.join(" ") },
             te = self.transport_errors,
             err = self.errors,
             rws = self.reads_with_siblings,

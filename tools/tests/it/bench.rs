@@ -32,6 +32,10 @@ async fn bench_counts_requests_statuses_and_bytes() {
     assert_eq!(s.errors, 0);
     assert_eq!(s.statuses.get("204"), Some(&200));
     assert_eq!(s.bytes_sent, 200 * 100);
+    // The default protocol is what the answers came over: HTTP/1.1, not
+    // the h2 the nodes would pick if the client offered it too.
+    assert_eq!(s.http_versions.get("HTTP/1.1"), Some(&200), "{:?}", s.http_versions);
+    assert_eq!(s.http_versions.len(), 1, "{:?}", s.http_versions);
     assert!(s.latency.p50_ms > 0.0 && s.latency.p50_ms <= s.latency.p99_ms);
 
     // After a preload every read finds its key.
@@ -84,6 +88,7 @@ async fn bench_counts_requests_statuses_and_bytes() {
         .await
         .unwrap();
     assert_eq!(s.statuses.get("200"), Some(&50));
+    assert_eq!(s.http_versions.get("HTTP/2.0"), Some(&50), "{:?}", s.http_versions);
     c.shutdown().await;
 }
 
