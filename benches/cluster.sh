@@ -70,7 +70,8 @@ ceiling = runs[0]["ops_per_sec"]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 lines = [
     f"Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; "
-    f"3 nodes + load tool on the same machine, N=3, {runs[1]['concurrency']} connections ({runs[1]['protocol']}), "
+    f"3 nodes + load tool on the same machine, N=3, {runs[1]['concurrency']} requests in flight "
+    f"(over {', '.join(runs[1].get('http_versions', {})) or runs[1]['protocol']}), "
     f"value {runs[1]['value_size']} B, {runs[1]['keys']} keys, {runs[1]['elapsed_s']:.0f} s per scenario.",
     "",
     "| scenario | ops/s | × ceiling | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | reads with siblings (max) | server CPU µs/op |",

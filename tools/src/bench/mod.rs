@@ -346,7 +346,7 @@ pub async fn run(args: &BenchArgs) -> Result<Summary, BenchError> {
         ops_per_sec: total.ops().saturating_sub(total.errors()) as f64 / elapsed.max(1e-9),
         latency: Summary::latency_of(&total.latency_us),
         statuses: total.statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
-        http_versions: total.versions.clone(),
+        http_versions: total.versions.iter().map(|(v, n)| (v.to_string(), *n)).collect(),
         transport_errors: total.transport_errors,
         errors: total.errors(),
         max_errors: args.max_errors,
@@ -433,6 +433,18 @@ fn answer_of(r: &reqwest::Response) -> Answer {
     Some((r.status(), r.version()))
 }
 
+/// A version's name as HTTP writes it, without an allocation per answer.
+fn version_name(v: reqwest::Version) -> &'static str {
+    match v {
+        reqwest::Version::HTTP_09 => "HTTP/0.9",
+        reqwest::Version::HTTP_10 => "HTTP/1.0",
+        reqwest::Version::HTTP_11 => "HTTP/1.1",
+        reqwest::Version::HTTP_2 => "HTTP/2.0",
+        reqwest::Version::HTTP_3 => "HTTP/3.0",
+        _ => "other",
+    }
+}
+
 fn count(plan: &Run, tally: &mut Tally, answer: Answer) -> bool {
     plan.done.fetch_add(1, Ordering::Relaxed);
     // A warm-up answer is only its verdict: not counted, not an error.
@@ -442,7 +454,7 @@ fn count(plan: &Run, tally: &mut Tally, answer: Answer) -> bool {
     match answer {
         Some((s, version)) => {
             *tally.statuses.entry(s.as_u16()).or_default() += 1;
-            *tally.versions.entry(format!("{version:?}")).or_default() += 1;
+            *tally.versions.entry(version_name(version)).or_default() += 1;
             if s.as_u16() >= 400 {
                 plan.failed.fetch_add(1, Ordering::Relaxed);
             }
@@ -499,7 +511,16 @@ async fn put(
         req = req.header("causal-context", ctx);
     }
     tally.bytes_sent += size as u64;
-    let answer = req.send().await.ok().and_then(|r| answer_of(&r));
+    let answer = match req.send().await {
+        Ok(r) => {
+            let answer = answer_of(&r);
+            // Read to the end (an error carries a JSON body), so an
+            // HTTP/1.1 connection goes back to the pool instead of closing.
+            tally.bytes_received += r.bytes().await.map(|b| b.len() as u64).unwrap_or(0);
+            answer
+        }
+        Err(_) => None,
+    };
     count(plan, tally, answer)
 }
 

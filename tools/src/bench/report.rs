@@ -12,7 +12,7 @@ pub struct Tally {
     pub statuses: BTreeMap<u16, u64>,
     /// Answers by the HTTP version the connection negotiated ("HTTP/1.1",
     /// "HTTP/2.0"): what was measured, not only what was asked for.
-    pub versions: BTreeMap<String, u64>,
+    pub versions: BTreeMap<&'static str, u64>,
     /// Requests that got no HTTP answer at all (connect, TLS, timeout).
     pub transport_errors: u64,
     pub reads_with_siblings: u64,
@@ -77,7 +77,7 @@ impl Tally {
             *self.statuses.entry(*s).or_default() += n;
         }
         for (v, n) in &other.versions {
-            *self.versions.entry(v.clone()).or_default() += n;
+            *self.versions.entry(v).or_default() += n;
         }
         self.transport_errors += other.transport_errors;
         self.reads_with_siblings += other.reads_with_siblings;

@@ -89,6 +89,7 @@ async fn bench_counts_requests_statuses_and_bytes() {
         .unwrap();
     assert_eq!(s.statuses.get("200"), Some(&50));
     assert_eq!(s.http_versions.get("HTTP/2.0"), Some(&50), "{:?}", s.http_versions);
+    assert_eq!(s.http_versions.len(), 1, "{:?}", s.http_versions);
     c.shutdown().await;
 }
 
