@@ -166,7 +166,7 @@ pub struct Config {
     #[serde(default = "default_drain_delay_ms")]
     pub drain_delay_ms: u64,
     /// RocksDB block cache size for the objects' data blocks. Their index
-    /// and filters are held apart, ~5 MiB per GB stored (see the
+    /// and filters are held apart, ~5-8 MiB per GB stored (see the
     /// `rocksdb_table_readers_bytes` gauge), so a node's memory grows a
     /// little with its data beyond this.
     #[serde(default = "default_block_cache_bytes")]

@@ -220,7 +220,7 @@ pub struct DiskUsage {
     pub pending_compaction: u64,
     /// Memory the open table files hold for their indexes and bloom
     /// filters, which live outside the block cache (see `objects_options`):
-    /// it grows with the data (~5 MiB per GB stored), so operators can watch it.
+    /// it grows with the data (~5-8 MiB per GB stored), so operators can watch it.
     pub table_readers: u64,
 }
 
@@ -248,8 +248,9 @@ fn objects_options(block_cache_bytes: usize) -> Options {
     // cache: at 1M keys of 1 KiB (~1.2 GB per node) nearly every read
     // evicts a data block, and index blocks that went with them had to be
     // read and parsed again (a whole file's index and filter, a few hundred
-    // KB). Held apart they cost ~5 MiB per GB stored (2.6-3.0 MB on a node
-    // holding ~0.5 GB), for as long as the file is open: every file is.
+    // KB). Held apart they cost ~5-8 MiB per GB stored (2.6-3.0 MB on a node
+    // holding ~0.5 GB, 8.9 MiB at 1.1 GB), as long as the file is open:
+    // every file is.
     // Measured on one preloaded 1M-key cluster, restarted between modes
     // (two rounds): cluster CPU per GET R=2 197/139 µs against 237/147
     // in the cache, per mixed op 193/188 against 276/205.
