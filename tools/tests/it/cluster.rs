@@ -482,6 +482,12 @@ impl TestCluster {
     /// Waits (up to `secs`) until every running node reports one layout
     /// version in force, the same on all of them, and returns it.
     pub async fn wait_settled(&self, secs: u64) -> u64 {
+        self.wait_settled_with(&[], secs).await
+    }
+
+    /// [`TestCluster::wait_settled`], counting also the nodes at `extra`
+    /// (client addresses of nodes started beside the cluster).
+    pub async fn wait_settled_with(&self, extra: &[std::net::SocketAddr], secs: u64) -> u64 {
         let mut last = Vec::new();
         for _ in 0..secs * 5 {
             last.clear();
@@ -490,6 +496,12 @@ impl TestCluster {
                     let view = self.cluster_view(i).await;
                     last.push(view["layout"]["versions"].clone());
                 }
+            }
+            for addr in extra {
+                let url = format!("https://{addr}/cluster");
+                let view: serde_json::Value =
+                    self.client.get(url).send().await.expect("cluster").json().await.expect("json");
+                last.push(view["layout"]["versions"].clone());
             }
             let one = last.first().and_then(|v| v.as_array()).is_some_and(|v| v.len() == 1);
             if one && last.iter().all(|v| *v == last[0]) {
