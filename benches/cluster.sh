@@ -17,27 +17,17 @@ concurrency=${BENCH_CONCURRENCY:-64}
 keys=${BENCH_KEYS:-100000}
 protocol=${BENCH_PROTOCOL:-http1}
 
-cargo build --release --quiet
-bin=target/release/quorumkv
-work=$(mktemp -d)
-"$bin" dev --dir "$work/dev" --port "$port" --init-only >/dev/null
+dev_cluster "$port"
 # BENCH_READ_FANOUT=all: GETs ask all N replicas (Dynamo's way), to compare
 # with the default quorum fan-out.
 if [ -n "${BENCH_READ_FANOUT:-}" ]; then
   sed -i "s/^read_fanout = .*/read_fanout = \"$BENCH_READ_FANOUT\"/" "$work"/dev/node*.toml
   grep -q "^read_fanout = \"$BENCH_READ_FANOUT\"" "$work"/dev/node1.toml
 fi
-QUORUMKV_LOG=warn "$bin" dev --dir "$work/dev" --port "$port" >"$work/dev.log" 2>&1 &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-wait_ready "$work/dev/ca.pem" "$port"
+dev_up
 
 mkdir -p "$out"
 rm -rf "$out/report"
-# CPU seconds (user + system) the cluster process (all three nodes) used so far.
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$pid/stat"; }
 run() {
   local name=$1; shift
   echo "== $name" >&2

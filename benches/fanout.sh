@@ -15,25 +15,16 @@ port=${BENCH_PORT:-29443}
 keys=${BENCH_KEYS:-100000}
 rounds=${FANOUT_ROUNDS:-2}
 
-cargo build --release --quiet
-bin=target/release/quorumkv
-work=$(mktemp -d)
-"$bin" dev --dir "$work/dev" --port "$port" --init-only >/dev/null
-pid=0
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+dev_cluster "$port"
 up() {
   sed -i "s/^read_fanout = .*/read_fanout = \"$1\"/" "$work"/dev/node*.toml
-  QUORUMKV_LOG=warn "$bin" dev --dir "$work/dev" --port "$port" >>"$work/dev.log" 2>&1 &
-  pid=$!
-  wait_ready "$work/dev/ca.pem" "$port"
+  dev_up
 }
-down() { kill "$pid"; wait "$pid" || true; }
-cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$pid/stat"; }
 bench() { "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --concurrency 64 --keys "$keys" --key-prefix kv "$@"; }
 
 up quorum
 bench --name preload --workload get --preload --requests 1 >/dev/null
-down
+dev_down
 echo "| round | read_fanout | scenario | ops/s | p50 ms | p99 ms | CPU µs/op | errors |"
 echo "|---:|---|---|---:|---:|---:|---:|---:|"
 for round in $(seq 1 "$rounds"); do
@@ -55,6 +46,6 @@ PY
     spec=$(curl -fsS --cacert "$work/dev/ca.pem" "https://127.0.0.1:$port/cluster" |
       python3 -c "import json,sys; print(json.load(sys.stdin)['stats']['speculative_reads'])")
     echo "| $round | $mode | speculative reads (node1) | $spec | | | | |"
-    down
+    dev_down
   done
 done

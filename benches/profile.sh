@@ -23,15 +23,10 @@ port=${BENCH_PORT:-28643}
 keys=${BENCH_KEYS:-100000}
 freq=${PROFILE_HZ:-149}
 command -v perf >/dev/null || { echo "perf is not installed (apt install linux-perf)" >&2; exit 1; }
-cargo build --release --quiet
-bin=target/release/quorumkv
-work=$(mktemp -d)
-"$bin" dev --dir "$work/dev" --port "$port" --init-only >/dev/null
-QUORUMKV_LOG=warn "$bin" dev --dir "$work/dev" --port "$port" >"$work/dev.log" 2>&1 &
-pid=$!
+dev_cluster "$port"
+dev_up
 load=
-trap '[ -n "$load" ] && kill $load 2>/dev/null; kill $pid 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-wait_ready "$work/dev/ca.pem" "$port"
+trap 'if [ -n "$load" ]; then kill "$load" 2>/dev/null || true; fi; dev_cleanup' EXIT
 mkdir -p "$out"
 bench() {
   "$bin" bench --cluster "$work/dev/cluster.json" --concurrency 64 --keys "$keys" --quiet "$@"

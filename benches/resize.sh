@@ -21,27 +21,21 @@ secs=${RESIZE_SEGMENT:-10}
 if [ "$rate" = 0 ]; then load=(--concurrency "$conns"); else load=(--rate "$rate" --concurrency 32); fi
 keys=${RESIZE_KEYS:-20000}
 port=${RESIZE_PORT:-29443}
-cargo build --release --quiet --bin quorumkv
-bin=target/release/quorumkv
-work=$(mktemp -d)
-"$bin" dev --dir "$work/dev" --port "$port" --nodes 3 --init-only >/dev/null
+dev_cluster "$port"
 if [ "${RESIZE_GOVERNOR:-on}" = off ]; then
   # node4's config is made from node1's, so it inherits this.
   sed -i 's/^enabled = true$/enabled = false/' "$work"/dev/node*.toml
 fi
-QUORUMKV_LOG=${RESIZE_LOG:-warn} "$bin" dev --dir "$work/dev" --port "$port" >"$work/dev.log" 2>&1 &
-pid=$!
 node4=
 cleanup() {
   [ -n "$node4" ] && kill "$node4" 2>/dev/null || true
-  kill "$pid" 2>/dev/null || true
+  dev_down
   wait 2>/dev/null || true
   [ -n "${RESIZE_KEEP:-}" ] && cp -r "$work" "$RESIZE_KEEP"
   rm -rf "$work"
 }
 trap cleanup EXIT
-wait_ready "$work/dev/ca.pem" "$port"
-ca=$work/dev/ca.pem
+DEV_LOG=${RESIZE_LOG:-warn} dev_up
 c() { curl -sS --cacert "$ca" --max-time 10 "$@"; }
 view() { c "https://127.0.0.1:$port/cluster"; }
 versions() { view | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["layout"]["versions"]))'; }

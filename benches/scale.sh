@@ -23,18 +23,9 @@ small=${SCALE_SMALL:-10000}
 large=${SCALE_LARGE:-1000000}
 settle_max=${SCALE_SETTLE_MAX:-600}
 
-cargo build --release --quiet
-bin=target/release/quorumkv
-work=$(mktemp -d)
-"$bin" dev --dir "$work/dev" --port "$port" --init-only >/dev/null
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-for i in 1 2 3; do
-  QUORUMKV_LOG=warn "$bin" serve --config "$work/dev/node$i.toml" >"$work/node$i.log" 2>&1 &
-  pids+=($!)
-done
-wait_ready "$work/dev/ca.pem" "$port"
+serve_cluster "$port"
+for i in 0 1 2; do start "$i"; done
+wait_ready "$ca" "$port"
 
 # metric NAME I: node I's value of the unlabelled metric NAME (empty, and a
 # failed status, when the node does not answer within 5 s).
@@ -61,11 +52,7 @@ settle() {
 }
 bench() { "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --concurrency 64 "$@"; }
 rss() { for p in "${pids[@]}"; do awk '/VmRSS/ {printf "%d ", $2/1024}' "/proc/$p/status"; done; }
-# CPU seconds (user + system) of the three nodes so far.
-cpu() {
-  local p; for p in "${pids[@]}"; do cat "/proc/$p/stat"; done |
-    awk -v hz="$(getconf CLK_TCK)" '{t += $14 + $15} END {printf "%.2f", t / hz}'
-}
+cpu() { cpu_of "${pids[@]}"; }
 # run KEYS WORKLOAD ARGS...: one scenario, its row appended to $work/rows.
 run() {
   local keys=$1 workload=$2; shift 2
