@@ -208,8 +208,12 @@ impl AntiEntropy {
                     Some(ReplicateRequest { partition, key: key.clone(), object, sync: false, hint: None })
                 })
                 .collect();
-            self.stats.keys_pulled.fetch_add(merges.len() as u64, Ordering::Relaxed);
-            self.replica.apply_batch(merges).await?;
+            // A copy refused (its value does not match its digest) is not
+            // held: the partition is not complete until a pull stores it.
+            let answers = self.replica.apply_batch(merges).await?;
+            let stored = answers.iter().filter(|a| a.is_ok()).count();
+            complete &= stored == answers.len();
+            self.stats.keys_pulled.fetch_add(stored as u64, Ordering::Relaxed);
         }
         Ok(complete)
     }

@@ -19,8 +19,10 @@ impl Coordinator {
                 }
                 // The value crossed the network: it must still match the
                 // digest its receiving node computed from the client's body.
-                // (A value received here is hashed once, in the API: its
-                // digest is not checked again.)
+                // Checked here, it is not hashed again by this coordinator
+                // (`Objects::modify_vouching`), as a value that came in
+                // through this node's own API is hashed once there; the
+                // other replicas check the copies they are sent.
                 if !req.value.digest_ok() {
                     return Ok(Err(CoordinatorError::DigestMismatch));
                 }

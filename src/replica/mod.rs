@@ -265,33 +265,54 @@ impl Replica {
     }
 
     /// Merges a batch of objects from peers: this node's own copies in one
-    /// RocksDB write batch, hints for other nodes in another.
+    /// RocksDB write batch, hints for other nodes in another. An object
+    /// with a value that does not match its digest is refused (nothing
+    /// stored for it), alone: the others of the batch are still written.
     pub async fn apply_batch(
         &self,
         requests: Vec<ReplicateRequest>,
     ) -> Result<Vec<Result<ReplicateResponse, PeerError>>, ReplicaError> {
         let sync = requests.iter().any(|r| r.sync);
-        let count = requests.len();
         let me = self.node_id.clone();
-        self.storage_call(sync, move |s| {
-            let is_hint = |r: &ReplicateRequest| r.hint.as_deref().is_some_and(|h| h != &*me);
-            let (hinted, own): (Vec<_>, Vec<_>) = requests.into_iter().partition(|r| is_hint(r));
-            if !own.is_empty() {
-                let keys: Vec<(u32, &[u8])> = own.iter().map(|r| (r.partition, r.key.as_ref())).collect();
-                s.objects().modify_batch(&keys, sync, |i, current| merge_into(current, &own[i].object))?;
-            }
-            if !hinted.is_empty() {
-                let items: Vec<(&str, u32, &[u8])> = hinted
-                    .iter()
-                    .map(|r| (r.hint.as_deref().unwrap_or_default(), r.partition, r.key.as_ref()))
-                    .collect();
-                s.hints()
-                    .modify(&items, sync, now_ms(), |i, current| merge_into(current, &hinted[i].object))?;
-            }
-            Ok(())
-        })
-        .await?;
-        Ok((0..count).map(|_| Ok(ReplicateResponse { durable: sync })).collect())
+        let stored = self
+            .storage_call(sync, move |s| {
+                let is_hint = |r: &ReplicateRequest| r.hint.as_deref().is_some_and(|h| h != &*me);
+                let (hinted, own): (Vec<usize>, Vec<usize>) =
+                    (0..requests.len()).partition(|&i| is_hint(&requests[i]));
+                let mut stored = vec![false; requests.len()];
+                if !own.is_empty() {
+                    let keys: Vec<(u32, &[u8])> =
+                        own.iter().map(|&i| (requests[i].partition, requests[i].key.as_ref())).collect();
+                    let written = s.objects().modify_batch(&keys, sync, |j, current| {
+                        merge_into(current, &requests[own[j]].object)
+                    })?;
+                    for (&i, w) in own.iter().zip(&written) {
+                        stored[i] = w.is_some();
+                    }
+                }
+                if !hinted.is_empty() {
+                    let items: Vec<(&str, u32, &[u8])> = hinted
+                        .iter()
+                        .map(|&i| {
+                            let r = &requests[i];
+                            (r.hint.as_deref().unwrap_or_default(), r.partition, r.key.as_ref())
+                        })
+                        .collect();
+                    let written = s.hints().modify_if(&items, sync, now_ms(), |j, current| {
+                        Some(merge_into(current, &requests[hinted[j]].object))
+                    })?;
+                    for (&i, w) in hinted.iter().zip(&written) {
+                        stored[i] = w.is_some();
+                    }
+                }
+                Ok(stored)
+            })
+            .await?;
+        let refused = || PeerError::remote(RemoteCode::Corrupt, StorageError::ValueDigest);
+        Ok(stored
+            .into_iter()
+            .map(|ok| if ok { Ok(ReplicateResponse { durable: sync }) } else { Err(refused()) })
+            .collect())
     }
 
     /// Applies a client write with this node as coordinator: the new version
@@ -309,7 +330,9 @@ impl Replica {
         let mut refused = None;
         let (written, refused) = self
             .storage_call(sync, move |s| {
-                let written = s.objects().modify(partition, &key, sync, |found| {
+                // The value was hashed from the request's body on this node.
+                let vouched = value.clone();
+                let written = s.objects().modify_vouching(partition, &key, sync, &vouched, |found| {
                     let mut object = match found {
                         Found::Nothing => Object::new(),
                         Found::Object(o) => o,
@@ -449,5 +472,94 @@ fn merge_into(current: Option<Object>, incoming: &Object) -> Object {
             mine
         }
         None => incoming.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::VersionVector;
+
+    fn object(text: &'static str) -> Object {
+        let mut o = Object::new();
+        let value = StoredValue::new(Bytes::from_static(text.as_bytes()), "text/plain".into(), 1, false);
+        o.update(&VersionVector::new(), "writer", value);
+        o
+    }
+
+    fn text(answer: &Result<ReadResponse, PeerError>) -> Option<Bytes> {
+        let answer = answer.as_ref().expect("answered");
+        answer.object.as_ref().map(|o| o.siblings()[0].value.bytes.clone())
+    }
+
+    /// A peer's read batch mixes this node's own copies (read together) with
+    /// hints it holds for others: each answer must be its own request's.
+    #[test]
+    fn a_read_batch_answers_each_request_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(dir.path(), 1 << 20).unwrap());
+        let replica =
+            Replica::new(storage.clone(), "me", ObjectLimits::default(), TaskTracker::new()).unwrap();
+        let own: Vec<(u32, &[u8])> = vec![(1, b"a"), (2, b"b")];
+        storage.objects().modify_batch(&own, false, |i, _| object(["own a", "own b"][i])).unwrap();
+        let hinted: Vec<(&str, u32, &[u8])> = vec![("other", 1, b"a"), ("other", 3, b"h")];
+        storage
+            .hints()
+            .modify_if(&hinted, false, now_ms(), |i, _| Some(object(["hint a", "hint h"][i])))
+            .unwrap();
+        let read = |partition, key: &'static [u8], hint: Option<&str>| ReadRequest {
+            partition,
+            key: Bytes::from_static(key),
+            hint: hint.map(str::to_string),
+        };
+        let requests = [
+            read(3, b"h", Some("other")),
+            read(2, b"b", None),
+            read(1, b"a", Some("other")),
+            read(9, b"missing", None),
+            read(1, b"a", Some("me")),
+            read(2, b"b", None),
+        ];
+        let answers = replica.read_batch(&requests);
+        let texts: Vec<Option<Bytes>> = answers.iter().map(text).collect();
+        let want = ["hint h", "own b", "hint a", "", "own a", "own b"];
+        let want: Vec<Option<Bytes>> =
+            want.iter().map(|w| (!w.is_empty()).then(|| Bytes::from_static(w.as_bytes()))).collect();
+        assert_eq!(texts, want);
+    }
+
+    /// A replicated object whose value was damaged on the way is refused
+    /// alone; the batch's other copies (own and hinted) are stored.
+    #[tokio::test]
+    async fn a_damaged_copy_is_refused_and_the_rest_of_its_batch_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Storage::open(dir.path(), 1 << 20).unwrap());
+        let replica =
+            Replica::new(storage.clone(), "me", ObjectLimits::default(), TaskTracker::new()).unwrap();
+        let mut damaged = object("sent");
+        let mut v = damaged.siblings()[0].value.clone();
+        v.bytes = Bytes::from_static(b"SENT");
+        damaged = Object::new();
+        damaged.update(&VersionVector::new(), "writer", v);
+        let copy = |partition, key: &'static [u8], object: Object, hint: Option<&str>| ReplicateRequest {
+            partition,
+            key: Bytes::from_static(key),
+            object,
+            sync: false,
+            hint: hint.map(str::to_string),
+        };
+        let requests = vec![
+            copy(1, b"a", object("a"), None),
+            copy(1, b"d", damaged.clone(), None),
+            copy(2, b"h", damaged, Some("other")),
+            copy(2, b"h2", object("h2"), Some("other")),
+        ];
+        let answers = replica.apply_batch(requests).await.unwrap();
+        let ok: Vec<bool> = answers.iter().map(Result::is_ok).collect();
+        assert_eq!(ok, vec![true, false, false, true]);
+        assert!(storage.objects().get(1, b"a").unwrap().is_some());
+        assert!(storage.objects().get(1, b"d").unwrap().is_none());
+        assert!(storage.hints().get("other", 2, b"h").unwrap().is_none());
+        assert!(storage.hints().get("other", 2, b"h2").unwrap().is_some());
     }
 }

@@ -35,7 +35,8 @@ pub enum PeerError {
 pub enum RemoteCode {
     /// Its storage failed (a disk error).
     Storage,
-    /// Its copy of the key failed the integrity check.
+    /// Its copy of the key failed the integrity check, or a value sent to
+    /// it did not match its digest (nothing was stored).
     Corrupt,
     /// The write would pass a configured limit.
     Limit,

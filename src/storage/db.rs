@@ -129,6 +129,14 @@ impl Db {
         }
     }
 
+    /// A write brought in a value that does not match its digest (damaged
+    /// on its way here): logged and counted with the corrupt reads, and
+    /// not stored.
+    pub(super) fn refused_value(&self, partition: u32) {
+        self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(partition, "a value to be written does not match its digest; refusing it");
+    }
+
     /// How many stored records failed their integrity check since start.
     pub(super) fn corrupt_reads(&self) -> u64 {
         self.corrupt_reads.load(Ordering::Relaxed)

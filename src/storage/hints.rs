@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use rocksdb::WriteBatch;
 
 use super::db::{CF_HINTS, Db, write_options};
-use super::{Object, StorageError, record};
+use super::record::{self, Fresh};
+use super::{Object, StorageError};
 
 /// One queued hint, as read for delivery.
 #[derive(Debug)]
@@ -101,22 +102,11 @@ impl Hints {
         *c = c.saturating_add_signed(delta);
     }
 
-    /// Merges each `(target, partition, key, f)` into the hint queued for
-    /// `target`, in one write batch: `f(current)` gives the new object.
-    /// Returns the objects written.
-    pub fn modify(
-        &self,
-        items: &[(&str, u32, &[u8])],
-        sync: bool,
-        now_ms: u64,
-        mut f: impl FnMut(usize, Option<Object>) -> Object,
-    ) -> Result<Vec<Object>, StorageError> {
-        let written = self.modify_if(items, sync, now_ms, |i, current| Some(f(i, current)))?;
-        Ok(written.into_iter().flatten().collect())
-    }
-
-    /// [`Hints::modify`] where `f` may decline an item (`None`):
-    /// nothing is written for it and its slot in the result is `None`.
+    /// Merges each `(target, partition, key)` into the hint queued for
+    /// `target`, in one write batch: `f(i, current)` gives the new object,
+    /// or declines the item (`None`): nothing is written for it and its
+    /// slot in the result is `None`, as for an item whose new values do not
+    /// match their digests.
     pub fn modify_if(
         &self,
         items: &[(&str, u32, &[u8])],
@@ -144,10 +134,16 @@ impl Hints {
                     None => (now_ms, None, false),
                 },
             };
+            let fresh = Fresh::of(current.as_ref());
             let Some(next) = f(i, current) else {
                 out.push(None);
                 continue;
             };
+            if !fresh.intact(&next) {
+                self.db.refused_value(items[i].1);
+                out.push(None);
+                continue;
+            }
             if !stored {
                 new_targets.push(items[i].0);
             }

@@ -34,7 +34,7 @@ impl Collector for StorageCollector {
         counter(
             &mut e,
             "corrupt_reads",
-            "Stored records that failed their integrity check",
+            "Stored records that failed their integrity check, and values refused on writing because they did not match their digest",
             self.storage.corrupt_reads(),
         )?;
         let mut hints =

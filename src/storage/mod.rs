@@ -57,6 +57,10 @@ pub enum StorageError {
     MissingColumnFamily(&'static str),
     #[error("corrupt metadata: {0}")]
     CorruptMeta(String),
+    /// A value a write brought in did not match its digest: nothing was
+    /// stored (see `record::Fresh`).
+    #[error("a value does not match its digest; nothing was stored")]
+    ValueDigest,
 }
 
 pub struct Storage {

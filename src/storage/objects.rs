@@ -17,8 +17,9 @@ use rocksdb::WriteBatch;
 use super::db::{CF_OBJECTS, Db, db_key, write_options};
 use super::gc_queue::GcQueue;
 use super::meta::Meta;
+use super::record::{self, Fresh};
 use super::tree::{self, Before, Hash, Trees, entry_hash, tombstone_time};
-use super::{Found, Object, StorageError, record};
+use super::{Found, Object, StorageError, StoredValue};
 
 pub struct Objects {
     db: Arc<Db>,
@@ -77,6 +78,32 @@ impl Objects {
         sync: bool,
         f: impl FnOnce(Found) -> Option<Object>,
     ) -> Result<Option<Object>, StorageError> {
+        self.modify_inner(partition, key, sync, None, f)
+    }
+
+    /// [`Objects::modify`] of a client's write: `value`'s digest was just
+    /// computed from its bytes on this node (or checked where a forwarded
+    /// write arrived), so it is not hashed again. Any other new value in
+    /// the result still is.
+    pub fn modify_vouching(
+        &self,
+        partition: u32,
+        key: &[u8],
+        sync: bool,
+        value: &StoredValue,
+        f: impl FnOnce(Found) -> Option<Object>,
+    ) -> Result<Option<Object>, StorageError> {
+        self.modify_inner(partition, key, sync, Some(value), f)
+    }
+
+    fn modify_inner(
+        &self,
+        partition: u32,
+        key: &[u8],
+        sync: bool,
+        vouched: Option<&StoredValue>,
+        f: impl FnOnce(Found) -> Option<Object>,
+    ) -> Result<Option<Object>, StorageError> {
         let cf = self.cf()?;
         let k = db_key(partition, key);
         let guard = self.db.lock_for(&k);
@@ -84,12 +111,20 @@ impl Objects {
             Some(bytes) => self.db.decode_checked(partition, &bytes).map_or(Found::Corrupt, Found::Object),
             None => Found::Nothing,
         };
-        let before = match &found {
-            Found::Nothing => Before::Nothing,
-            Found::Object(o) => Before::of(key, o),
-            Found::Corrupt => Before::Corrupt,
+        let (before, fresh) = match &found {
+            Found::Nothing => (Before::Nothing, Fresh::of(None)),
+            Found::Object(o) => (Before::of(key, o), Fresh::of(Some(o))),
+            Found::Corrupt => (Before::Corrupt, Fresh::of(None)),
+        };
+        let fresh = match vouched {
+            Some(value) => fresh.vouch(value),
+            None => fresh,
         };
         let Some(next) = f(found) else { return Ok(None) };
+        if !fresh.intact(&next) {
+            self.db.refused_value(partition);
+            return Err(StorageError::ValueDigest);
+        }
         let mut batch = WriteBatch::default();
         batch.put_cf(cf, &k, record::encode(&next));
         let next_hash = entry_hash(key, &next);
@@ -103,15 +138,17 @@ impl Objects {
     /// [`Objects::modify`] for many keys in one RocksDB `WriteBatch`: one
     /// WAL append (and at most one fsync) for the whole batch. `f(i,
     /// current)` gives the new object of `items[i]`; a key that appears
-    /// twice sees the first item's result. Replacing an unreadable record
-    /// renews the actor epoch: it may have held this node's newest dots,
-    /// which it would otherwise mint again.
+    /// twice sees the first item's result. An item whose new values do not
+    /// match their digests is not written: its slot in the result is
+    /// `None`. Replacing an unreadable record renews the actor epoch: it
+    /// may have held this node's newest dots, which it would otherwise
+    /// mint again.
     pub fn modify_batch(
         &self,
         items: &[(u32, &[u8])],
         sync: bool,
         mut f: impl FnMut(usize, Option<Object>) -> Object,
-    ) -> Result<Vec<Object>, StorageError> {
+    ) -> Result<Vec<Option<Object>>, StorageError> {
         let cf = self.cf()?;
         let keys: Vec<Vec<u8>> = items.iter().map(|(p, k)| db_key(*p, k)).collect();
         let _guards = self.db.lock_keys(&keys);
@@ -122,7 +159,11 @@ impl Objects {
         for (i, k) in keys.iter().enumerate() {
             let (partition, key) = items[i];
             let mut corrupt = false;
-            let current = match written.remove(k.as_slice()) {
+            let earlier = written.remove(k.as_slice());
+            // Put back if this item is refused: a later item of the key
+            // must still see the earlier one's write.
+            let kept = earlier.clone();
+            let current = match earlier {
                 Some(o) => Some(o),
                 None => match self.db.rocks.get_pinned_cf(cf, k)? {
                     Some(bytes) => {
@@ -133,24 +174,33 @@ impl Objects {
                     None => None,
                 },
             };
-            replaced_corrupt |= corrupt;
             let before = match &current {
                 _ if corrupt => Before::Corrupt,
                 Some(o) => Before::of(key, o),
                 None => Before::Nothing,
             };
+            let fresh = Fresh::of(current.as_ref());
             let next = f(i, current);
+            if !fresh.intact(&next) {
+                self.db.refused_value(partition);
+                if let Some(o) = kept {
+                    written.insert(k.as_slice(), o);
+                }
+                out.push(None);
+                continue;
+            }
+            replaced_corrupt |= corrupt;
             let next_hash = entry_hash(key, &next);
             if matches!(&before, Before::Object { hash, .. } if *hash == next_hash) {
                 // Already held (a repeated repair or handoff): no write.
                 written.insert(k.as_slice(), next.clone());
-                out.push(next);
+                out.push(Some(next));
                 continue;
             }
             self.index(&mut batch, partition, key, &before, Some((&next, next_hash)))?;
             batch.put_cf(cf, k, record::encode(&next));
             written.insert(k.as_slice(), next.clone());
-            out.push(next);
+            out.push(Some(next));
         }
         self.db.rocks.write_opt(batch, &write_options(sync))?;
         for (p, _) in items {

@@ -45,9 +45,61 @@ fn a_batch_writes_every_key_and_sees_its_own_earlier_items() {
             o
         })
         .unwrap();
-    assert_eq!(out[2].siblings().len(), 2, "the repeated key saw the first write");
+    assert_eq!(out[2].as_ref().unwrap().siblings().len(), 2, "the repeated key saw the first write");
     assert_eq!(s.objects().get(1, b"a").unwrap().unwrap().siblings().len(), 2);
     assert_eq!(s.objects().get(2, b"b").unwrap().unwrap().siblings().len(), 1);
+    // A second batch reads what the first stored.
+    let items: Vec<(u32, &[u8])> = vec![(2, b"b"), (3, b"c"), (1, b"a")];
+    let out = s
+        .objects()
+        .modify_batch(&items, false, |i, cur| {
+            let mut o = cur.unwrap_or_default();
+            o.update(&VersionVector::new(), &format!("again{i}"), value("y"));
+            o
+        })
+        .unwrap();
+    let siblings: Vec<usize> = out.iter().flatten().map(|o| o.siblings().len()).collect();
+    assert_eq!(siblings, vec![2, 1, 3]);
+}
+
+/// A value damaged on its way in is refused on its own: the batch's other
+/// items are written, and a later item of the same key still sees the
+/// earlier item's write.
+#[test]
+fn a_batch_refuses_only_the_item_whose_value_does_not_match_its_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Storage::open(dir.path(), 1 << 20).unwrap();
+    let items: Vec<(u32, &[u8])> = vec![(1, b"a"), (1, b"a"), (2, b"b"), (1, b"a")];
+    let out = s
+        .objects()
+        .modify_batch(&items, false, |i, cur| {
+            let mut o = cur.unwrap_or_default();
+            let mut v = value(["first", "damaged", "fine", "third"][i]);
+            if i == 1 {
+                v.bytes = Bytes::from_static(b"DAMAGED");
+            }
+            o.update(&VersionVector::new(), &format!("actor{i}"), v);
+            o
+        })
+        .unwrap();
+    let written: Vec<Option<usize>> = out.iter().map(|o| o.as_ref().map(|o| o.siblings().len())).collect();
+    assert_eq!(written, vec![Some(1), None, Some(1), Some(2)]);
+    let values = |p, k: &[u8]| -> Vec<Bytes> {
+        s.objects().get(p, k).unwrap().unwrap().siblings().iter().map(|s| s.value.bytes.clone()).collect()
+    };
+    assert_eq!(values(1, b"a"), vec![Bytes::from_static(b"first"), Bytes::from_static(b"third")]);
+    assert_eq!(values(2, b"b"), vec![Bytes::from_static(b"fine")]);
+    assert_eq!(s.corrupt_reads(), 1, "counted");
+    // A single write refuses it too, and stores nothing.
+    let refused = s.objects().modify(2, b"b", false, |found| {
+        let Found::Object(mut o) = found else { panic!("b is stored") };
+        let mut v = value("new");
+        v.bytes = Bytes::from_static(b"NEW");
+        o.update(&VersionVector::new(), "x", v);
+        Some(o)
+    });
+    assert!(matches!(refused, Err(StorageError::ValueDigest)));
+    assert_eq!(values(2, b"b"), vec![Bytes::from_static(b"fine")]);
 }
 
 #[test]
