@@ -24,6 +24,17 @@ release_bin() {
   fi
 }
 
+# dev_configs PORT: the release build (bin) and the configs of a 3-node dev
+# cluster in a fresh temporary directory (work, ca, port). Both kinds of
+# cluster below start from it.
+dev_configs() {
+  port=$1
+  release_bin
+  work=$(mktemp -d)
+  "$bin" dev --dir "$work/dev" --port "$port" --init-only >/dev/null
+  ca=$work/dev/ca.pem
+}
+
 # dev_cluster PORT: the release build and the configs of a 3-node dev
 # cluster (N=3, loopback only) in a fresh temporary directory, not yet
 # started. Sets bin, work, ca, port and pid=0, and an EXIT trap
@@ -34,11 +45,7 @@ release_bin() {
 #   dev_down  stops it;
 #   cpu       CPU seconds the running cluster has used so far.
 dev_cluster() {
-  port=$1
-  release_bin
-  work=$(mktemp -d)
-  "$bin" dev --dir "$work/dev" --port "$port" --init-only >/dev/null
-  ca=$work/dev/ca.pem
+  dev_configs "$1"
   pid=0
   trap dev_cleanup EXIT
 }
@@ -64,11 +71,7 @@ cpu() { cpu_of "$pid"; }
 # bin, work, ca; defines start I, kill9 I, term I, url I, stats I, ready I
 # and an EXIT trap that kills them all and removes the directory.
 serve_cluster() {
-  port=$1
-  release_bin
-  work=$(mktemp -d)
-  "$bin" dev --dir "$work/dev" --port "$port" --init-only >/dev/null
-  ca=$work/dev/ca.pem
+  dev_configs "$1"
   pids=(0 0 0)
   trap 'for i in 0 1 2; do kill9 "$i"; done; rm -rf "$work"' EXIT
 }
