@@ -331,8 +331,8 @@ impl Replica {
         let (written, refused) = self
             .storage_call(sync, move |s| {
                 // The value was hashed from the request's body on this node.
-                let vouched = value.clone();
-                let written = s.objects().modify_vouching(partition, &key, sync, &vouched, |found| {
+                let vouched = Some((value.bytes.clone(), value.digest));
+                let written = s.objects().modify_vouching(partition, &key, sync, vouched, |found| {
                     let mut object = match found {
                         Found::Nothing => Object::new(),
                         Found::Object(o) => o,

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rocksdb::WriteBatch;
 
 use super::db::{CF_OBJECTS, Db, db_key, write_options};
@@ -19,7 +20,7 @@ use super::gc_queue::GcQueue;
 use super::meta::Meta;
 use super::record::{self, Fresh};
 use super::tree::{self, Before, Hash, Trees, entry_hash, tombstone_time};
-use super::{Found, Object, StorageError, StoredValue};
+use super::{Found, Object, StorageError};
 
 pub struct Objects {
     db: Arc<Db>,
@@ -78,30 +79,19 @@ impl Objects {
         sync: bool,
         f: impl FnOnce(Found) -> Option<Object>,
     ) -> Result<Option<Object>, StorageError> {
-        self.modify_inner(partition, key, sync, None, f)
+        self.modify_vouching(partition, key, sync, None, f)
     }
 
-    /// [`Objects::modify`] of a client's write: `value`'s digest was just
-    /// computed from its bytes on this node (or checked where a forwarded
-    /// write arrived), so it is not hashed again. Any other new value in
-    /// the result still is.
+    /// [`Objects::modify`] of a client's write: `vouched` is its value's
+    /// bytes and the digest just computed from them on this node (or
+    /// checked where a forwarded write arrived), so that value is not
+    /// hashed again. Any other new value in the result still is.
     pub fn modify_vouching(
         &self,
         partition: u32,
         key: &[u8],
         sync: bool,
-        value: &StoredValue,
-        f: impl FnOnce(Found) -> Option<Object>,
-    ) -> Result<Option<Object>, StorageError> {
-        self.modify_inner(partition, key, sync, Some(value), f)
-    }
-
-    fn modify_inner(
-        &self,
-        partition: u32,
-        key: &[u8],
-        sync: bool,
-        vouched: Option<&StoredValue>,
+        vouched: Option<(Bytes, [u8; 16])>,
         f: impl FnOnce(Found) -> Option<Object>,
     ) -> Result<Option<Object>, StorageError> {
         let cf = self.cf()?;
@@ -117,7 +107,7 @@ impl Objects {
             Found::Corrupt => (Before::Corrupt, Fresh::of(None)),
         };
         let fresh = match vouched {
-            Some(value) => fresh.vouch(value),
+            Some((bytes, digest)) => fresh.vouch(bytes, digest),
             None => fresh,
         };
         let Some(next) = f(found) else { return Ok(None) };

@@ -82,10 +82,10 @@ impl Fresh {
         Fresh { held }
     }
 
-    /// Also takes `value` as it is: its digest was computed from these
-    /// very bytes on this node.
-    pub fn vouch(mut self, value: &StoredValue) -> Fresh {
-        self.held.push((value.bytes.clone(), value.digest));
+    /// Also takes a value with these bytes and this digest as it is: the
+    /// digest was computed from these very bytes on this node.
+    pub fn vouch(mut self, bytes: Bytes, digest: [u8; 16]) -> Fresh {
+        self.held.push((bytes, digest));
         self
     }
 
@@ -351,7 +351,7 @@ mod tests {
         next.update(&VersionVector::new(), "empty", empty);
         assert!(!fresh.intact(&next), "the sample holds a tombstone (empty bytes)");
         // A value the caller hashed itself is taken as it is.
-        assert!(Fresh::of(None).vouch(&v).intact(&copy));
+        assert!(Fresh::of(None).vouch(v.bytes.clone(), v.digest).intact(&copy));
     }
 
     /// A record written before format 3 may hold a value damaged before it
