@@ -203,7 +203,10 @@ impl Coordinator {
         let bytes = key.len() + size_hint(object);
         let req = |hint| ReplicateRequest { partition, key: key.clone(), object: object.clone(), sync, hint };
         let first = req(target.hint_for.clone());
-        let spare_req = req(Some(target.node.clone()));
+        // Copied only when there is a spare to send it to: in a cluster of
+        // N nodes there never is, and an object copy is an allocation per
+        // sibling.
+        let spare_req = target.spare.as_ref().map(|_| req(Some(target.node.clone())));
         let (slotted, has_slot) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let call = async move {
@@ -227,9 +230,9 @@ impl Coordinator {
                 Ok((q, _permit)) => q.replicate.call(first, bytes).await.map(|r| r.durable),
                 Err(e) => Err(e),
             };
-            match (result, target.spare) {
+            match (result, target.spare.zip(spare_req)) {
                 (Ok(durable), _) => Reply { node: target.node, stands_for, primary, result: Ok(durable) },
-                (Err(error), Some(spare)) => {
+                (Err(error), Some((spare, spare_req))) => {
                     tracing::debug!(peer = %target.node, %error, %spare, "replica write failed; using a fallback");
                     let slot = this.peer_slot(&spare, deadline).await;
                     signal();
