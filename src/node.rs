@@ -168,7 +168,12 @@ impl Node {
         endpoints.watch_layout(coordinator.membership().clone());
         coordinator.replica().register_endpoints(&mut endpoints);
         coordinator.register_endpoints(&mut endpoints);
-        anti_entropy::register_endpoints(coordinator.replica(), anti_entropy.answers(), &mut endpoints);
+        anti_entropy::register_endpoints(
+            coordinator.replica(),
+            anti_entropy.answers(),
+            faults.clone(),
+            &mut endpoints,
+        );
         membership::gossip::register_endpoints(coordinator.membership(), &mut endpoints);
         membership::join::register_endpoints(coordinator.membership(), coordinator.peers(), &mut endpoints);
         let local_routes = api::local::router(coordinator.clone());

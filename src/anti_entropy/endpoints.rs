@@ -17,14 +17,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::AeRequest;
 use super::recovery::{self, Hello};
+use super::{AeRequest, AeResponse};
 use crate::governor::Pacer;
 use crate::replica::Replica;
 use crate::rpc::client::routes;
 use crate::rpc::error::{PeerError, RemoteCode};
+use crate::rpc::faults::Faults;
 use crate::rpc::server::{Endpoints, Refusal};
-use crate::storage::StorageError;
+use crate::storage::{Object, StorageError};
 
 /// Longest an answer waits for its pacer: well inside the asker's call
 /// deadline (30 s) and a stopping node's drain (8 s), even after one huge
@@ -57,13 +58,29 @@ fn failure_as_answer<T>(
     }
 }
 
+/// The fault [`Faults::damage_fetch_answers`]: the first non-empty value of
+/// `object` with one byte flipped, under its old digest. Done on the
+/// encoded object (postcard writes a value's bytes as they are), so no
+/// type needs a way to change a stored value in place.
+fn damaged(object: Object) -> Object {
+    let Some(value) = object.siblings().iter().map(|s| s.value.bytes.clone()).find(|b| !b.is_empty()) else {
+        return object;
+    };
+    let mut encoded = crate::rpc::codec::encode(&object);
+    let Some(at) = encoded.windows(value.len()).position(|w| w == value.as_ref()) else { return object };
+    encoded[at] ^= 0xff;
+    crate::rpc::codec::decode(&encoded).unwrap_or(object)
+}
+
 /// `answers`: the pacer of this node's answers (`None`: the governor is
-/// off, answers are not paced).
-pub fn register(replica: &Replica, answers: Option<Arc<Pacer>>, endpoints: &mut Endpoints) {
+/// off, answers are not paced). `faults`: this node's fault switches (see
+/// [`Faults::damage_fetch_answers`]).
+pub fn register(replica: &Replica, answers: Option<Arc<Pacer>>, faults: Faults, endpoints: &mut Endpoints) {
     let store = replica.clone();
     endpoints.add(routes::ANTI_ENTROPY, move |_from, request: AeRequest| {
         let replica = store.clone();
         let answers = answers.clone();
+        let faults = faults.clone();
         async move {
             let booked = estimate(&request);
             if let Some(pacer) = &answers {
@@ -84,7 +101,15 @@ pub fn register(replica: &Replica, answers: Option<Arc<Pacer>>, endpoints: &mut 
             if let (Some(pacer), Ok((_, size))) = (&answers, &answer) {
                 pacer.charge(i64::try_from(*size).unwrap_or(i64::MAX) - booked);
             }
-            Ok(answer.map(|(a, _)| a))
+            Ok(answer.map(|(a, _)| match a {
+                AeResponse::Objects(mut fetched) if faults.damages_fetch_answers() => {
+                    for f in &mut fetched {
+                        f.object = f.object.take().map(damaged);
+                    }
+                    AeResponse::Objects(fetched)
+                }
+                a => a,
+            }))
         }
     });
     let store = replica.clone();

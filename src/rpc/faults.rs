@@ -3,7 +3,9 @@
 //! route whose replies are "lost" reach the peer (which acts on them) but
 //! fail afterwards as a timeout would, the outcome the caller cannot know;
 //! calls on a "stalled" route get no answer until their timeout (a paused
-//! or swapping peer), without reaching the peer. Tests use it
+//! or swapping peer), without reaching the peer; with "damaged fetches"
+//! this node's answers to anti-entropy fetches carry values that no longer
+//! match their digests (memory damage on the sending side). Tests use it
 //! for fast, deterministic partitions (a real network cut is tested too);
 //! operators can ignore it. With no cut set, the cost is one atomic load.
 
@@ -17,6 +19,7 @@ pub struct Faults {
     cut: Arc<RwLock<HashSet<String>>>,
     lost_replies: RouteSet,
     stalled: RouteSet,
+    damaged_fetches: Arc<AtomicBool>,
 }
 
 /// `(peer, route)` pairs a fault applies to.
@@ -41,6 +44,17 @@ impl Faults {
         self.add(&self.stalled, peer, route);
     }
 
+    /// Each value in this node's answers to anti-entropy fetches has a
+    /// byte flipped under its old digest, until healed.
+    pub fn damage_fetch_answers(&self) {
+        self.damaged_fetches.store(true, Ordering::Release);
+        self.any.store(true, Ordering::Release);
+    }
+
+    pub fn damages_fetch_answers(&self) -> bool {
+        self.any.load(Ordering::Acquire) && self.damaged_fetches.load(Ordering::Acquire)
+    }
+
     pub fn stalls(&self, peer: &str, route: &str) -> bool {
         self.holds(&self.stalled, peer, route)
     }
@@ -59,6 +73,7 @@ impl Faults {
         self.cut.write().unwrap_or_else(|p| p.into_inner()).clear();
         self.lost_replies.write().unwrap_or_else(|p| p.into_inner()).clear();
         self.stalled.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.damaged_fetches.store(false, Ordering::Release);
         self.any.store(false, Ordering::Release);
     }
 

@@ -419,3 +419,61 @@ async fn a_copy_whose_home_fails_to_answer_goes_to_a_spare_as_a_hint() {
     let want = vec![b64("kept")];
     c.wait_local(index(&silent), key, |v| v.is_some_and(|v| sibling_values(v) == want)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refill_is_not_done_while_a_pulled_copy_is_refused() {
+    // The peers' answers to the wiped node's fetches carry damaged values
+    // (a byte flipped under the old digest). The wiped node refuses them,
+    // so its partitions must stay unsynced (its answers do not count
+    // toward R) until a pull stores intact copies. Anti-entropy is off, so
+    // the peers push nothing: only the wiped node's own refill moves data.
+    let opts = Options { nodes: 3, repair: no_anti_entropy(), ..Options::default() };
+    let mut c = TestCluster::start_with(opts).await;
+    const KEYS: usize = 30;
+    let value = |i: usize| format!("value {i} of a refill whose first copies arrive damaged");
+    for i in 0..KEYS {
+        let r = c.put(i % 3, &format!("damaged-{i}"), value(i), &[("w", "3")]).await;
+        assert_eq!(r.status(), 204);
+    }
+    c.stop(2).await;
+    c.wipe(2);
+    for peer in [0, 1] {
+        c.node(peer).faults().damage_fetch_answers();
+    }
+    c.restart(2).await;
+    let stat = |v: &serde_json::Value, name: &str| v["stats"][name].as_u64().expect(name);
+    let mut refused = 0;
+    for _ in 0..100 {
+        refused = stat(&c.cluster_view(2).await, "corrupt_reads");
+        if refused > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused > 0, "the wiped node pulled damaged copies and refused them");
+    // Several refill rounds later (one each 100 ms), it still does not
+    // call the refill done, and holds none of the damaged copies.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let view = c.cluster_view(2).await;
+    assert!(stat(&view, "unsynced_partitions") > 0, "refill marked done with refused copies: {view}");
+    for i in 0..KEYS {
+        assert_eq!(c.local(2, &format!("damaged-{i}")).await, None, "a damaged copy was stored");
+    }
+
+    for peer in [0, 1] {
+        c.node(peer).faults().heal_all();
+    }
+    for i in 0..KEYS {
+        let want = vec![b64(&value(i))];
+        c.wait_local(2, &format!("damaged-{i}"), |v| v.is_some_and(|v| sibling_values(v) == want)).await;
+    }
+    let mut unsynced = u64::MAX;
+    for _ in 0..100 {
+        unsynced = stat(&c.cluster_view(2).await, "unsynced_partitions");
+        if unsynced == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(unsynced, 0, "the refill ends once intact copies are pulled");
+}
