@@ -5,7 +5,8 @@
 //! calls on a "stalled" route get no answer until their timeout (a paused
 //! or swapping peer), without reaching the peer; with "damaged fetches"
 //! this node's answers to anti-entropy fetches carry values that no longer
-//! match their digests (memory damage on the sending side). Tests use it
+//! match their digests (memory damage on the sending side; checked once
+//! per answer). Tests use it
 //! for fast, deterministic partitions (a real network cut is tested too);
 //! operators can ignore it. With no cut set, the cost is one atomic load.
 
@@ -44,8 +45,9 @@ impl Faults {
         self.add(&self.stalled, peer, route);
     }
 
-    /// Each value in this node's answers to anti-entropy fetches has a
-    /// byte flipped under its old digest, until healed.
+    /// In this node's answers to anti-entropy fetches, the first non-empty
+    /// value of each object has a byte flipped under its old digest, until
+    /// healed (tombstones go out intact).
     pub fn damage_fetch_answers(&self) {
         self.damaged_fetches.store(true, Ordering::Release);
         self.any.store(true, Ordering::Release);
