@@ -307,6 +307,11 @@ impl TestCluster {
         panic!("node {node}'s copy of {key} never got there: {last:?}");
     }
 
+    /// The index (as `node`, `stop`, `put`... take it) of the node named `id`.
+    pub fn index_of(&self, id: &str) -> usize {
+        self.configs.iter().position(|cfg| cfg.node_id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
     /// A running node (panics if stopped).
     pub fn node(&self, node: usize) -> &Node {
         self.nodes[node].as_ref().expect("node running")

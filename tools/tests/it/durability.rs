@@ -287,7 +287,7 @@ async fn a_forwarded_write_skips_a_replica_whose_copy_is_corrupt() {
     }
     let (key, homes) = key.expect("a key not homed on node4");
     assert_eq!(c.put(3, &key, "v1", &[("w", "3")]).await.status(), 204);
-    let first: usize = homes[0].trim_start_matches("node").parse::<usize>().unwrap() - 1;
+    let first = c.index_of(&homes[0]);
     c.corrupt(first, &key);
     let r = c.put(3, &key, "v2", &[("w", "2")]).await;
     assert_eq!(r.status(), 204, "another home coordinates instead of failing the client");

@@ -9,15 +9,11 @@ use quorumkv::config::RepairConfig;
 
 use crate::cluster::{Options, TestCluster, header};
 
-fn idx(node: &str) -> usize {
-    node.trim_start_matches("node").parse::<usize>().unwrap() - 1
-}
-
 /// A key whose homes (in order) do not include any of `avoid`.
 async fn key_avoiding(c: &TestCluster, prefix: &str, avoid: &[usize]) -> (String, Vec<usize>) {
     for i in 0..1000 {
         let key = format!("{prefix}-{i}");
-        let homes: Vec<usize> = c.homes(&key).await.iter().map(|h| idx(h)).collect();
+        let homes: Vec<usize> = c.homes(&key).await.iter().map(|h| c.index_of(h)).collect();
         if !homes.iter().any(|h| avoid.contains(h)) {
             return (key, homes);
         }
@@ -237,7 +233,7 @@ async fn an_expired_hint_is_dropped_only_when_a_home_holds_it() {
     let mut lonely = None;
     for i in 0..2000 {
         let k = format!("lonely-{i}");
-        let mut hs: Vec<usize> = c.homes(&k).await.iter().map(|h| idx(h)).collect();
+        let mut hs: Vec<usize> = c.homes(&k).await.iter().map(|h| c.index_of(h)).collect();
         hs.sort();
         let mut want = vec![down, spares[0], spares[1]];
         want.sort();

@@ -17,10 +17,6 @@ fn fast() -> Options {
     Options { nodes: 3, repair, ..Options::default() }
 }
 
-fn index_of(c: &TestCluster, id: &str) -> usize {
-    c.configs.iter().position(|cfg| cfg.node_id == id).unwrap()
-}
-
 /// Every key in `keys` reads back (R=2) through `via` with its value, and
 /// each of its homes in the settled layout holds a copy of its own.
 async fn assert_all_present(c: &TestCluster, via: usize, keys: &[String]) {
@@ -29,7 +25,7 @@ async fn assert_all_present(c: &TestCluster, via: usize, keys: &[String]) {
         assert_eq!(r.status(), 200, "{key} lost (read through node {via})");
         assert_eq!(r.text().await.unwrap(), format!("v-{key}"));
         for home in c.homes_via(via, key).await {
-            let i = index_of(c, &home);
+            let i = c.index_of(&home);
             assert!(c.local(i, key).await.is_some(), "{key} is missing on its home {home}");
         }
     }
@@ -292,7 +288,7 @@ async fn assert_padded_present(c: &TestCluster, via: usize, keys: &[String]) {
         assert_eq!(r.status(), 200, "{key} lost");
         assert_eq!(r.text().await.unwrap().trim_end(), format!("v-{key}"));
         for home in c.homes_via(via, key).await {
-            assert!(c.local(index_of(c, &home), key).await.is_some(), "{key} missing on its home {home}");
+            assert!(c.local(c.index_of(&home), key).await.is_some(), "{key} missing on its home {home}");
         }
     }
 }

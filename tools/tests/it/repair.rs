@@ -404,20 +404,18 @@ async fn a_copy_whose_home_fails_to_answer_goes_to_a_spare_as_a_hint() {
     let c = TestCluster::start_with(opts).await;
     let key = "spare-copy";
     let homes = c.homes(key).await;
-    let index =
-        |id: &str| id.strip_prefix("node").and_then(|n| n.parse::<usize>().ok()).expect("node id") - 1;
-    let (coordinator, silent) = (index(&homes[0]), homes[1].clone());
+    let (coordinator, silent) = (c.index_of(&homes[0]), homes[1].clone());
     c.node(coordinator).faults().lose_replies(&silent, "/rpc/replicate");
 
     let r = c.put(coordinator, key, "kept", &[("w", "3")]).await;
     assert_eq!(r.status(), 204, "W=3: the coordinator, one home and the spare for the silent home");
     let report = header(&r, "quorum-report");
     assert_eq!(fallback_count(&report), 1, "{report}");
-    let others: Vec<usize> = (0..5).filter(|i| !homes.contains(&format!("node{}", i + 1))).collect();
+    let others: Vec<usize> = (0..5).filter(|i| !homes.contains(&c.configs[*i].node_id)).collect();
     assert_eq!(queued_for(&c, &others, &silent).await, 1, "one hint for {silent}, held by a spare");
     // The silent home got the copy too (only its answer was lost).
     let want = vec![b64("kept")];
-    c.wait_local(index(&silent), key, |v| v.is_some_and(|v| sibling_values(v) == want)).await;
+    c.wait_local(c.index_of(&silent), key, |v| v.is_some_and(|v| sibling_values(v) == want)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
