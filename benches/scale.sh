@@ -53,19 +53,28 @@ settle() {
 bench() { "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --concurrency 64 "$@"; }
 rss() { for p in "${pids[@]}"; do awk '/VmRSS/ {printf "%d ", $2/1024}' "/proc/$p/status"; done; }
 cpu() { cpu_of "${pids[@]}"; }
+# KiB the whole machine read from its disks so far (/proc/vmstat pgpgin):
+# a read the OS page cache could not serve. This VM may page out page
+# cache it finds idle (see the README, "The page cache on this VM is
+# trimmed"), and a run that reads the disk measures that, not the read
+# path over cached files the issue is about.
+disk() { awk '$1 == "pgpgin" {print $2}' /proc/vmstat; }
 # run KEYS WORKLOAD ARGS...: one scenario, its row appended to $work/rows.
 run() {
   local keys=$1 workload=$2; shift 2
-  (sleep 2; cpu >"$work/cpu0") &
+  (sleep 2; echo "$(cpu) $(disk)" >"$work/cpu0") &
   bench --workload "$workload" --keys "$keys" --key-prefix "s$keys" --warmup 2s --duration "$duration" "$@" >"$work/run.json"
-  local after; after=$(cpu)
+  local after; after="$(cpu) $(disk)"
   python3 - "$work/run.json" "$keys" "$workload" "$(cat "$work/cpu0")" "$after" "$(rss)" >>"$work/rows" <<'PY'
 import json, sys
 path, keys, workload, before, after, rss = sys.argv[1:]
+(cpu0, disk0), (cpu1, disk1) = before.split(), after.split()
 r = json.load(open(path))
 l = r["latency"]
-cpu = (float(after) - float(before)) * 1e6 / max(r["ops"], 1)
-print(f"{keys}\t{workload} ({r['consistency']})\t{r['ops_per_sec']:.0f}\t{l['p50_ms']:.2f}\t{l['p99_ms']:.2f}\t{cpu:.0f}\t{r['errors']}\t{rss.strip()}")
+ops = max(r["ops"], 1)
+cpu = (float(cpu1) - float(cpu0)) * 1e6 / ops
+disk = (int(disk1) - int(disk0)) / ops
+print(f"{keys}\t{workload} ({r['consistency']})\t{r['ops_per_sec']:.0f}\t{l['p50_ms']:.2f}\t{l['p99_ms']:.2f}\t{cpu:.0f}\t{disk:.2f}\t{r['errors']}\t{rss.strip()}")
 PY
 }
 
@@ -82,12 +91,12 @@ done
 mapfile -t lines < <(python3 - "$work/rows" <<'PY'
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-print("| keys | workload | ops/s | × small | p50 ms | p99 ms | CPU µs/op | errors | node RSS MiB |")
-print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+print("| keys | workload | ops/s | × small | p50 ms | p99 ms | CPU µs/op | disk read KiB/op | errors | node RSS MiB |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
 small = {}
-for keys, workload, ops, p50, p99, cpu, errors, rss in rows:
+for keys, workload, ops, p50, p99, cpu, disk, errors, rss in rows:
     small.setdefault(workload, float(ops))
-    print(f"| {keys} | {workload} | {ops} | {float(ops) / small[workload]:.2f} | {p50} | {p99} | {cpu} | {errors} | {rss} |")
+    print(f"| {keys} | {workload} | {ops} | {float(ops) / small[workload]:.2f} | {p50} | {p99} | {cpu} | {disk} | {errors} | {rss} |")
 PY
 )
 lines+=("" "Resident memory after holding $large keys of 1 KiB (plus $small), per node: $(rss)MiB (block cache 128 MiB).")
