@@ -74,7 +74,9 @@ pub const LAYOUT_HEADER: &str = "quorumkv-layout";
 pub struct PeerClient {
     http: reqwest::Client,
     /// Kept to build a client pinned to other addresses ([`PeerClient::call_seed`]).
-    tls: rustls::ClientConfig,
+    /// Behind an `Arc`: a client is cloned per replica batch and with every
+    /// coordinator, and a `ClientConfig` clone copies its ALPN list.
+    tls: Arc<rustls::ClientConfig>,
     local_ip: Option<std::net::IpAddr>,
     reachability: Arc<dyn Reachability>,
     faults: Faults,
@@ -92,7 +94,14 @@ impl PeerClient {
         metrics: RpcMetrics,
     ) -> Result<Self, RpcError> {
         let http = http_client(tls.clone(), local_ip, None)?;
-        Ok(PeerClient { http, tls, local_ip, reachability, faults: Faults::default(), metrics })
+        Ok(PeerClient {
+            http,
+            tls: Arc::new(tls),
+            local_ip,
+            reachability,
+            faults: Faults::default(),
+            metrics,
+        })
     }
 
     pub fn faults(&self) -> &Faults {
@@ -148,7 +157,7 @@ impl PeerClient {
         let Some((host, addrs)) = others_of(base).await else {
             return self.call_url(base, route, request, timeout).await;
         };
-        let pinned = http_client(self.tls.clone(), self.local_ip, Some((&host, &addrs)))?;
+        let pinned = http_client((*self.tls).clone(), self.local_ip, Some((&host, &addrs)))?;
         call_with(&pinned, base, route, request, timeout).await
     }
 }
