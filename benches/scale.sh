@@ -4,7 +4,8 @@
 # node, so each node's RSS is its own), loopback only, bounded in time
 # (~6 minutes with the defaults). Each scenario: 64 connections, a 2 s
 # warm-up left out, the three nodes' CPU per operation (from /proc, from
-# the end of the warm-up) and each node's RSS after it. Writes
+# the end of the warm-up), the KiB per operation the nodes read from the
+# disk, and each node's RSS after it. Writes
 # $BENCH_OUT/scale.md, with the large key space's figures as a share of
 # the small one's (issue 13: within 15 %).
 #
@@ -53,18 +54,23 @@ settle() {
 bench() { "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --concurrency 64 "$@"; }
 rss() { for p in "${pids[@]}"; do awk '/VmRSS/ {printf "%d ", $2/1024}' "/proc/$p/status"; done; }
 cpu() { cpu_of "${pids[@]}"; }
-# KiB the whole machine read from its disks so far (/proc/vmstat pgpgin):
-# a read the OS page cache could not serve. This VM may page out page
-# cache it finds idle (see the README, "The page cache on this VM is
-# trimmed"), and a run that reads the disk measures that, not the read
-# path over cached files the issue is about.
-disk() { awk '$1 == "pgpgin" {print $2}' /proc/vmstat; }
+# Bytes the three nodes made the kernel read from the disk so far
+# (read_bytes in /proc/PID/io): reads the OS page cache could not serve.
+# This VM may page out page cache it finds idle (see the README, "The page
+# cache on this VM is trimmed"), and a run that reads the disk measures
+# that, not the read path over cached files the issue is about.
+disk() {
+  local p; for p in "${pids[@]}"; do cat "/proc/$p/io"; done | awk '$1 == "read_bytes:" {s += $2} END {print s + 0}'
+}
 # run KEYS WORKLOAD ARGS...: one scenario, its row appended to $work/rows.
 run() {
   local keys=$1 workload=$2; shift 2
+  rm -f "$work/cpu0"
   (sleep 2; echo "$(cpu) $(disk)" >"$work/cpu0") &
+  local sampler=$!
   bench --workload "$workload" --keys "$keys" --key-prefix "s$keys" --warmup 2s --duration "$duration" "$@" >"$work/run.json"
   local after; after="$(cpu) $(disk)"
+  wait "$sampler"
   python3 - "$work/run.json" "$keys" "$workload" "$(cat "$work/cpu0")" "$after" "$(rss)" >>"$work/rows" <<'PY'
 import json, sys
 path, keys, workload, before, after, rss = sys.argv[1:]
@@ -73,7 +79,7 @@ r = json.load(open(path))
 l = r["latency"]
 ops = max(r["ops"], 1)
 cpu = (float(cpu1) - float(cpu0)) * 1e6 / ops
-disk = (int(disk1) - int(disk0)) / ops
+disk = (int(disk1) - int(disk0)) / 1024 / ops
 print(f"{keys}\t{workload} ({r['consistency']})\t{r['ops_per_sec']:.0f}\t{l['p50_ms']:.2f}\t{l['p99_ms']:.2f}\t{cpu:.0f}\t{disk:.2f}\t{r['errors']}\t{rss.strip()}")
 PY
 }
