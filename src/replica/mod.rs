@@ -147,8 +147,17 @@ fn check_limits(object: &Object, limits: &ObjectLimits) -> Result<(), LimitError
     Ok(())
 }
 
+/// A node's replica: cheap to clone (one reference count), since each
+/// client write it coordinates takes a copy into a blocking storage call,
+/// and so does each peer batch on its way to `apply_batch`.
 #[derive(Debug, Clone)]
-pub struct Replica {
+pub struct Replica(Arc<Shared>);
+
+/// What every copy of a [`Replica`] shares. Copied field by field, each
+/// copy would take five reference counts (the coordinator had the same
+/// cost, see `coordinator::Shared`).
+#[derive(Debug)]
+pub struct Shared {
     storage: Arc<Storage>,
     node_id: Arc<str>,
     stamper: Arc<Stamper>,
@@ -162,6 +171,14 @@ pub struct Replica {
     tasks: TaskTracker,
 }
 
+impl std::ops::Deref for Replica {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl Replica {
     pub fn new(
         storage: Arc<Storage>,
@@ -171,7 +188,8 @@ impl Replica {
     ) -> Result<Replica, StorageError> {
         let stamper = Arc::new(Stamper::open(&storage)?);
         let fallback_locks = (0..256).map(|_| std::sync::Mutex::new(())).collect();
-        Ok(Replica { storage, node_id: node_id.into(), stamper, limits, fallback_locks, tasks })
+        let shared = Shared { storage, node_id: node_id.into(), stamper, limits, fallback_locks, tasks };
+        Ok(Replica(Arc::new(shared)))
     }
 
     /// Runs `f` over the storage on the blocking pool, tracked (see `tasks`).
