@@ -30,7 +30,9 @@ RULES = [
     ("kernel: page faults (anonymous memory)", lambda f: kernel(f), lambda s: "exc_page_fault" in s),
     ("kernel: sockets, wake-ups, scheduling", lambda f: kernel(f), None),
     ("MD5 (value digests, tree entry hashes)", lambda f: "md5::" in f, None),
-    ("allocator", lambda f: re.search(r"mi_|malloc|\bfree\b|_int_free|cfree|unlink_chunk", f), None),
+    # With mimalloc's `override`, perf may name its functions by their C++
+    # aliases (`operator delete[]` is `mi_free`).
+    ("allocator", lambda f: re.search(r"mi_|malloc|\bfree\b|_int_free|cfree|unlink_chunk|operator (new|delete)", f), None),
     ("memcpy/memmove/memset", lambda f: re.search(r"__mem(move|cpy|set)", f), None),
     ("memcmp (key comparisons)", lambda f: "__memcmp" in f, None),
     ("RocksDB (foreground)", lambda f: re.search(r"rocksdb::|rocksdb_|XXH3|crc32c", f), None),

@@ -7,7 +7,8 @@
 # the end of the warm-up), the KiB per operation the nodes read from the
 # disk, and each node's RSS after it. Writes
 # $BENCH_OUT/scale.md, with the large key space's figures as a share of
-# the small one's (issue 13: within 15 %).
+# the small one's (issue 13: within 15 %), and whether a node's peak RSS
+# passed SCALE_RSS_BOUND MiB (default 512, issue 13's bound).
 #
 # Reads are measured on a settled store, as YCSB's run phase follows its
 # load phase: after each preload the script waits (at most
@@ -106,6 +107,21 @@ for keys, workload, ops, p50, p99, cpu, disk, errors, rss in rows:
 PY
 )
 lines+=("" "Resident memory after holding $large keys of 1 KiB (plus $small), per node: $(rss)MiB (block cache 128 MiB).")
+# Issue 13's memory bound (also the StatefulSet's request) against each
+# node's peak over the whole script (VmHWM, loads included), in words, so a
+# build that grows past it, or a node that died, shows in the report.
+bound=${SCALE_RSS_BOUND:-512}
+peaks="" over=""
+for i in 0 1 2; do
+  hwm=$(awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/${pids[$i]}/status" 2>/dev/null || true)
+  if [ -z "$hwm" ]; then
+    peaks+="gone " over+=" node$((i + 1)) (not running)"
+  else
+    peaks+="$hwm "
+    if [ "$hwm" -gt "$bound" ]; then over+=" node$((i + 1))"; fi
+  fi
+done
+lines+=("Peak resident memory per node (VmHWM): ${peaks}MiB; $bound MiB bound: ${over:+OVER on}${over:-within}.")
 # How much of each node's table files the OS page cache held at the end: a
 # read of a block outside both caches goes to the disk, which is what a
 # large key space costs on a machine whose page cache is short or trimmed.
