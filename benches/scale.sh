@@ -53,7 +53,10 @@ settle() {
   echo "   settled after $((SECONDS - start)) s; compaction still owed: $(owed) bytes" >&2
 }
 bench() { "$bin" bench --cluster "$work/dev/cluster.json" --json --quiet --concurrency 64 "$@"; }
-rss() { for p in "${pids[@]}"; do awk '/VmRSS/ {printf "%d ", $2/1024}' "/proc/$p/status"; done; }
+# status_mib FIELD PID: a /proc/PID/status memory field in MiB (empty when
+# the process is gone).
+status_mib() { awk -v f="$1:" '$1 == f {printf "%d", $2 / 1024}' "/proc/$2/status" 2>/dev/null || true; }
+rss() { for p in "${pids[@]}"; do printf '%s ' "$(status_mib VmRSS "$p")"; done; }
 cpu() { cpu_of "${pids[@]}"; }
 # Bytes the three nodes made the kernel read from the disk so far
 # (read_bytes in /proc/PID/io): reads the OS page cache could not serve.
@@ -113,7 +116,7 @@ lines+=("" "Resident memory after holding $large keys of 1 KiB (plus $small), pe
 bound=${SCALE_RSS_BOUND:-512}
 peaks="" over=""
 for i in 0 1 2; do
-  hwm=$(awk '/VmHWM/ {printf "%d", $2 / 1024}' "/proc/${pids[$i]}/status" 2>/dev/null || true)
+  hwm=$(status_mib VmHWM "${pids[$i]}")
   if [ -z "$hwm" ]; then
     peaks+="gone " over+=" node$((i + 1)) (not running)"
   else
